@@ -1,0 +1,49 @@
+# One command sets up and runs the main job (`make demo`); one sets up and runs the tests (`make test`).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The torch build to install; override for another platform, e.g. TORCH="torch torchvision".
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+STAMP  := $(VENV)/.twinnet-installed
+RUNS   ?= runs
+
+.PHONY: setup demo test test-unit lint bench clean check-java
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install $(TORCH)
+	$(BIN)/python -m pip install -e '.[all]'
+	@touch $(STAMP)
+
+check-java:
+	@command -v java >/dev/null 2>&1 || { echo "TorchServe needs Java 17: sudo apt-get install openjdk-17-jre-headless" >&2; exit 1; }
+
+# Offline main job: train a twin network from scratch on scikit-learn's handwritten digits
+# (a real dataset that ships with a dependency), evaluate it on held-out pairs, show it.
+demo: $(STAMP)
+	$(BIN)/twinnet train --dataset digits --out $(RUNS)/digits --arch resnet18 --size 32 \
+		--no-pretrained --frozen-epochs 0 --epochs 6 --lr 3e-3 --bs 64 --split random --seed 0
+	$(BIN)/twinnet evaluate $(RUNS)/digits --dataset digits --pairs 1000 --way 10 --trials 200
+	$(BIN)/twinnet info $(RUNS)/digits
+	@echo "model directory: $(RUNS)/digits"
+
+test: $(STAMP) check-java
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/inference_speed.py
+	$(BIN)/python bench/serve_load.py
+
+clean:
+	rm -rf $(RUNS) .pytest_cache

@@ -1,0 +1,41 @@
+"""Shared fixtures: generated data, model directories, and the real images in ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real images beside the project; tests using them skip when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real images not present at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    """Six classes of coloured shapes, 16 images each, 64 px: "same class" is learnable."""
+    from twinnet.datasets import make_shapes_dataset
+
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), classes=6, per_class=16, size=64)
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(tmp_path_factory) -> Path:
+    """An untrained resnet18 model directory at 64 px (fast; for plumbing tests)."""
+    import torch
+
+    from twinnet.artifacts import save_model_dir
+    from twinnet.model import build_model
+    from twinnet.spec import ModelSpec
+
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="resnet18", image_size=64)
+    model = build_model(spec).eval()
+    return save_model_dir(model, spec, tmp_path_factory.mktemp("random_model"))
