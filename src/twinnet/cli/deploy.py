@@ -1,9 +1,314 @@
-"""Subcommands of the deploy stage."""
+"""Subcommands of the deploy stage: package, deploy, invoke, endpoints, teardown, container.
+
+Each handler parses, calls :mod:`twinnet.deploy` and prints. AWS settings come from the
+standard places (environment variables, ``~/.aws``, ``AWS_ENDPOINT_URL``), with
+``--profile`` and ``--region`` on top.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import TwinnetError
+
+__all__ = [
+    "register",
+    "run_package",
+    "run_deploy",
+    "run_invoke",
+    "run_endpoints",
+    "run_teardown",
+    "run_container_serve",
+    "parse_env",
+]
+
+
+def _add_aws_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--region", help="AWS region (default: AWS_DEFAULT_REGION or the profile's)")
+    p.add_argument("--profile", help="AWS profile from ~/.aws (default: AWS_PROFILE or 'default')")
+
+
+def _add_archive_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=None, help="TorchServe batch size")
+    p.add_argument(
+        "--max-batch-delay", type=int, default=None, help="ms TorchServe waits to fill a batch"
+    )
+
+
+def _archive_options(args: argparse.Namespace) -> dict[str, int]:
+    out = {}
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise TwinnetError("--batch-size must be at least 1")
+        out["batch_size"] = args.batch_size
+    if args.max_batch_delay is not None:
+        if args.max_batch_delay < 0:
+            raise TwinnetError("--max-batch-delay must not be negative")
+        out["max_batch_delay"] = args.max_batch_delay
+    return out
+
+
+def parse_env(items: list[str] | None) -> dict[str, str]:
+    """``KEY=VALUE`` pairs from repeated ``--env`` options."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TwinnetError(f"--env expects KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _autoscale(text: str):
+    """argparse ``type=`` for ``--autoscale``: parse early so a typo fails before any AWS call."""
+    from ..deploy.sagemaker import parse_autoscale
+
+    try:
+        return parse_autoscale(text)
+    except TwinnetError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--autoscale: ")) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands to the `twinnet` parser."""
+    p = sub.add_parser(
+        "package",
+        help="build model.tar.gz for SageMaker",
+        description="Build model.tar.gz (the TorchServe .mar at its root) from a model directory.",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--out", default="model.tar.gz", help="tarball to write (default model.tar.gz)")
+    _add_archive_options(p)
+    p.set_defaults(func=run_package)
+
+    d = sub.add_parser(
+        "deploy",
+        help="deploy a model to a SageMaker real-time endpoint",
+        description=(
+            "Package MODEL_DIR, upload it to S3 and create the endpoint, or update it in place "
+            "when it exists. Safe to re-run; a failure rolls back what the run created."
+        ),
+    )
+    d.add_argument("model_dir", metavar="MODEL_DIR")
+    d.add_argument("--endpoint", required=True, metavar="NAME", help="endpoint name")
+    d.add_argument("--bucket", required=True, help="existing S3 bucket for model.tar.gz")
+    d.add_argument("--role", required=True, metavar="ARN", help="SageMaker execution role ARN")
+    d.add_argument("--image", required=True, metavar="URI", help="serving image in ECR")
+    d.add_argument("--instance-type", default="ml.m5.xlarge", help="default ml.m5.xlarge")
+    d.add_argument(
+        "--count", type=int, default=None, help="instances (default 1, or the autoscale minimum)"
+    )
+    d.add_argument(
+        "--autoscale",
+        type=_autoscale,
+        metavar="MIN:MAX[:TARGET]",
+        help="scale between MIN and MAX instances, tracking TARGET invocations per instance "
+        "per minute (default 70); implies --wait",
+    )
+    d.add_argument("--wait", action="store_true", help="wait until the endpoint is InService")
+    d.add_argument("--prefix", default="twinnet", help="S3 key prefix (default twinnet)")
+    d.add_argument(
+        "--env", action="append", metavar="KEY=VALUE", help="container environment (repeatable)"
+    )
+    _add_archive_options(d)
+    _add_aws_options(d)
+    d.set_defaults(func=run_deploy)
+
+    i = sub.add_parser(
+        "invoke",
+        help="compare two images on a SageMaker endpoint",
+        description="Send two images to a SageMaker endpoint (sagemaker-runtime InvokeEndpoint).",
+    )
+    i.add_argument("endpoint", metavar="NAME")
+    i.add_argument("left", metavar="A", help="first image file")
+    i.add_argument("right", metavar="B", help="second image file")
+    i.add_argument("--cam", metavar="OUT.png", help="write both images with their Grad-CAM maps")
+    i.add_argument("--json", action="store_true", help="print the JSON response")
+    _add_aws_options(i)
+    i.set_defaults(func=run_invoke)
+
+    e = sub.add_parser("endpoints", help="list twinnet endpoints and their status")
+    e.add_argument("--json", action="store_true", help="print JSON")
+    _add_aws_options(e)
+    e.set_defaults(func=run_endpoints)
+
+    t = sub.add_parser(
+        "teardown",
+        help="delete an endpoint and everything deploy created for it",
+        description="Delete the endpoint, its endpoint configs, models and autoscaling.",
+    )
+    t.add_argument("endpoint", metavar="NAME")
+    t.add_argument(
+        "--delete-artifacts", action="store_true", help="also delete model.tar.gz from S3"
+    )
+    _add_aws_options(t)
+    t.set_defaults(func=run_teardown)
+
+    c = sub.add_parser(
+        "container",
+        help="the serving container's entrypoint",
+        description="Commands run inside the SageMaker serving image.",
+    )
+    csub = c.add_subparsers(dest="container_command", metavar="COMMAND")
+    cs = csub.add_parser(
+        "serve",
+        help="run TorchServe in the foreground for SageMaker",
+        description=(
+            "Serve the .mar found in MODEL_DIR on SAGEMAKER_BIND_TO_PORT (default 8080): "
+            "/ping and /invocations, token authorization off. Settings come from TWINNET_* "
+            "and SAGEMAKER_* environment variables."
+        ),
+    )
+    cs.add_argument("--model-dir", default="/opt/ml/model", help="default /opt/ml/model")
+    cs.set_defaults(func=run_container_serve)
+    c.set_defaults(func=lambda args: (c.print_help(), 2)[1])
+
+
+def run_package(args: argparse.Namespace) -> int:
+    """``twinnet package MODEL_DIR --out model.tar.gz``."""
+    from ..deploy.package import package
+
+    out = package(args.model_dir, args.out, **_archive_options(args))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+class _Progress:
+    """Deploy progress on stderr; the wait status rewrites one line on a terminal."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.last_wait = ""
+        self.open_line = False
+
+    def __call__(self, event: str, message: str) -> None:
+        if event == "wait":
+            state = message.rsplit(" (", 1)[0]
+            if self.tty:
+                self.stream.write(f"\r  {message}\033[K")
+                self.open_line = True
+            elif state != self.last_wait:
+                self.stream.write(f"  {message}\n")
+            self.last_wait = state
+        else:
+            if self.open_line:
+                self.stream.write("\n")
+                self.open_line = False
+            self.stream.write(f"{'  rollback: ' if event == 'rollback' else ''}{message}\n")
+        self.stream.flush()
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    """``twinnet deploy MODEL_DIR --endpoint NAME --bucket B --role ARN --image URI``."""
+    from ..deploy.sagemaker import deploy
+
+    # deploy() checks every argument before it looks for credentials.
+    result = deploy(
+        args.model_dir,
+        endpoint=args.endpoint,
+        bucket=args.bucket,
+        role=args.role,
+        image=args.image,
+        instance_type=args.instance_type,
+        count=args.count,
+        autoscale=args.autoscale,
+        wait=args.wait,
+        prefix=args.prefix,
+        env=parse_env(args.env),
+        region=args.region,
+        profile=args.profile,
+        report=_Progress(),
+        package_options=_archive_options(args),
+    )
+    print(f"endpoint {result.endpoint}: {result.action}, {result.status}")
+    print(f"  model {result.model}, endpoint config {result.endpoint_config}")
+    print(f"  artifact {result.artifact}")
+    if result.autoscale:
+        a = result.autoscale
+        print(
+            f"  autoscaling {a.min_capacity}-{a.max_capacity} instances at {a.target:g} invocations/instance/minute"
+        )
+    if result.status != "InService":
+        print(f"  not waiting; follow it with `twinnet endpoints --region {result.region}`")
+    return 0
+
+
+def run_invoke(args: argparse.Namespace) -> int:
+    """``twinnet invoke NAME A B [--cam OUT.png] [--json]``."""
+    from ..deploy.invoke import invoke, write_cam_picture
+
+    result = invoke(
+        args.endpoint,
+        args.left,
+        args.right,
+        cam=bool(args.cam),
+        region=args.region,
+        profile=args.profile,
+    )
+    if args.cam:
+        write_cam_picture(args.left, args.right, result, args.cam)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(
+            f"{result.verdict}  probability {result.probability:.4f}  (threshold {result.threshold:.2f})"
+        )
+        if args.cam:
+            print(f"Grad-CAM picture: {args.cam}")
+    return 0
+
+
+def run_endpoints(args: argparse.Namespace) -> int:
+    """``twinnet endpoints``: one line per twinnet endpoint."""
+    from ..deploy.sagemaker import list_endpoints, open_session
+
+    session = open_session(region=args.region, profile=args.profile)
+    rows = list_endpoints(session)
+    if args.json:
+        print(json.dumps([vars(r) for r in rows]))
+        return 0
+    if not rows:
+        print(f"no twinnet endpoints in {session.region_name}")
+        return 0
+    header = ("NAME", "STATUS", "INSTANCES", "TYPE", "MODEL", "MODIFIED (UTC)")
+    table = [header] + [
+        (
+            r.name,
+            r.status,
+            "" if r.instances is None else str(r.instances),
+            r.instance_type,
+            r.model,
+            r.modified,
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def run_teardown(args: argparse.Namespace) -> int:
+    """``twinnet teardown NAME [--delete-artifacts]``: say what was deleted."""
+    from ..deploy.sagemaker import open_session, teardown, validate_endpoint_name
+
+    validate_endpoint_name(args.endpoint)
+    session = open_session(region=args.region, profile=args.profile)
+    deleted = teardown(args.endpoint, delete_artifacts=args.delete_artifacts, session=session)
+    print(f"deleted {len(deleted)} resource(s) of {args.endpoint}:")
+    for what in deleted:
+        print(f"  {what}")
+    if not args.delete_artifacts:
+        print("  (model.tar.gz kept in S3; add --delete-artifacts to delete it)")
+    return 0
+
+
+def run_container_serve(args: argparse.Namespace) -> int:
+    """``twinnet container serve``: the image's ENTRYPOINT; returns TorchServe's exit status."""
+    from ..deploy.container import serve
+
+    return serve(Path(args.model_dir))

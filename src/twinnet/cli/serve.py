@@ -1,9 +1,176 @@
-"""Subcommands of the serve stage."""
+"""Subcommands of the serve stage: ``twinnet archive`` and ``twinnet serve``.
+
+``serve`` starts TorchServe in the background and returns once the model answers; the
+server's files (config, token, logs) live in ``$TWINNET_HOME/serve/<port>`` (default
+``~/.cache/twinnet/serve/<port>``), where ``twinnet compare --url`` and the app find the
+inference token.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from ..errors import TwinnetError
+
+__all__ = ["register"]
+
+
+def _archive_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=8, help="requests per batch (default 8)")
+    p.add_argument(
+        "--max-batch-delay", type=int, default=10, help="ms to wait to fill a batch (default 10)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default 1; threads = CPUs / workers)",
+    )
+    p.add_argument(
+        "--precision", choices=("auto", "bf16", "fp32"), default="auto",
+        help="encoder precision in the workers (default auto: bf16 where the CPU has it)",
+    )  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands to the `twinnet` parser."""
+    p = sub.add_parser(
+        "archive",
+        help="build a TorchServe archive (.mar) from a model directory",
+        description="Build MODEL_STORE/<name>.mar with the handler, the model directory and "
+        "a model-config.yaml (batch size, batch delay, workers, threads, timeouts).",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a twinnet model directory")
+    p.add_argument(
+        "--out", required=True, metavar="MODEL_STORE", help="the model store to write into"
+    )
+    p.add_argument(
+        "--name", default="twin", help="model name, served at /predictions/NAME (default twin)"
+    )
+    _archive_options(p)
+    p.set_defaults(func=_archive)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a model with TorchServe (start, --status, --stop)",
+        description="Start TorchServe in the background and wait until the model is ready. "
+        "Token authorization is on by default; clients on this machine find the key.",
+    )
+    p.add_argument(
+        "source", nargs="?", metavar="MODEL_DIR_OR_STORE",
+        help="a model directory (archived on the fly), a model store or a .mar",
+    )  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="inference bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="inference port (default 8080)")
+    p.add_argument(
+        "--management-port", type=int, default=8081, help="management port (default 8081)"
+    )
+    p.add_argument("--metrics-port", type=int, default=8082, help="metrics port (default 8082)")
+    p.add_argument("--no-auth", action="store_true", help="turn token authorization off")
+    p.add_argument("--foreground", action="store_true", help="run in the foreground until Ctrl-C")
+    p.add_argument("--name", default=None, help="model name when serving a model directory")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the model")
+    _archive_options(p)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--status", action="store_true", help="report running servers")
+    group.add_argument("--stop", action="store_true", help="stop running servers (all, or --port)")
+    p.set_defaults(func=_serve)
+
+
+def _archive(args: argparse.Namespace) -> int:
+    from ..serve.archive import build_archive
+
+    mar = build_archive(
+        args.model_dir,
+        args.out,
+        name=args.name,
+        batch_size=args.batch_size,
+        max_batch_delay=args.max_batch_delay,
+        workers=args.workers,
+        precision=args.precision,
+    )
+    print(mar)
+    return 0
+
+
+def _print_ready(info) -> None:
+    print(f"model ready: {', '.join(info.models)}")
+    print(
+        f"  inference:  {info.inference_url}/predictions/{info.models[0]}  (also /invocations, /ping)"
+    )
+    print(f"  management: {info.management_url}/models")
+    print(f"  metrics:    {info.metrics_url}/metrics")
+    if info.auth:
+        print(f"  token:      {info.key_file} (clients on this machine read it)")
+    else:
+        print("  token:      none (authorization off)")
+    print(f"  logs:       {info.log_dir}")
+    sys.stdout.flush()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..serve import server
+
+    if args.status:
+        entries = server.status(port=args.port)
+        if not entries:
+            print("no twinnet server is running")
+            return 1
+        code = 1
+        for entry in entries:
+            info = entry["info"]
+            if not entry["alive"]:
+                print(f"port {info.port}: not running (stale record in {info.instance})")
+                continue
+            code = 0
+            workers = "; ".join(
+                f"{m}: {', '.join(s) or 'no workers'}" for m, s in entry["models"].items()
+            )
+            print(
+                f"port {info.port}: running (pid {info.pid}), {info.inference_url}, auth {'on' if info.auth else 'off'}, workers [{workers}]"
+            )
+        return code
+    if args.stop:
+        stopped = server.stop(port=args.port)
+        if not stopped:
+            print("no twinnet server is running")
+            return 0
+        for info in stopped:
+            print(f"stopped the server on port {info.port}")
+        return 0
+    if not args.source:
+        raise TwinnetError("give a model directory or model store to serve (or --status / --stop)")
+    if not Path(args.source).exists():
+        raise TwinnetError(f"{args.source} does not exist")
+    options = dict(
+        host=args.host,
+        port=args.port or 8080,
+        management_port=args.management_port,
+        metrics_port=args.metrics_port,
+        auth=not args.no_auth,
+        name=args.name,
+        timeout=args.timeout,
+        batch_size=args.batch_size,
+        max_batch_delay=args.max_batch_delay,
+        workers=args.workers,
+        precision=args.precision,
+    )
+    if args.no_auth and args.host not in server.LOOPBACK:
+        print(
+            f"warning: token authorization is off and the server listens on {args.host}: "
+            "anyone who can reach the port can use the model",
+            file=sys.stderr,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the warning above already told the user
+        if args.foreground:
+            print("starting TorchServe (Ctrl-C stops it) ...", flush=True)
+            return server.run_foreground(args.source, on_ready=_print_ready, **options)
+        print("starting TorchServe ...", flush=True)
+        info = server.start(args.source, **options)
+    _print_ready(info)
+    print("stop it with: twinnet serve --stop")
+    return 0

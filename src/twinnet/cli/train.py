@@ -1,9 +1,313 @@
-"""Subcommands of the train stage."""
+"""Subcommands of the train stage: train, evaluate, info, import-seed, export-seed."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+from pathlib import Path
+
+from ..errors import TwinnetError
+
+__all__ = ["register"]
+
+
+def _data_dir(args: argparse.Namespace) -> str | None:
+    """DATA_DIR and its alias --data must not disagree."""
+    if args.data_dir and args.data and Path(args.data_dir) != Path(args.data):
+        raise TwinnetError(f"DATA_DIR {args.data_dir} and --data {args.data} disagree; give one")
+    return args.data_dir or args.data
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    from ..datasets import DATASETS
+
+    p.add_argument("data_dir", nargs="?", metavar="DATA_DIR", help="labelled image folder")
+    p.add_argument("--data", metavar="DIR", help="the same as DATA_DIR")
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="digits: scikit-learn's handwritten digits (offline); pets: Oxford-IIIT Pet (download)",
+    )
+    p.add_argument(
+        "--labels",
+        help="'folder' (class = parent folder) or 'regex:PATTERN' (group 1 of the file name)",
+    )
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..train import TrainConfig, train
+
+    cfg = TrainConfig(
+        out=args.out,
+        data=_data_dir(args),
+        dataset=args.dataset,
+        labels=args.labels,
+        split=args.split,
+        valid_pct=args.valid_pct,
+        seed=args.seed,
+        arch=args.arch,
+        size=args.size,
+        resize=args.resize,
+        pretrained=args.pretrained,
+        frozen_epochs=args.frozen_epochs,
+        epochs=args.epochs,
+        lr=args.lr,
+        lr_lo=args.lr_lo,
+        lr_hi=args.lr_hi,
+        bs=args.bs,
+        workers=args.workers,
+        augment=args.aug,
+        epoch_pairs=args.epoch_pairs,
+        valid_pairs=args.valid_pairs,
+        lr_find=args.lr_find,
+        name=args.name,
+    )
+    result = train(cfg)
+    if result.lr_suggestion is not None:
+        print(f"lr_find: suggested learning rate (valley) {result.lr_suggestion:.2e}")
+        return 0
+    if result.model_dir is None:  # a torchrun rank other than 0
+        return 0
+    m = result.metrics
+    print(
+        f"validation ({result.spec.split['mode']} split): pair accuracy {_fmt(m['pair_accuracy'])}, "
+        f"ROC AUC {_fmt(m['pair_auc'])} on {m['valid_pairs']} pairs"
+    )
+    print(f"model directory: {result.model_dir}")
+    return 0
+
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    from ..spec import ARCHS, RESIZE_METHODS
+
+    p = sub.add_parser(
+        "train",
+        help="train a twin network on a labelled image folder",
+        description="Train a twin network with fastai and write a model directory.",
+    )
+    _add_data_args(p)
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
+    p.add_argument(
+        "--split",
+        choices=("random", "classes"),
+        default="random",
+        help="hold out random files, or whole classes (default: random)",
+    )
+    p.add_argument("--valid-pct", type=float, default=0.2, help="share held out (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of split, pairs and weights")
+    p.add_argument("--arch", choices=tuple(ARCHS), default="resnet50")
+    p.add_argument("--size", type=int, default=224, help="square input side in pixels")
+    p.add_argument("--resize", choices=RESIZE_METHODS, default="squish")
+    p.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start from torchvision's ImageNet weights (default: yes)",
+    )
+    p.add_argument("--frozen-epochs", type=int, default=4, help="epochs with the encoder frozen")
+    p.add_argument("--epochs", type=int, default=4, help="epochs with everything trainable")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the frozen stage")
+    p.add_argument(
+        "--lr-lo",
+        type=float,
+        help="unfrozen rate of the encoder (default 1e-6; from scratch: --lr)",
+    )
+    p.add_argument(
+        "--lr-hi", type=float, help="unfrozen rate of the head (default 1e-4; from scratch: --lr)"
+    )
+    p.add_argument("--bs", type=int, default=32, help="pairs per batch")
+    p.add_argument(
+        "--workers", type=int, help="DataLoader processes (default: 0 when images fit in memory)"
+    )
+    p.add_argument(
+        "--aug",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fastai aug_transforms on training batches (default: on)",
+    )
+    p.add_argument(
+        "--epoch-pairs", type=int, help="training pairs per epoch (default: max(images, 1024))"
+    )
+    p.add_argument("--valid-pairs", type=int, help="validation pairs (default: max(images, 256))")
+    p.add_argument("--lr-find", action="store_true", help="run fastai's lr_find, report, and stop")
+    p.add_argument("--name", default="twin", help="model name used by servers")
+    p.set_defaults(func=_train)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..datasets import resolve_dataset
+    from ..evaluate import evaluate, evaluation_items
+    from ..inference import Twin
+
+    data, labels = _data_dir(args), args.labels
+    if args.dataset:
+        if data:
+            raise TwinnetError("give either DATA_DIR (--data) or --dataset, not both")
+        data, dataset_labels = resolve_dataset(args.dataset)
+        labels = labels or dataset_labels
+    if not data:
+        raise TwinnetError("no data: give DATA_DIR (or --data DIR), or --dataset digits|pets")
+    if args.pairs < 0 or args.trials < 1:
+        raise TwinnetError("--pairs must be >= 0 and --trials >= 1")
+    twin = Twin.load(args.model_dir, device=args.device, precision=args.precision)
+    items = evaluation_items(data, twin.spec, labels=labels, held_out=args.held_out)
+    report = evaluate(
+        twin, items, pairs=args.pairs, way=args.way, trials=args.trials, seed=args.seed
+    )
+    report = {"model": str(args.model_dir), "data": str(data), "held_out": args.held_out, **report}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    scope = "held-out images of " if args.held_out else ""
+    print(
+        f"evaluating {args.model_dir} on {scope}{data}: {report['images']} images, {report['classes']} classes"
+    )
+    if "accuracy" in report:
+        print(
+            f"pairs: accuracy {_fmt(report['accuracy'])}, ROC AUC {_fmt(report['auc'])} "
+            f"over {report['pairs']} balanced pairs (seed {args.seed})"
+        )
+    if "way_accuracy" in report:
+        print(
+            f"{report['way']}-way one-shot: accuracy {_fmt(report['way_accuracy'])} "
+            f"over {report['trials']} trials (chance {1 / report['way']:.4f})"
+        )
+    return 0
+
+
+def _register_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="pair accuracy, ROC AUC and N-way one-shot accuracy of a model",
+        description="Evaluate a model directory on a labelled image folder. For a model "
+        "trained with --split classes, use classes it never saw (another folder, or --held-out).",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    _add_data_args(p)
+    p.add_argument(
+        "--held-out",
+        action="store_true",
+        help="only the images the model was validated on (its held-out classes or files)",
+    )
+    p.add_argument("--pairs", type=int, default=2000, help="balanced pairs to score (0: none)")
+    p.add_argument("--way", type=int, help="N of an N-way one-shot evaluation")
+    p.add_argument("--trials", type=int, default=400, help="N-way episodes (default 400)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", default="auto", help="auto, bf16 or fp32")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_evaluate)
+
+
+# --------------------------------------------------------------------------- info, seed format
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ..spec import ModelSpec
+
+    spec = ModelSpec.load(args.model_dir)
+    if args.json:
+        print(json.dumps(spec.to_dict(), indent=2))
+        return 0
+    print(f"model      {spec.name} ({args.model_dir})")
+    print(
+        f"network    {spec.arch} at {spec.image_size} px ({spec.resize_method}), threshold {spec.threshold}"
+    )
+    print(f"labels     {spec.labels}")
+    if spec.classes:
+        counts = sorted(spec.classes.values())
+        print(
+            f"data       {sum(counts)} images in {len(counts)} classes "
+            f"({counts[0]}-{counts[-1]} per class)"
+        )
+    if spec.split:
+        s = spec.split
+        print(
+            f"split      {s.get('mode')} (valid {s.get('valid_pct')}, seed {s.get('seed')}): "
+            f"{s.get('train_images')} train / {s.get('valid_images')} valid images, "
+            f"{len(s.get('train_classes', []))} / {len(s.get('valid_classes', []))} classes"
+        )
+    r = spec.recipe
+    if r.get("source") == "seed-import":
+        print("recipe     imported from the seed format")
+    elif r:
+        print(
+            f"recipe     pretrained={r.get('pretrained')} frozen_epochs={r.get('frozen_epochs')} "
+            f"lr={r.get('lr')} epochs={r.get('epochs')} lr=slice({r.get('lr_lo')}, {r.get('lr_hi')}) "
+            f"bs={r.get('bs')} aug={r.get('augment')} processes={r.get('world_size')}"
+        )
+    m = spec.metrics
+    if m:
+        print(
+            f"metrics    valid loss {_fmt(m.get('valid_loss'))}, accuracy {_fmt(m.get('valid_accuracy'))}, "
+            f"pair accuracy {_fmt(m.get('pair_accuracy'))}, ROC AUC {_fmt(m.get('pair_auc'))} "
+            f"({m.get('valid_pairs')} validation pairs)"
+        )
+        for i, row in enumerate(m.get("history", [])):
+            cells = "  ".join(f"{k} {_fmt(v)}" for k, v in row.items())
+            print(f"  epoch {i:<3} {cells}")
+    if spec.versions:
+        print("versions   " + ", ".join(f"{k} {v}" for k, v in spec.versions.items()))
+    return 0
+
+
+def _import_seed(args: argparse.Namespace) -> int:
+    from ..artifacts import import_seed
+
+    out = import_seed(
+        args.encoder_pth, args.head_pth, args.out, arch=args.arch, image_size=args.size
+    )
+    print(f"model directory: {out}")
+    return 0
+
+
+def _export_seed(args: argparse.Namespace) -> int:
+    from ..artifacts import export_seed
+
+    enc, head = export_seed(args.model_dir, args.out)
+    print(f"wrote {enc} and {head}")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands to the `twinnet` parser."""
+    from ..spec import ARCHS
+
+    _register_train(sub)
+    _register_evaluate(sub)
+
+    p = sub.add_parser("info", help="print a model's spec and training metrics")
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--json", action="store_true", help="print twinnet.json as it is")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser(
+        "import-seed",
+        help="turn the original sample's encoder_weight.pth/head_weight.pth into a model directory",
+    )
+    p.add_argument("encoder_pth", metavar="ENCODER_PTH")
+    p.add_argument("head_pth", metavar="HEAD_PTH")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR")
+    p.add_argument("--arch", choices=tuple(ARCHS), default="resnet50")
+    p.add_argument("--size", type=int, default=224)
+    p.set_defaults(func=_import_seed)
+
+    p = sub.add_parser(
+        "export-seed", help="write a model as the sample's encoder_weight.pth and head_weight.pth"
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(func=_export_seed)

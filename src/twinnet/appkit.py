@@ -1,0 +1,463 @@
+"""The logic behind the Streamlit app, kept free of Streamlit so it can be tested directly.
+
+``app.py`` only lays out widgets; choosing and opening a backend, reading and checking
+images, ranking a gallery, drawing CAM overlays, listing SageMaker endpoints and turning
+failures into one-line messages all live here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import ipaddress
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+from PIL import Image
+
+from .backends import Comparer, open_backend
+from .errors import ImageError, TwinnetError
+from .imaging import decode_image
+
+__all__ = [
+    "ENV",
+    "IMAGE_TYPES",
+    "SAMPLES_DIR",
+    "MAX_GALLERY",
+    "BackendChoice",
+    "ImageInput",
+    "Match",
+    "EndpointInfo",
+    "LruCache",
+    "choice_from_env",
+    "choice_to_env",
+    "is_loopback",
+    "is_locked",
+    "list_images",
+    "list_samples",
+    "load_folder",
+    "decode_preview",
+    "remote_payload",
+    "result_key",
+    "gallery_key",
+    "rank_gallery",
+    "list_endpoints",
+    "endpoint_status",
+    "user_message",
+]
+
+log = logging.getLogger(__name__)
+
+#: Environment variables through which ``twinnet app`` hands its choices to the script.
+ENV = {
+    "model": "TWINNET_APP_MODEL",
+    "url": "TWINNET_APP_URL",
+    "endpoint": "TWINNET_APP_ENDPOINT",
+    "region": "TWINNET_APP_REGION",
+    "samples": "TWINNET_APP_SAMPLES",
+    "locked": "TWINNET_APP_LOCKED",
+}
+#: File types the uploaders accept (``decode_image`` reads all of them).
+IMAGE_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "gif")
+#: Folder inside a model directory whose images the app offers as samples.
+SAMPLES_DIR = "samples"
+#: Most images a gallery folder contributes; more would make one search take minutes on CPU.
+MAX_GALLERY = 200
+#: Remote payloads above this are re-encoded; servers refuse requests over 6 MB.
+REMOTE_LIMIT = 5_000_000
+
+Kind = Literal["model", "url", "endpoint"]
+KINDS: tuple[Kind, ...] = ("model", "url", "endpoint")
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """Where comparisons run; hashable so it can key Streamlit's caches.
+
+    Attributes:
+        kind: ``model`` (in process), ``url`` (TorchServe) or ``endpoint`` (SageMaker).
+        target: the model directory, the server URL or the endpoint name.
+        region: AWS region of an endpoint.
+        token: TorchServe inference token; ``None`` lets the client find a local one.
+    """
+
+    kind: Kind
+    target: str
+    region: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise TwinnetError(f"unknown backend kind {self.kind!r}; choose one of {KINDS}")
+        if not self.target.strip():
+            raise TwinnetError(f"the {self.describe_kind()} is empty")
+
+    def describe_kind(self) -> str:
+        return {"model": "model directory", "url": "TorchServe URL", "endpoint": "endpoint name"}[
+            self.kind
+        ]
+
+    @property
+    def key(self) -> str:
+        """Identifies the backend in result caches (the token does not change answers)."""
+        return f"{self.kind}|{self.target}|{self.region or ''}"
+
+    @property
+    def label(self) -> str:
+        """One line for the page: where answers come from."""
+        if self.kind == "model":
+            return f"in process, model {self.target}"
+        if self.kind == "url":
+            return f"TorchServe at {self.target}"
+        return f"SageMaker endpoint {self.target} ({self.region or 'default region'})"
+
+    @property
+    def remote(self) -> bool:
+        return self.kind != "model"
+
+    def open(self) -> Comparer:
+        """Open the backend: loads the model or builds the client (no request is sent)."""
+        if self.kind == "model":
+            return open_backend(model=self.target)
+        if self.kind == "url":
+            return open_backend(url=self.target, token=self.token)
+        return open_backend(endpoint=self.target, region=self.region)
+
+
+def choice_from_env(env: Mapping[str, str] | None = None) -> BackendChoice | None:
+    """The backend ``twinnet app`` was started with, or ``None`` when it named none."""
+    env = os.environ if env is None else env
+    region = env.get(ENV["region"]) or None
+    for kind in KINDS:
+        value = env.get(ENV[kind], "").strip()
+        if value:
+            return BackendChoice(kind, value, region=region if kind == "endpoint" else None)
+    return None
+
+
+def choice_to_env(choice: BackendChoice | None) -> dict[str, str]:
+    """The inverse of :func:`choice_from_env` (the token is never passed on)."""
+    if choice is None:
+        return {}
+    env = {ENV[choice.kind]: choice.target}
+    if choice.region:
+        env[ENV["region"]] = choice.region
+    return env
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the app on this machine."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def is_locked(env: Mapping[str, str] | None = None) -> bool:
+    """Locked apps (bound beyond loopback) keep the operator's backend and read no server paths."""
+    env = os.environ if env is None else env
+    return env.get(ENV["locked"], "").strip().lower() in ("1", "true", "yes")
+
+
+# --------------------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One encoded image and the name it is shown (and reported in errors) under."""
+
+    name: str
+    data: bytes = field(repr=False)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str], name: str | None = None) -> ImageInput:
+        path = Path(path)
+        try:
+            return cls(name or path.name, path.read_bytes())
+        except OSError as exc:
+            raise ImageError(f"{name or path}: cannot read ({exc.strerror or exc})") from None
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files under ``folder`` (recursively, sorted), skipping hidden files and folders."""
+    from .inference import list_images as find
+
+    root = Path(folder)
+    return [
+        p for p in find(root) if not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+
+
+def list_samples(folder: str | os.PathLike[str] | None) -> list[Path]:
+    """Sample images offered by the app: ``folder/samples`` of a model directory, or ``folder``.
+
+    A model directory may carry a ``samples/`` folder (sub-folders allowed, e.g. one per
+    class); any other folder given with ``twinnet app --samples`` is used as it is.
+    """
+    if not folder:
+        return []
+    root = Path(folder)
+    if (root / SAMPLES_DIR).is_dir():
+        root = root / SAMPLES_DIR
+    elif (root / "twinnet.json").is_file() or not root.is_dir():
+        return []
+    return list_images(root)
+
+
+def load_folder(folder: str, limit: int = MAX_GALLERY) -> tuple[list[ImageInput], int]:
+    """Read a gallery folder; returns the images (named by relative path) and how many were left out."""
+    root = Path(folder).expanduser()
+    if not folder.strip() or not root.is_dir():
+        raise TwinnetError(f"{folder}: not a folder; give the path of a folder of images")
+    paths = list_images(root)
+    if not paths:
+        raise TwinnetError(
+            f"{folder}: holds no images ({', '.join(IMAGE_TYPES)}); choose another folder"
+        )
+    images = [ImageInput.from_path(p, str(p.relative_to(root))) for p in paths[:limit]]
+    return images, max(0, len(paths) - limit)
+
+
+def decode_preview(image: ImageInput, max_side: int = 1024) -> Image.Image:
+    """Decode an input (EXIF rotation applied) and shrink it for display; raises ImageError."""
+    img = decode_image(image.data, name=image.name, draft=(max_side, max_side))
+    if max(img.size) > max_side:
+        img = img.copy()
+        img.thumbnail((max_side, max_side), Image.BILINEAR)
+    return img
+
+
+def remote_payload(image: ImageInput, limit: int = REMOTE_LIMIT, max_side: int = 2048) -> bytes:
+    """The bytes to send to a server: the file itself, or a smaller JPEG when it is over ``limit``.
+
+    Phone photos often exceed the 6 MB request limit; the network sees a few hundred pixels
+    anyway, so a 2048 px JPEG (with the EXIF rotation already applied) answers the same.
+    """
+    if len(image.data) <= limit:
+        return image.data
+    img = decode_image(image.data, name=image.name, draft=(max_side, max_side))
+    img.thumbnail((max_side, max_side), Image.BILINEAR)
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+# --------------------------------------------------------------------------- results
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LruCache(Generic[K, V]):
+    """A small least-recently-used map for per-session results (kept in ``st.session_state``).
+
+    Results hold numpy CAM maps and PIL images; keeping them in the session, rather than
+    ``st.cache_data``, avoids pickling them on every hit.
+    """
+
+    def __init__(self, capacity: int = 32) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._data: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        if key not in self._data:
+            return None
+        self._data.move_to_end(key)
+        return self._data[key]
+
+    def put(self, key: K, value: V) -> V:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.capacity:
+            self._data.popitem(last=False)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def result_key(choice: BackendChoice, left: ImageInput, right: ImageInput, cam: bool) -> str:
+    """Cache key of one comparison: backend, both images' bytes, and whether CAMs were asked for."""
+    return f"compare|{choice.key}|{left.digest}|{right.digest}|{int(bool(cam))}"
+
+
+def gallery_key(choice: BackendChoice, query: ImageInput, gallery: Iterable[ImageInput]) -> str:
+    """Cache key of one gallery search (the order of the gallery matters for names only)."""
+    h = hashlib.sha256()
+    for item in gallery:
+        h.update(item.name.encode("utf-8", "replace") + b"\0" + item.digest.encode() + b"\0")
+    return f"gallery|{choice.key}|{query.digest}|{h.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class Match:
+    """One gallery image's place in a ranking."""
+
+    index: int
+    name: str
+    probability: float
+    same: bool
+
+
+def rank_gallery(
+    backend: Any,
+    query: ImageInput,
+    gallery: Sequence[ImageInput],
+    remote: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Match]:
+    """Every gallery image ranked by the probability that it matches the query, best first.
+
+    An in-process model searches with cached embeddings (``Twin.search``); a remote backend
+    has no search, so the query is compared with each image in turn.
+    """
+    if not gallery:
+        raise TwinnetError("the gallery is empty; upload images or give a folder")
+    if not remote and hasattr(backend, "search"):
+        threshold = float(backend.spec.threshold)
+        hits = backend.search(query.data, [g.data for g in gallery], top_k=None)
+        matches = [
+            Match(h.index, gallery[h.index].name, h.probability, h.probability >= threshold)
+            for h in hits
+        ]
+    else:
+        payload = remote_payload(query) if remote else query.data
+        matches = []
+        for i, item in enumerate(gallery):
+            r = backend.compare(payload, remote_payload(item) if remote else item.data)
+            matches.append(Match(i, item.name, float(r.probability), bool(r.same)))
+            if progress is not None:
+                progress(i + 1, len(gallery))
+    return sorted(matches, key=lambda m: (-m.probability, m.index))
+
+
+# --------------------------------------------------------------------------- SageMaker
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    """A SageMaker endpoint as listed for the sidebar."""
+
+    name: str
+    status: str
+
+    @property
+    def in_service(self) -> bool:
+        return self.status == "InService"
+
+    @property
+    def label(self) -> str:
+        return self.name if self.in_service else f"{self.name} ({self.status})"
+
+
+def list_endpoints(region: str | None) -> list[EndpointInfo]:
+    """The twinnet endpoints of a region (those ``twinnet deploy`` tagged), newest first.
+
+    Others can still be typed in by name. AWS failures (no credentials, no region, access
+    denied) become TwinnetError.
+    """
+    from .deploy.sagemaker import list_endpoints as listed
+    from .deploy.sagemaker import open_session
+
+    try:
+        found = listed(open_session(region or None))
+    except TwinnetError:
+        raise
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None:
+            raise
+        raise TwinnetError(message) from None
+    return [EndpointInfo(e.name, e.status) for e in reversed(found)]
+
+
+def endpoint_status(name: str, region: str | None) -> str | None:
+    """The status of one endpoint (``InService``, ``Creating``, ...).
+
+    Returns ``None`` when the credentials may invoke but not describe endpoints, so such a
+    role can still compare; other AWS failures become TwinnetError.
+    """
+    from .deploy.sagemaker import open_session
+
+    session = open_session(region or None)
+    try:
+        desc = session.client("sagemaker").describe_endpoint(EndpointName=name)
+        return str(desc["EndpointStatus"])
+    except Exception as exc:
+        error = getattr(exc, "response", None) or {}
+        if error.get("Error", {}).get("Code") in ("AccessDeniedException", "AccessDenied"):
+            return None
+        message = user_message(exc, endpoint=name)
+        if message is None:
+            raise
+        raise TwinnetError(message) from None
+
+
+# --------------------------------------------------------------------------- errors
+
+_AWS_CREDENTIALS = (
+    "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, choose a "
+    "profile with AWS_PROFILE, or run `aws configure`, then press the button again"
+)
+
+
+def _names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def user_message(exc: BaseException, endpoint: str | None = None) -> str | None:
+    """A one-line message for failures a user can act on, or ``None`` for real bugs.
+
+    Exceptions from botocore and requests are recognised by class name, so neither library
+    has to be installed for the in-process backend.
+    """
+    if isinstance(exc, TwinnetError):
+        return str(exc)
+    names = _names(exc)
+    module = type(exc).__module__
+    if module.startswith("botocore"):
+        if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
+            return _AWS_CREDENTIALS
+        if "NoRegionError" in names:
+            return "no AWS region chosen: pick a region in the sidebar or set AWS_DEFAULT_REGION"
+        if "EndpointConnectionError" in names or "ConnectTimeoutError" in names:
+            return f"cannot reach AWS ({exc}); check the network and the region"
+        if "ClientError" in names:
+            error = getattr(exc, "response", {}).get("Error", {})
+            code, text = error.get("Code", "Error"), error.get("Message", str(exc))
+            if code in ("UnrecognizedClientException", "InvalidClientTokenId", "ExpiredToken"):
+                return f"AWS refused the credentials ({code}: {text}); refresh them and retry"
+            if code == "AccessDeniedException":
+                return f"AWS denied access ({text}); the role needs sagemaker permissions"
+            if endpoint and ("not found" in text.lower() or "could not find" in text.lower()):
+                return f"endpoint {endpoint} does not exist in this region; choose another"
+            return f"AWS error {code}: {text}"
+        return f"AWS error: {exc}"
+    if module.startswith(("requests", "urllib3")):
+        if names & {"ConnectionError", "NewConnectionError", "MaxRetryError"}:
+            return "the server did not answer; check the URL and that the server is running"
+        if names & {"Timeout", "ReadTimeout", "ConnectTimeout"}:
+            return "the server did not answer in time; it may be overloaded, try again"
+        return f"request failed: {exc}"
+    if isinstance(exc, OSError):
+        return f"{exc.__class__.__name__}: {exc}"
+    return None

@@ -1,0 +1,317 @@
+"""Clients for a served twin model: TorchServe over HTTP, and a SageMaker endpoint.
+
+Both send the same bytes, built by :func:`twinnet.protocol.encode_multipart`, so the
+request a client sends is exactly the one the handler parses, and both return a
+:class:`~twinnet.result.CompareResult`. Responses are parsed as JSON (never evaluated).
+Every failure is a :class:`~twinnet.errors.TwinnetError` with a one-line message that says
+what to do next; an image the server could not decode is an :class:`~twinnet.errors.ImageError`
+naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ImageError, TwinnetError
+from .imaging import ImageSource, read_bytes
+from .protocol import MAX_REQUEST_BYTES, encode_multipart
+from .result import CompareResult
+
+__all__ = ["HttpClient", "SageMakerClient", "TOKEN_ENV", "prepare_body"]
+
+#: Environment variable holding a TorchServe inference token (used when none is passed).
+TOKEN_ENV = "TWINNET_TOKEN"
+
+
+def prepare_body(left: ImageSource, right: ImageSource, cam: bool = False) -> tuple[bytes, str]:
+    """Read both inputs and build the multipart body; refuse it locally when over 6 MB."""
+    body, content_type = encode_multipart(read_bytes(left, "left"), read_bytes(right, "right"), cam)
+    if len(body) > MAX_REQUEST_BYTES:
+        raise TwinnetError(
+            f"request of {len(body) / 2**20:.1f} MiB is over the {MAX_REQUEST_BYTES / 2**20:.0f} MiB "
+            "limit of SageMaker and twinnet servers; resize the images (e.g. JPEG at 1024 px)"
+        )
+    return body, content_type
+
+
+def _error_from_body(status: int, raw: bytes, where: str) -> TwinnetError:
+    """A TwinnetError for a non-200 answer, from the contract's error object when present."""
+    try:
+        data: Any = json.loads(raw.decode("utf-8")) if raw else None
+    except (UnicodeDecodeError, ValueError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        err = data["error"]
+        code, field, message = err.get("code"), err.get("field"), str(err.get("message", ""))
+        if code == "invalid_image":
+            return ImageError(message, field=field)
+        return TwinnetError(f"{where} refused the request ({status} {code}): {message}")
+    if isinstance(data, dict) and "message" in data:  # TorchServe's own error format
+        return TwinnetError(f"{where} answered {status} {data.get('type', '')}: {data['message']}")
+    if status == 413:
+        return TwinnetError(
+            f"{where} refused the request as too large (413): the limit is "
+            f"{MAX_REQUEST_BYTES / 2**20:.0f} MiB"
+        )
+    text = raw[:200].decode("utf-8", "replace").strip() if raw else "no body"
+    if status >= 500:
+        return TwinnetError(f"{where} failed with {status}: {text}; see the server's logs")
+    return TwinnetError(f"{where} answered {status}: {text}")
+
+
+def _parse_result(raw: bytes, where: str) -> CompareResult:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
+        return CompareResult.from_dict(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise TwinnetError(f"{where} sent a malformed answer: {exc}") from None
+
+
+class HttpClient:
+    """Compare images with a TorchServe server (``twinnet serve``) over HTTP.
+
+    Args:
+        url: the server's base URL (``http://127.0.0.1:8080``), or a full route such as
+            ``.../predictions/twin`` or ``.../invocations``.
+        token: the inference token. Default: ``$TWINNET_TOKEN``, else the key file of a
+            server that ``twinnet serve`` started on this machine on that port.
+        model_name: the model served at ``/predictions/<model_name>``.
+        timeout: seconds to wait for an answer.
+    """
+
+    def __init__(
+        self, url: str, token: str | None = None, model_name: str = "twin", timeout: float = 60.0
+    ) -> None:
+        if not url:
+            raise TwinnetError("a server URL is required, e.g. http://127.0.0.1:8080")
+        if "://" not in url:
+            url = f"http://{url}"
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise TwinnetError(f"not an http(s) URL: {url!r}")
+        if timeout <= 0:
+            raise TwinnetError(f"timeout must be positive, got {timeout}")
+        path = parts.path.rstrip("/")
+        if path.endswith("/invocations") or "/predictions/" in path:
+            self.endpoint = url.rstrip("/")
+        else:
+            self.endpoint = f"{url.rstrip('/')}/predictions/{model_name}"
+        self.base = f"{parts.scheme}://{parts.netloc}"
+        self.model_name = model_name
+        self.timeout = float(timeout)
+        self._explicit = token or os.environ.get(TOKEN_ENV) or None
+        self._token = self._explicit or self._local_token()
+        import requests
+
+        self._session = requests.Session()
+
+    def __repr__(self) -> str:
+        return f"HttpClient({self.endpoint!r}, token={'set' if self._token else 'none'})"
+
+    def _local_token(self) -> str | None:
+        from .serve.server import find_token
+
+        return find_token(self.base)
+
+    def _refresh_token(self) -> bool:
+        """After an auth refusal: re-read the local key file, renewing an expired key."""
+        if self._explicit:
+            return False
+        from .serve.server import find_token
+
+        fresh = find_token(self.base)
+        if fresh and fresh != self._token:
+            self._token = fresh
+            return True
+        api_key = find_token(self.base, kind="API")
+        mgmt = _local_management_url(self.base)
+        if not (api_key and mgmt):
+            return False
+        try:  # TorchServe's token API rotates the (expired) inference key and rewrites the file
+            self._session.post(
+                f"{mgmt}/token?type=inference",
+                headers={"Authorization": f"Bearer {api_key}"},
+                timeout=self.timeout,
+            )
+        except Exception:
+            return False
+        fresh = find_token(self.base)
+        if fresh and fresh != self._token:
+            self._token = fresh
+            return True
+        return False
+
+    def _post(self, body: bytes, content_type: str) -> Any:
+        import requests
+
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            return self._session.post(
+                self.endpoint, data=body, headers=headers, timeout=self.timeout
+            )
+        except requests.exceptions.ConnectionError:
+            raise TwinnetError(
+                f"cannot connect to {self.base}: is the server running? Start one with "
+                "`twinnet serve MODEL_DIR` (check with `twinnet serve --status`)"
+            ) from None
+        except requests.exceptions.Timeout:
+            raise TwinnetError(f"{self.base} did not answer within {self.timeout:.0f} s") from None
+        except requests.exceptions.RequestException as exc:
+            raise TwinnetError(
+                f"request to {self.endpoint} failed: {exc.__class__.__name__}"
+            ) from None
+
+    def compare(self, left: ImageSource, right: ImageSource, cam: bool = False) -> CompareResult:
+        """Send one pair; returns the server's verdict (with CAM maps when ``cam``)."""
+        body, content_type = prepare_body(left, right, cam)
+        resp = self._post(body, content_type)
+        if _auth_refused(resp) and self._refresh_token():
+            resp = self._post(body, content_type)
+        if resp.status_code == 200:
+            return _parse_result(resp.content, self.base)
+        if _auth_refused(resp):
+            raise TwinnetError(
+                f"{self.base} refused the inference token: pass --token (see key_file.json in "
+                f"the server's directory) or set ${TOKEN_ENV}"
+            )
+        if resp.status_code == 404:
+            raise TwinnetError(
+                f"no model {self.model_name!r} at {self.base} (404); check the name with "
+                "`twinnet serve --status` or pass --model-name"
+            )
+        raise _error_from_body(resp.status_code, resp.content, self.base)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _auth_refused(resp: Any) -> bool:
+    if resp.status_code == 401:
+        return True
+    if resp.status_code != 400:
+        return False
+    try:
+        data = resp.json()
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("type") == "InvalidKeyException"
+
+
+def _local_management_url(base: str) -> str | None:
+    from .serve.server import LOOPBACK, list_servers
+
+    parts = urlsplit(base)
+    if (parts.hostname or "") not in LOOPBACK:
+        return None
+    for info in list_servers():
+        if info.port == parts.port:
+            return info.management_url
+    return None
+
+
+class SageMakerClient:
+    """Compare images with a SageMaker real-time endpoint (``sagemaker-runtime``).
+
+    Args:
+        endpoint: the endpoint's name.
+        region: AWS region; default from the AWS configuration (``AWS_DEFAULT_REGION``...).
+            ``AWS_ENDPOINT_URL`` points the client elsewhere (e.g. a moto server).
+    """
+
+    def __init__(self, endpoint: str, region: str | None = None) -> None:
+        if not endpoint:
+            raise TwinnetError("an endpoint name is required")
+        try:
+            import boto3
+            from botocore.exceptions import NoRegionError
+        except ImportError:
+            raise TwinnetError(
+                "boto3 is not installed; install it with pip install 'twinnet[aws]'"
+            ) from None
+        self.endpoint = endpoint
+        try:
+            self._client = boto3.client("sagemaker-runtime", region_name=region or None)
+        except NoRegionError:
+            raise TwinnetError(
+                "no AWS region configured: pass --region or set AWS_DEFAULT_REGION"
+            ) from None
+        self.region = self._client.meta.region_name
+
+    def __repr__(self) -> str:
+        return f"SageMakerClient({self.endpoint!r}, region={self.region!r})"
+
+    def compare(self, left: ImageSource, right: ImageSource, cam: bool = False) -> CompareResult:
+        """Invoke the endpoint with one pair; returns its verdict."""
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        body, content_type = prepare_body(left, right, cam)
+        where = f"endpoint {self.endpoint!r}"
+        try:
+            resp = self._client.invoke_endpoint(
+                EndpointName=self.endpoint,
+                ContentType=content_type,
+                Accept="application/json",
+                Body=body,
+            )
+        except (NoCredentialsError, PartialCredentialsError):
+            raise TwinnetError(
+                "no AWS credentials found: run `aws configure`, or set AWS_PROFILE or "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            ) from None
+        except EndpointConnectionError as exc:
+            raise TwinnetError(
+                f"cannot reach SageMaker runtime ({exc.kwargs.get('endpoint_url')})"
+            ) from None
+        except ClientError as exc:
+            raise _sagemaker_error(exc, where, self.region) from None
+        except BotoCoreError as exc:
+            raise TwinnetError(f"{where}: {exc}") from None
+        raw = resp["Body"].read()
+        return _parse_result(raw, where)
+
+
+def _sagemaker_error(exc: Any, where: str, region: str | None) -> TwinnetError:
+    err = exc.response.get("Error", {})
+    code, message = err.get("Code", ""), str(err.get("Message", ""))
+    if code == "ModelError":  # the container answered non-2xx: its body is our error object
+        status = int(exc.response.get("OriginalStatusCode") or 500)
+        original = exc.response.get("OriginalMessage") or ""
+        return _error_from_body(status, original.encode("utf-8"), where)
+    lowered = message.lower()
+    if "not found" in lowered or "could not find" in lowered:
+        return TwinnetError(
+            f"{where} not found in region {region}; deploy it with `twinnet deploy` or check "
+            "the name and --region"
+        )
+    if "not in service" in lowered or "creating" in lowered or "updating" in lowered:
+        return TwinnetError(
+            f"{where} is not in service yet ({message}); wait until it is InService"
+        )
+    if code in (
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "ExpiredTokenException",
+    ):
+        return TwinnetError(f"AWS refused the credentials ({code}): {message}")
+    if code in ("AccessDeniedException", "AccessDenied"):
+        return TwinnetError(f"AWS denied sagemaker:InvokeEndpoint on {where}: {message}")
+    return TwinnetError(f"{where}: {code}: {message}")

@@ -1,0 +1,422 @@
+"""``Twin``: compare, explain, embed and search with a trained twin model, in process.
+
+Every other way of running a model (the CLI, the TorchServe handler, the SageMaker
+container, the app) calls this class, so decoding, preprocessing and the fast path are
+written once. A comparison is split where the cost is: the encoder (almost all of it) runs
+once per distinct image and its feature maps are cached by the hash of the image's bytes;
+the head (cheap) runs for every pairing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import explain
+from .cache import EmbeddingCache, content_key
+from .errors import ImageError, TwinnetError
+from .imaging import ImageSource, build_transforms, decode_image, read_bytes, source_name
+from .model import TwinModel
+from .result import CompareResult
+from .runtime import Runtime, fast_encoder, resolve_runtime
+from .spec import ModelSpec
+
+__all__ = ["Twin", "Hit", "CompareResult", "IMAGE_SUFFIXES", "list_images"]
+
+#: File suffixes that :func:`list_images` treats as images.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm"}
+)
+#: Images encoded per forward pass; bounds activation memory for large galleries.
+ENCODE_BATCH = 16
+#: Pairs per head pass in a search.
+HEAD_BATCH = 512
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One gallery image ranked by :meth:`Twin.search`.
+
+    Attributes:
+        index: position in the gallery (in :func:`list_images` order for a folder).
+        item: the gallery entry itself (a path for a folder).
+        probability: probability that it shows the same class as the query.
+    """
+
+    index: int
+    item: Any
+    probability: float
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursively, by suffix), in sorted order."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise TwinnetError(f"{root} is not a directory")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _is_single(src: object) -> bool:
+    return isinstance(
+        src, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)
+    ) or hasattr(src, "read")
+
+
+def _label(src: ImageSource, field: str | None) -> str:
+    """How errors name an input: the field, and the path when there is one."""
+    if field and isinstance(src, (str, os.PathLike)):
+        return f"{field} image {os.fspath(src)}"
+    return field or source_name(src)
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        flat = t.detach().cpu().contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return h.hexdigest()
+
+
+class Twin:
+    """A twin model ready to compare images, with its preprocessing, fast path and cache.
+
+    Build one with :meth:`load` (a model directory) or :meth:`from_model` (a model in memory,
+    e.g. right after training). Methods are safe to call from several threads at once.
+
+    Args:
+        model: the twin model; put in eval mode and moved to the runtime's device.
+        spec: its spec, which fixes the preprocessing and the decision threshold.
+        runtime: the execution plan from :func:`twinnet.runtime.resolve_runtime`.
+        cache_mb: size of the feature-map cache; 0 turns caching off.
+    """
+
+    def __init__(
+        self, model: TwinModel, spec: ModelSpec, runtime: Runtime, cache_mb: float = 256
+    ) -> None:
+        self.spec = spec
+        self.runtime = runtime
+        self.model = model.eval().to(runtime.device)
+        self.head = self.model.head
+        # The fp32 path uses the model as given, so it is exactly a plain PyTorch forward.
+        self.encoder = (
+            fast_encoder(self.model.encoder, runtime) if runtime.fast else self.model.encoder
+        )
+        self.preprocess = build_transforms(spec)
+        self.cache = EmbeddingCache(cache_mb)
+        plan = {
+            "arch": spec.arch,
+            "image_size": spec.image_size,
+            "resize_method": spec.resize_method,
+            "mean": spec.mean,
+            "std": spec.std,
+            "precision": runtime.precision,
+            "draft": runtime.draft,
+            "channels_last": runtime.channels_last,
+            "device": runtime.device.type,
+        }
+        h = hashlib.blake2b(json.dumps(plan, sort_keys=True).encode(), digest_size=8)
+        h.update(_weights_digest(self.model.encoder).encode())
+        self._namespace = h.hexdigest()
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | os.PathLike,
+        device: str = "auto",
+        precision: str = "auto",
+        cache_mb: float = 256,
+        threads: int | None = None,
+    ) -> Twin:
+        """Load a model directory.
+
+        Args:
+            model_dir: a directory with ``twinnet.json`` and safetensors weights.
+            device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+            precision: ``auto`` (bf16 encoder where the hardware has native bf16), ``bf16``
+                or ``fp32`` (exactly the plain PyTorch forward).
+            cache_mb: feature-map cache size in MB.
+            threads: torch CPU threads (process-wide); default: torch's, capped at usable CPUs.
+        """
+        from .artifacts import load_model_dir
+
+        runtime = resolve_runtime(device, precision, threads)
+        model, spec = load_model_dir(model_dir, device="cpu")
+        return cls(model, spec, runtime, cache_mb=cache_mb)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: TwinModel,
+        spec: ModelSpec,
+        device: str = "cpu",
+        precision: str = "auto",
+        cache_mb: float = 256,
+        threads: int | None = None,
+    ) -> Twin:
+        """Wrap a model already in memory (it is put in eval mode; do not train it meanwhile)."""
+        return cls(model, spec, resolve_runtime(device, precision, threads), cache_mb=cache_mb)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def name(self) -> str:
+        """The model's name, as servers publish it."""
+        return self.spec.name
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def precision(self) -> str:
+        """``bf16`` or ``fp32``: what the encoder computes in."""
+        return self.runtime.precision
+
+    def __repr__(self) -> str:
+        return (
+            f"Twin(name={self.name!r}, arch={self.spec.arch}, size={self.spec.image_size}, "
+            f"device={self.device.type}, precision={self.precision})"
+        )
+
+    # ----------------------------------------------------------------- decoding & encoding
+    def _key(self, src: ImageSource, label: str) -> tuple[str, bytes | Image.Image]:
+        """The cache key of an input, and what to decode on a miss."""
+        if isinstance(src, Image.Image):
+            h = hashlib.blake2b(f"pil:{src.mode}:{src.size}".encode(), digest_size=20)
+            h.update(src.tobytes())
+            return f"{self._namespace}:{h.hexdigest()}", src
+        data = read_bytes(src, label)
+        return content_key(self._namespace, data), data
+
+    def decode(self, src: ImageSource, field: str | None = None) -> Image.Image:
+        """Decode one input as the library does (EXIF, RGB, bomb cap); raises ImageError."""
+        label = _label(src, field)
+        try:
+            return decode_image(src, label)
+        except ImageError as exc:
+            exc.field = field
+            raise
+
+    def _tensor(self, payload: bytes | Image.Image, label: str) -> torch.Tensor:
+        s = self.spec.image_size
+        draft = (s, s) if self.runtime.draft else None
+        img = decode_image(payload, label, draft=draft)
+        return self.preprocess(img)
+
+    def _encode(self, batch: torch.Tensor) -> torch.Tensor:
+        """Encoder feature maps of a normalised batch, in the runtime's storage dtype, NCHW."""
+        x = batch.to(self.device)
+        if self.runtime.bf16:
+            x = x.to(torch.bfloat16)
+        if self.runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self.encoder(x).contiguous()
+
+    def _features(
+        self, sources: Sequence[ImageSource], fields: Sequence[str | None], collect: bool = False
+    ) -> list[torch.Tensor | ImageError]:
+        """Feature maps (C, h, w) of each input, from the cache or encoded in batches.
+
+        With ``collect``, a bad input yields its ImageError in place instead of raising.
+        """
+        out: list[torch.Tensor | ImageError | None] = [None] * len(sources)
+        pending: dict[str, list[int]] = {}
+        payloads: dict[str, tuple[bytes | Image.Image, str, str | None]] = {}
+        for i, (src, field) in enumerate(zip(sources, fields, strict=True)):
+            label = _label(src, field)
+            try:
+                key, payload = self._key(src, label)
+            except ImageError as exc:
+                exc.field = field
+                if not collect:
+                    raise
+                out[i] = exc
+                continue
+            if key in pending:
+                pending[key].append(i)
+                continue
+            hit = self.cache.get(key)
+            if hit is not None:
+                out[i] = hit
+            else:
+                pending[key] = [i]
+                payloads[key] = (payload, label, field)
+        keys = list(pending)
+        for start in range(0, len(keys), ENCODE_BATCH):
+            chunk, tensors = [], []
+            for key in keys[start : start + ENCODE_BATCH]:
+                payload, label, field = payloads[key]
+                try:
+                    tensors.append(self._tensor(payload, label))
+                    chunk.append(key)
+                except ImageError as exc:
+                    exc.field = field
+                    if not collect:
+                        raise
+                    for i in pending[key]:
+                        out[i] = exc
+            if not chunk:
+                continue
+            feats = self._encode(torch.stack(tensors))
+            for key, f in zip(chunk, feats, strict=True):
+                f = f.clone()  # own storage: a slice would pin the whole batch in the cache
+                self.cache.put(key, f)
+                for i in pending[key]:
+                    out[i] = f
+        for i, o in enumerate(out):
+            if o is None:  # the same key appeared earlier as a cache hit
+                raise AssertionError(f"input {i} was not resolved")  # pragma: no cover
+        return out  # type: ignore[return-value]
+
+    def _head(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 2) in fp32 from two batches of feature maps."""
+        with torch.inference_mode():
+            return self.head(torch.cat([left.float(), right.float()], dim=1))
+
+    # ----------------------------------------------------------------- public API
+    def embed(self, images: ImageSource | Iterable[ImageSource]) -> torch.Tensor:
+        """Encoder feature maps (N, C, h, w), fp32 on the CPU, of one image or a list; cached."""
+        items = [images] if _is_single(images) else list(images)  # type: ignore[list-item]
+        if not items:
+            raise TwinnetError("embed() needs at least one image")
+        feats = self._features(items, [None] * len(items))
+        return torch.stack([f.float() for f in feats]).cpu()  # type: ignore[union-attr]
+
+    def compare(self, left: ImageSource, right: ImageSource, cam: bool = False) -> CompareResult:
+        """Are ``left`` and ``right`` the same class? With ``cam``, also their Grad-CAM maps.
+
+        Inputs may be paths, encoded bytes, binary file objects or PIL images. Raises
+        ImageError (with ``field`` ``left`` or ``right``) for an input that is not an image.
+        """
+        return self._compare_pairs([(left, right)], cam, collect=False)[0]  # type: ignore[return-value]
+
+    def compare_batch(
+        self,
+        pairs: Sequence[tuple[ImageSource, ImageSource]],
+        cam: bool = False,
+        return_exceptions: bool = False,
+    ) -> list[CompareResult] | list[CompareResult | ImageError]:
+        """Compare many pairs in one pass; the same results as :meth:`compare` on each.
+
+        Distinct images are encoded once, in batches, and reused from the cache; the head
+        runs once over all pairs.
+
+        Args:
+            pairs: ``(left, right)`` inputs.
+            cam: also compute Grad-CAM maps.
+            return_exceptions: put a bad pair's ImageError in its place instead of raising,
+                so one bad request in a server batch fails alone.
+        """
+        return self._compare_pairs(list(pairs), cam, collect=return_exceptions)
+
+    def _compare_pairs(
+        self, pairs: list[tuple[ImageSource, ImageSource]], cam: bool, collect: bool
+    ) -> list[CompareResult | ImageError]:
+        sources: list[ImageSource] = []
+        for n, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TwinnetError(f"pair {n} must be a (left, right) tuple")
+            sources.extend(pair)
+        fields = ["left", "right"] * len(pairs)
+        feats = self._features(sources, fields, collect=True)
+        if not collect:
+            for i, f in enumerate(feats):
+                if isinstance(f, ImageError):
+                    if len(pairs) == 1:
+                        raise f
+                    raise ImageError(f"pair {i // 2}: {f}", field=f.field) from None
+        results: list[CompareResult | ImageError | None] = [None] * len(pairs)
+        good = []
+        for n in range(len(pairs)):
+            fl, fr = feats[2 * n], feats[2 * n + 1]
+            if isinstance(fl, ImageError):
+                results[n] = fl
+            elif isinstance(fr, ImageError):
+                results[n] = fr
+            else:
+                good.append(n)
+        if good:
+            left = torch.stack([feats[2 * n] for n in good])  # type: ignore[misc]
+            right = torch.stack([feats[2 * n + 1] for n in good])  # type: ignore[misc]
+            if cam:
+                logits, cam_l, cam_r = explain.grad_cam(self.head, left, right)
+                cam_l, cam_r = cam_l.cpu().numpy(), cam_r.cpu().numpy()
+            else:
+                logits, cam_l, cam_r = self._head(left, right), None, None
+            logits = logits.float().cpu().numpy()
+            for j, n in enumerate(good):
+                results[n] = CompareResult.from_logits(
+                    logits[j].tolist(),
+                    threshold=self.spec.threshold,
+                    model=self.name,
+                    cam_left=None if cam_l is None else cam_l[j].astype(np.float32),
+                    cam_right=None if cam_r is None else cam_r[j].astype(np.float32),
+                )
+        return results  # type: ignore[return-value]
+
+    def scores(
+        self, query: ImageSource, gallery: str | os.PathLike | Sequence[ImageSource]
+    ) -> np.ndarray:
+        """Probability that each gallery image shows the query's class, in gallery order.
+
+        The query is the left image of every pair. This is the scoring that N-way one-shot
+        evaluation uses, so evaluation and search share one code path.
+        """
+        items = self._gallery(gallery)
+        fields = ["query"] + [None] * len(items)
+        feats = self._features([query, *items], fields)
+        q = feats[0]
+        probs = []
+        for start in range(0, len(items), HEAD_BATCH):
+            right = torch.stack(feats[1 + start : 1 + start + HEAD_BATCH])  # type: ignore[arg-type]
+            left = q.unsqueeze(0).expand(right.shape[0], *q.shape)  # type: ignore[union-attr]
+            probs.append(torch.softmax(self._head(left, right), dim=1)[:, 1].cpu())
+        return torch.cat(probs).numpy().astype(np.float64) if probs else np.zeros(0)
+
+    def search(
+        self,
+        query: ImageSource,
+        gallery: str | os.PathLike | Sequence[ImageSource],
+        top_k: int | None = 5,
+    ) -> list[Hit]:
+        """Rank gallery images by the probability that they show the query's class.
+
+        Args:
+            query: the image to look for.
+            gallery: a folder (searched recursively for images) or a sequence of inputs.
+            top_k: how many hits to return; None for all.
+        """
+        items = self._gallery(gallery)
+        probs = self.scores(query, items)
+        order = sorted(range(len(items)), key=lambda i: (-probs[i], i))
+        if top_k is not None:
+            if top_k < 1:
+                raise TwinnetError(f"top_k must be at least 1, got {top_k}")
+            order = order[:top_k]
+        return [Hit(index=i, item=items[i], probability=float(probs[i])) for i in order]
+
+    @staticmethod
+    def _gallery(gallery: str | os.PathLike | Sequence[ImageSource]) -> list[Any]:
+        if isinstance(gallery, (str, os.PathLike)):
+            items: list[Any] = list_images(gallery)
+            if not items:
+                raise TwinnetError(
+                    f"{os.fspath(gallery)} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
+            return items
+        return list(gallery)
+
+    def overlay(self, image: ImageSource, cam: np.ndarray, alpha: float = 0.5) -> Image.Image:
+        """The Grad-CAM heatmap blended over the original image, at its own aspect ratio."""
+        return explain.overlay(self.decode(image), cam, self.spec.resize_method, alpha=alpha)

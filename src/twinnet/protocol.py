@@ -1,0 +1,359 @@
+"""The HTTP contract shared by the TorchServe handler, the SageMaker container and the clients.
+
+One module owns the wire format so that the bytes a client sends are exactly what the server
+parses: :func:`encode_multipart` builds the request body used by both clients, and
+:func:`parse_fields` / :func:`parse_body` turn a request back into a :class:`CompareRequest`.
+Request data is only ever decoded (multipart, base64, JSON); it is never evaluated.
+
+Request forms accepted (see DESIGN.md, "The HTTP contract"):
+
+* ``multipart/form-data`` with file fields ``left`` and ``right`` and an optional text field
+  ``cam``, the original sample's shape (``curl -F left=@c1.jpg -F right=@c2.jpg -F cam=False``);
+* ``application/json``: ``{"left": "<base64>", "right": "<base64>", "cam": false}``;
+* either one with ``format=list`` (query string or field) for the sample's flat list answer.
+
+Errors are :class:`ProtocolError`, rendered as ``{"error": {"code", "field", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import Any
+from urllib.parse import parse_qs
+
+from .errors import ImageError, TwinnetError
+
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "MAX_RESPONSE_BYTES",
+    "CAM_TRUE",
+    "CAM_FALSE",
+    "FORMATS",
+    "IMAGE_FIELDS",
+    "CompareRequest",
+    "ProtocolError",
+    "parse_cam",
+    "parse_format",
+    "check_size",
+    "parse_fields",
+    "parse_body",
+    "parse_multipart",
+    "encode_multipart",
+    "encode_json",
+    "error_body",
+    "error_from_exception",
+    "render_result",
+]
+
+#: SageMaker real-time endpoints refuse payloads over 6 MB; TorchServe is set to the same cap.
+MAX_REQUEST_BYTES = 6 * 1024 * 1024
+#: Large enough for the contract's JSON with CAM maps of any supported image size.
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+CAM_TRUE = frozenset({"true", "1", "yes"})
+CAM_FALSE = frozenset({"false", "0", "no", ""})
+#: ``dict`` is the contract's JSON object; ``list`` is the original sample's flat list.
+FORMATS = ("dict", "list")
+IMAGE_FIELDS = ("left", "right")
+
+_STATUS_OF = {
+    "bad_request": 400,
+    "missing_field": 400,
+    "invalid_field": 400,
+    "invalid_image": 400,
+    "unauthorized": 401,
+    "not_found": 404,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "internal_error": 500,
+    "unavailable": 503,
+}
+
+
+class ProtocolError(TwinnetError):
+    """A request that breaks the contract; carries its HTTP status and error object.
+
+    Attributes:
+        code: machine-readable error code (``invalid_image``, ``missing_field``, ...).
+        field: the request field at fault, or ``None``.
+        status: the HTTP status that goes with ``code``.
+    """
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.field = field
+        self.status = _STATUS_OF.get(code, 400)
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The contract's error object."""
+        return error_body(self.code, self.message, self.field)
+
+
+@dataclass(frozen=True)
+class CompareRequest:
+    """One parsed request: the two encoded images and the options.
+
+    Attributes:
+        left: encoded bytes of the left image (not yet decoded: the library decodes safely).
+        right: encoded bytes of the right image.
+        cam: whether Grad-CAM maps were asked for.
+        format: ``dict`` (contract JSON object) or ``list`` (the sample's flat list).
+    """
+
+    left: bytes
+    right: bytes
+    cam: bool = False
+    format: str = "dict"
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    """``{"error": {"code", "field", "message"}}``."""
+    return {"error": {"code": code, "field": field, "message": message}}
+
+
+def error_from_exception(exc: BaseException) -> ProtocolError:
+    """Map any failure to a :class:`ProtocolError`; unknown exceptions become a bare 500."""
+    if isinstance(exc, ProtocolError):
+        return exc
+    if isinstance(exc, ImageError):
+        return ProtocolError("invalid_image", str(exc), getattr(exc, "field", None))
+    if isinstance(exc, TwinnetError):
+        return ProtocolError("bad_request", str(exc))
+    # Internal details stay in the server log, not in the response.
+    return ProtocolError("internal_error", f"internal error ({exc.__class__.__name__})")
+
+
+def _text(value: Any, field: str) -> str:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("invalid_field", f"{field}: not UTF-8 text", field) from None
+    if isinstance(value, str):
+        return value
+    raise ProtocolError("invalid_field", f"{field}: expected text", field)
+
+
+def parse_cam(value: Any) -> bool:
+    """Strict ``cam`` flag: true/false/1/0/yes/no in any case, a JSON bool, or absent.
+
+    Anything else is a 400 (``invalid_field``). The value is compared against fixed words,
+    never evaluated.
+    """
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, (str, bytes, bytearray, memoryview)):
+        word = _text(value, "cam").strip().lower()
+        if word in CAM_TRUE:
+            return True
+        if word in CAM_FALSE:
+            return False
+        shown = word if len(word) <= 20 else word[:20] + "..."
+        raise ProtocolError(
+            "invalid_field", f"cam must be true/false/1/0/yes/no, got {shown!r}", "cam"
+        )
+    raise ProtocolError("invalid_field", "cam must be true/false/1/0/yes/no", "cam")
+
+
+def parse_format(value: Any) -> str:
+    """``format``: absent/``json``/``dict`` → ``dict``; ``list`` → the sample's flat list."""
+    if value is None:
+        return "dict"
+    word = _text(value, "format").strip().lower()
+    if word in ("", "json", "dict", "object"):
+        return "dict"
+    if word == "list":
+        return "list"
+    raise ProtocolError(
+        "invalid_field", f"format must be 'list' or 'json', got {word[:20]!r}", "format"
+    )
+
+
+def check_size(n_bytes: int, limit: int = MAX_REQUEST_BYTES) -> None:
+    """Raise a 413 when a payload exceeds ``limit`` bytes."""
+    if n_bytes > limit:
+        raise ProtocolError(
+            "payload_too_large",
+            f"request of {n_bytes / 2**20:.1f} MiB is over the {limit / 2**20:.0f} MiB limit "
+            "(SageMaker's real-time limit); send smaller images (e.g. JPEG at 1024 px)",
+        )
+
+
+def _image_field(value: Any, field: str, b64: bool) -> bytes:
+    if value is None:
+        raise ProtocolError("missing_field", f"missing image field {field!r}", field)
+    if b64:
+        if not isinstance(value, str):
+            raise ProtocolError("invalid_field", f"{field}: expected a base64 string", field)
+        text = value.strip()
+        if text.startswith("data:") and "," in text:  # data URL: data:image/jpeg;base64,...
+            text = text.split(",", 1)[1]
+        try:
+            data = base64.b64decode("".join(text.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError("invalid_field", f"{field}: not valid base64", field) from None
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+    elif isinstance(value, str):
+        # A text part: only possible when a client sent the image without a filename.
+        data = value.encode("utf-8")
+    else:
+        raise ProtocolError("invalid_field", f"{field}: expected an image file", field)
+    if not data:
+        raise ProtocolError(
+            "invalid_image", f"{field}: empty input (0 bytes), expected an image", field
+        )
+    return data
+
+
+def _from_json_object(obj: Any, extra: Mapping[str, Any]) -> CompareRequest:
+    if not isinstance(obj, dict):
+        raise ProtocolError(
+            "bad_request", 'JSON body must be an object {"left": ..., "right": ...}'
+        )
+    left = _image_field(obj.get("left"), "left", b64=True)
+    right = _image_field(obj.get("right"), "right", b64=True)
+    cam = parse_cam(obj["cam"] if "cam" in obj else extra.get("cam"))
+    fmt = parse_format(obj["format"] if "format" in obj else extra.get("format"))
+    return CompareRequest(left, right, cam, fmt)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return value  # already parsed (TorchServe decodes application/json bodies)
+    try:
+        return json.loads(_text(value, "body"))
+    except (json.JSONDecodeError, ProtocolError):
+        raise ProtocolError("bad_request", "request body is not valid JSON") from None
+
+
+def parse_fields(fields: Mapping[str, Any], content_type: str | None = None) -> CompareRequest:
+    """Parse one request as TorchServe hands it to a handler: a mapping of named parameters.
+
+    Multipart fields arrive by name (``left``, ``right``, ``cam``), query-string parameters
+    (``format``, ``cam``) too, and any other body arrives as ``body`` (already a dict when it
+    was JSON and TorchServe decoded it).
+    """
+    if "left" in fields or "right" in fields:
+        left = _image_field(fields.get("left"), "left", b64=False)
+        right = _image_field(fields.get("right"), "right", b64=False)
+        return CompareRequest(
+            left, right, parse_cam(fields.get("cam")), parse_format(fields.get("format"))
+        )
+    if "body" in fields:
+        body = fields["body"]
+        if isinstance(body, (dict, list)):
+            return _from_json_object(body, fields)
+        ctype = (content_type or "").split(";", 1)[0].strip().lower()
+        raw = body if isinstance(body, (bytes, bytearray)) else _text(body, "body").encode("utf-8")
+        if not raw:
+            raise ProtocolError(
+                "missing_field", "empty request: send fields 'left' and 'right'", "left"
+            )
+        if ctype in ("", "application/json", "text/json") or raw.lstrip()[:1] == b"{":
+            return _from_json_object(_json_value(bytes(raw)), fields)
+        raise ProtocolError(
+            "unsupported_media_type",
+            f"unsupported content type {ctype!r}: send multipart/form-data with files 'left' "
+            "and 'right', or a JSON object with base64 'left' and 'right'",
+        )
+    raise ProtocolError("missing_field", "missing image fields 'left' and 'right'", "left")
+
+
+def parse_multipart(body: bytes, content_type: str) -> dict[str, bytes]:
+    """Split a ``multipart/form-data`` body into ``{name: bytes}`` (last one wins)."""
+    if "boundary=" not in content_type:
+        raise ProtocolError("bad_request", "multipart/form-data without a boundary")
+    head = b"Content-Type: " + content_type.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n"
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise ProtocolError("bad_request", "malformed multipart/form-data body")
+    out: dict[str, bytes] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            continue
+        payload = part.get_payload(decode=True)
+        out[str(name)] = payload if isinstance(payload, bytes) else b""
+    return out
+
+
+def parse_body(body: bytes, content_type: str | None, query: str = "") -> CompareRequest:
+    """Parse a raw HTTP request body (for servers that are not TorchServe, and for tests).
+
+    Args:
+        body: the request body.
+        content_type: the ``Content-Type`` header.
+        query: the URL's query string, e.g. ``format=list``.
+    """
+    check_size(len(body))
+    extra = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    ctype = (content_type or "").split(";", 1)[0].strip().lower()
+    if ctype == "multipart/form-data":
+        return parse_fields({**extra, **parse_multipart(body, content_type or "")})
+    return parse_fields({**extra, "body": body}, content_type)
+
+
+def _sniff_type(data: bytes) -> str:
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"
+
+
+def encode_multipart(left: bytes, right: bytes, cam: bool = False) -> tuple[bytes, str]:
+    """The request body both clients send: ``(body, content_type)``.
+
+    Image parts always carry a filename, so servers treat them as files (bytes kept as is).
+    """
+    boundary = f"twinnet-{uuid.uuid4().hex}"
+    chunks: list[bytes] = []
+    for name, data in (("left", left), ("right", right)):
+        ext = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}.get(
+            _sniff_type(data), "bin"
+        )
+        chunks.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.{ext}"\r\n'
+            f"Content-Type: {_sniff_type(data)}\r\n\r\n".encode("ascii")
+            + bytes(data)
+            + b"\r\n"
+        )
+    chunks.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="cam"\r\n\r\n'
+        f"{'true' if cam else 'false'}\r\n--{boundary}--\r\n".encode("ascii")
+    )
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+def encode_json(left: bytes, right: bytes, cam: bool = False) -> tuple[bytes, str]:
+    """The JSON-body variant: ``(body, "application/json")``."""
+    obj = {
+        "left": base64.b64encode(left).decode("ascii"),
+        "right": base64.b64encode(right).decode("ascii"),
+        "cam": bool(cam),
+    }
+    return json.dumps(obj).encode("utf-8"), "application/json"
+
+
+def render_result(result: Any, fmt: str = "dict") -> str:
+    """A :class:`~twinnet.result.CompareResult` as the contract's JSON text."""
+    payload = result.to_list() if fmt == "list" else result.to_dict()
+    return json.dumps(payload, separators=(",", ":"))

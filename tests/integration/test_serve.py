@@ -1,0 +1,369 @@
+"""Real TorchServe on free loopback ports: archive → serve → requests, batching, bad inputs,
+worker restarts, token auth, and `twinnet serve --stop` leaving no process behind.
+
+One server is started per module (resnet18 at 64 px, fp32 so answers can be compared with
+the in-process library to 1e-4) and always stopped in teardown.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+pytestmark = pytest.mark.integration
+
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "samples"
+TIMEOUT = 60
+
+
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _jpeg(seed: int, size: tuple[int, int] = (320, 240)) -> bytes:
+    """A distinct photo-like JPEG per seed (noise plus a coloured block)."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    arr[size[1] // 4 : size[1] // 2, size[0] // 4 : size[0] // 2] = rng.integers(0, 255, 3)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def images() -> list[bytes]:
+    """The four real cat photos when present beside the project, else generated JPEGs."""
+    if SAMPLES.is_dir():
+        return [(SAMPLES / f"c{i}.jpg").read_bytes() for i in range(1, 5)]
+    return [_jpeg(i, (1024, 768)) for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory):
+    """A private TWINNET_HOME, so clients find this module's token and nobody else's."""
+    home = tmp_path_factory.mktemp("twhome")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TWINNET_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(scope="module")
+def server(random_model_dir, state, tmp_path_factory):
+    from twinnet.serve.archive import build_archive
+    from twinnet.serve.server import start, stop
+
+    store = tmp_path_factory.mktemp("store")
+    mar = build_archive(
+        random_model_dir, store, batch_size=4, max_batch_delay=300, workers=1, precision="fp32"
+    )
+    assert mar == store / "twin.mar"
+    port, mport, metport = _free_ports(3)
+    info = start(
+        store, port=port, management_port=mport, metrics_port=metport, root=state / "serve", timeout=240
+    )
+    try:
+        yield info
+    finally:
+        stop(root=state / "serve")
+        assert not info.alive()
+
+
+@pytest.fixture(scope="module")
+def twin(random_model_dir):
+    from twinnet.inference import Twin
+
+    return Twin.load(random_model_dir, precision="fp32")
+
+
+def _token(info) -> str:
+    from twinnet.serve.server import read_keys
+
+    return read_keys(info.key_file)["inference"]
+
+
+def _post(info, route="/predictions/twin", token=True, **kwargs) -> requests.Response:
+    headers = kwargs.pop("headers", {})
+    if token:
+        headers["Authorization"] = f"Bearer {_token(info)}"
+    return requests.post(info.inference_url + route, headers=headers, timeout=TIMEOUT, **kwargs)
+
+
+def _check(result: dict, expected, cam: bool = False) -> None:
+    assert result["logits"] == pytest.approx(list(expected.logits), abs=1e-4)
+    assert result["same"] == expected.same
+    assert result["model"] == "twin"
+    assert ("cam" in result) is cam
+
+
+# ------------------------------------------------------------------------ 1. routes and forms
+@pytest.mark.parametrize("route", ["/predictions/twin", "/invocations"])
+def test_multipart_with_and_without_cam(server, twin, images, route):
+    c1, c2 = images[0], images[1]
+    # The original sample's request: left@c1.jpg right@c2.jpg cam=False.
+    resp = _post(server, route, files={"left": ("c1.jpg", c1), "right": ("c2.jpg", c2)}, data={"cam": "False"})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    _check(resp.json(), twin.compare(c1, c2))
+
+    resp = _post(server, route, files={"left": c1, "right": c2}, data={"cam": "TRUE"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    expected = twin.compare(c1, c2, cam=True)
+    _check(body, expected, cam=True)
+    side = twin.spec.feature_size
+    assert len(body["cam"]["left"]) == side and len(body["cam"]["right"][0]) == side
+    assert np.allclose(body["cam"]["left"], expected.cam_left, atol=1e-4)
+
+
+@pytest.mark.parametrize("route", ["/predictions/twin", "/invocations"])
+def test_json_body_and_format_list(server, twin, images, route):
+    c3, c4 = images[2], images[3]
+    payload = {"left": base64.b64encode(c3).decode(), "right": base64.b64encode(c4).decode(), "cam": False}
+    resp = _post(server, route, json=payload)
+    assert resp.status_code == 200, resp.text
+    _check(resp.json(), twin.compare(c3, c4))
+
+    resp = _post(server, route + "?format=list", json={**payload, "cam": True})
+    flat = resp.json()
+    expected = twin.compare(c3, c4, cam=True)
+    side = twin.spec.feature_size
+    assert isinstance(flat, list) and len(flat) == 2 + 2 * side
+    assert flat[:2] == pytest.approx(list(expected.logits), abs=1e-4)
+    # With multipart, TorchServe drops the query string: format travels as a form field.
+    resp = _post(server, route, files={"left": c3, "right": c4}, data={"format": "list"})
+    assert resp.json() == pytest.approx(list(expected.logits), abs=1e-4)
+
+
+def test_client_and_ping(server, twin, images):
+    from twinnet.client import HttpClient
+
+    with HttpClient(server.inference_url) as client:  # token found through TWINNET_HOME
+        result = client.compare(images[0], images[2], cam=True)
+    expected = twin.compare(images[0], images[2], cam=True)
+    assert result.logits == pytest.approx(expected.logits, abs=1e-4)
+    assert result.cam_left.shape == expected.cam_left.shape
+    ping = requests.get(
+        server.inference_url + "/ping",
+        headers={"Authorization": f"Bearer {_token(server)}"},
+        timeout=TIMEOUT,
+    )
+    assert ping.status_code == 200 and ping.json()["status"] == "Healthy"
+
+
+# ------------------------------------------------------------------------ 2. batching
+def test_concurrent_requests_form_batches_and_get_their_own_answers(server, twin):
+    n = 8
+    pairs = [(_jpeg(100 + 2 * i), _jpeg(101 + 2 * i)) for i in range(n)]
+    expected = [twin.compare(a, b) for a, b in pairs]
+    results: list = [None] * n
+    barrier = threading.Barrier(n)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        a, b = pairs[i]
+        results[i] = _post(server, files={"left": a, "right": b})
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    sizes = []
+    for resp, exp in zip(results, expected, strict=True):
+        assert resp is not None and resp.status_code == 200, getattr(resp, "text", None)
+        _check(resp.json(), exp)
+        sizes.append(int(resp.headers["X-Twinnet-Batch-Size"]))
+    # batch size 4, 300 ms delay, 8 simultaneous clients: requests must have shared passes
+    assert max(sizes) > 1, sizes
+    assert all(1 <= s <= 4 for s in sizes), sizes
+    log = (server.log_dir / "model_log.log").read_text()
+    assert any(f"batch_size={k} " in log for k in (2, 3, 4))
+
+
+# ------------------------------------------------------------------------ 3. bad inputs
+def _bomb() -> bytes:
+    buf = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(buf, "PNG")  # 144 Mpx that compress to a few KB
+    assert len(buf.getvalue()) < 100_000
+    return buf.getvalue()
+
+
+def test_bad_inputs_get_4xx_and_the_server_keeps_answering(server, twin, images):
+    good = images[0]
+    truncated = good[: len(good) // 3]
+    cases = {
+        "non-image": ({"files": {"left": b"hello, not an image", "right": good}}, 400, "invalid_image", "left"),
+        "truncated JPEG": ({"files": {"left": good, "right": truncated}}, 400, "invalid_image", "right"),
+        "zero bytes": ({"files": {"left": ("e.jpg", b""), "right": good}}, 400, "invalid_image", "left"),
+        "missing field": ({"files": {"left": good}}, 400, "missing_field", "right"),
+        "bad cam": ({"files": {"left": good, "right": good}, "data": {"cam": "eval(1)"}}, 400, "invalid_field", "cam"),
+        "bomb": ({"files": {"left": _bomb(), "right": good}}, 400, "invalid_image", "left"),
+        "oversized": ({"files": {"left": os.urandom(7 * 2**20), "right": good}}, 413, "payload_too_large", None),
+        "bad JSON": ({"data": b"{nope", "headers": {"Content-Type": "application/json"}}, 400, "bad_request", None),
+    }  # fmt: skip
+    for name, (kwargs, status, code, field) in cases.items():
+        resp = _post(server, **kwargs)
+        assert resp.status_code == status, (name, resp.status_code, resp.text)
+        error = resp.json()["error"]
+        assert (error["code"], error["field"]) == (code, field), name
+        assert len(error["message"]) > 10, name
+        ok = _post(server, files={"left": good, "right": images[1]})
+        assert ok.status_code == 200, (name, ok.text)
+        _check(ok.json(), twin.compare(good, images[1]))
+
+
+def test_body_over_the_frontend_cap_is_413(server, images):
+    from twinnet.serve.server import FRONTEND_MAX_REQUEST_BYTES
+
+    big = os.urandom(FRONTEND_MAX_REQUEST_BYTES + 2**20)
+    try:
+        resp = _post(server, files={"left": big, "right": images[0]})
+        assert resp.status_code == 413
+    except requests.ConnectionError:
+        pass  # TorchServe may close the connection before the whole body is sent
+    assert _post(server, files={"left": images[0], "right": images[1]}).status_code == 200
+
+
+# ------------------------------------------------------------------------ 5. token auth
+def test_token_auth(server, images, twin):
+    from twinnet.client import HttpClient
+    from twinnet.errors import TwinnetError
+    from twinnet.serve.server import read_keys
+
+    files = {"left": images[0], "right": images[1]}
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}):
+        resp = _post(server, token=False, files=files, headers=headers)
+        # TorchServe 0.12 answers 400 InvalidKeyException for a missing or wrong key.
+        assert resp.status_code in (400, 401), resp.text
+        assert resp.json()["type"] == "InvalidKeyException"
+    with pytest.raises(TwinnetError, match="refused the inference token"):
+        HttpClient(server.inference_url, token="wrong-key").compare(images[0], images[1])
+    assert _post(server, files=files).status_code == 200
+
+    # A client holding a key that was rotated away re-reads the key file and carries on.
+    client = HttpClient(server.inference_url)
+    before = client._token
+    keys = read_keys(server.key_file)
+    rotated = requests.post(
+        f"{server.management_url}/token?type=inference",
+        headers={"Authorization": f"Bearer {keys['API']}"},
+        timeout=TIMEOUT,
+    )
+    assert rotated.status_code == 200, rotated.text
+    assert read_keys(server.key_file)["inference"] != before
+    result = client.compare(images[0], images[1])
+    assert result.logits == pytest.approx(twin.compare(images[0], images[1]).logits, abs=1e-4)
+
+
+# ------------------------------------------------------------------------ 4. worker restart
+def test_killed_worker_is_restarted(server, images):
+    from twinnet.serve.server import describe_model
+
+    def ready_pids() -> set[int]:
+        desc = describe_model(server, "twin")
+        return {int(w["pid"]) for v in desc for w in v["workers"] if w["status"] == "READY"}
+
+    before = ready_pids()
+    assert len(before) == 1
+    os.kill(before.pop(), signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    after: set[int] = set()
+    while time.monotonic() < deadline:
+        after = ready_pids()
+        if after and not after & before:
+            resp = _post(server, files={"left": images[0], "right": images[1]})
+            if resp.status_code == 200:
+                break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"no worker came back within 120 s (READY pids: {after})")
+    assert _post(server, files={"left": images[2], "right": images[3]}).status_code == 200
+
+
+# ------------------------------------------------------------------------ 6. the CLI, start to stop
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[-1].split()
+            except OSError:
+                continue
+            if fields[2] == str(pgid) and fields[0] != "Z":
+                members.append(int(proc.name))
+    return members
+
+
+def _cmdlines_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_cli_serve_status_busy_port_and_stop_leaves_nothing(random_model_dir, tmp_path, images):
+    home = tmp_path / "home"
+    env = {**os.environ, "TWINNET_HOME": str(home)}
+    port, mport, metport = _free_ports(3)
+    ports = ["--port", str(port), "--management-port", str(mport), "--metrics-port", str(metport)]
+    cli = [sys.executable, "-m", "twinnet"]
+
+    def run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+    started = run("serve", str(random_model_dir), *ports, "--precision", "fp32")
+    try:
+        assert started.returncode == 0, started.stderr
+        assert f"http://127.0.0.1:{port}/predictions/twin" in started.stdout
+        assert f"http://127.0.0.1:{mport}/models" in started.stdout
+        assert f"http://127.0.0.1:{metport}/metrics" in started.stdout
+        info = json.loads((home / "serve" / str(port) / "server.json").read_text())
+        assert _group_members(info["pid"])
+
+        status = run("serve", "--status")
+        assert status.returncode == 0 and f"port {port}: running" in status.stdout
+        assert "READY" in status.stdout
+
+        # `twinnet compare --url` path: the client finds the token through TWINNET_HOME.
+        token = json.loads((home / "serve" / str(port) / "key_file.json").read_text())
+        assert token["inference"]["key"]
+
+        busy = run("serve", str(random_model_dir), *ports, "--host", "0.0.0.0", "--no-auth", timeout=60)
+        assert busy.returncode == 2
+        assert "warning: token authorization is off" in busy.stderr
+        assert "already" in busy.stderr and str(port) in busy.stderr
+    finally:
+        stopped = run("serve", "--stop", timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"stopped the server on port {port}" in stopped.stdout
+    assert _group_members(info["pid"]) == []
+    assert _cmdlines_mentioning(str(home)) == []
+    assert not (home / "serve" / str(port) / "key_file.json").exists()
+    assert run("serve", "--status").returncode == 1

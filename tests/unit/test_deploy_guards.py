@@ -1,0 +1,342 @@
+"""Checks the deploy stage makes before it talks to AWS: sizes, names, ARNs, arguments.
+
+Each guard exists so that a mistake costs nothing: no upload, no half-created endpoint,
+no request that SageMaker would refuse after the bytes were sent.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from twinnet.cli import main
+from twinnet.deploy.invoke import check_request
+from twinnet.deploy.package import find_mar
+from twinnet.deploy.sagemaker import (
+    Autoscale,
+    parse_autoscale,
+    validate_endpoint_name,
+    validate_role_arn,
+)
+from twinnet.errors import TwinnetError
+from twinnet.protocol import MAX_REQUEST_BYTES, encode_multipart
+
+pytestmark = pytest.mark.unit
+
+ROLE = "arn:aws:iam::123456789012:role/twinnet-sagemaker"
+
+
+@pytest.fixture
+def no_aws(tmp_path, monkeypatch):
+    """An environment with no AWS credentials or config anywhere (and no metadata service)."""
+    for var in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture
+def listener():
+    """A loopback TCP port that counts the connections made to it."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    hits: list[int] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            hits.append(1)
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}", hits
+    stop.set()
+    thread.join(2)
+    server.close()
+
+
+# ----------------------------------------------------------------- --autoscale
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1:4", Autoscale(1, 4, 70.0)),
+        ("2:2", Autoscale(2, 2, 70.0)),
+        ("1:8:250", Autoscale(1, 8, 250.0)),
+        (" 1:3:12.5 ", Autoscale(1, 3, 12.5)),
+    ],
+)
+def test_autoscale_parses(text, expected):
+    assert parse_autoscale(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("4", "MIN:MAX"),
+        ("1:2:3:4", "MIN:MAX"),
+        ("a:b", "whole instance counts"),
+        ("1.5:3", "whole instance counts"),
+        ("0:3", "at least 1"),
+        ("3:2", "MAX must be at least MIN"),
+        ("1:3:0", "positive"),
+        ("1:3:-5", "positive"),
+        ("1:3:nan", "finite"),
+        ("1:3:inf", "finite"),
+    ],
+)
+def test_autoscale_rejects(text, fragment):
+    with pytest.raises(TwinnetError, match=fragment):
+        parse_autoscale(text)
+
+
+def test_cli_rejects_bad_autoscale_before_anything(no_aws, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "deploy",
+                str(tmp_path),
+                "--endpoint",
+                "e",
+                "--bucket",
+                "b",
+                "--role",
+                ROLE,
+                "--image",
+                "img",
+                "--autoscale",
+                "5:1",
+            ]
+        )
+    assert exc.value.code == 2
+    assert "MAX must be at least MIN" in capsys.readouterr().err
+
+
+def test_count_outside_autoscale_range_is_refused(no_aws, capsys, random_model_dir):
+    code = main(
+        [
+            "deploy",
+            str(random_model_dir),
+            "--endpoint",
+            "e",
+            "--bucket",
+            "b",
+            "--role",
+            ROLE,
+            "--image",
+            "img",
+            "--autoscale",
+            "2:4",
+            "--count",
+            "1",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == "error: --count 1 is outside --autoscale 2:4"
+
+
+# ----------------------------------------------------------------- names and ARNs
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        ROLE,
+        "arn:aws:iam::000000000000:role/service-role/AmazonSageMaker-ExecutionRole-20240101T000000",
+        "arn:aws-cn:iam::123456789012:role/x",
+        "arn:aws-us-gov:iam::123456789012:role/a.b@c=d,e+f",
+    ],
+)
+def test_role_arn_accepts(arn):
+    assert validate_role_arn(arn) == arn
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        "",
+        "twinnet-role",
+        "arn:aws:iam::12345678901:role/x",  # 11 digits
+        "arn:aws:iam::1234567890123:role/x",  # 13 digits
+        "arn:aws:iam::123456789012:user/alice",
+        "arn:aws:iam::123456789012:role/",
+        "arn:aws:s3:::bucket",
+        "arn:aws:iam::123456789012:role/has space",
+    ],
+)
+def test_role_arn_rejects(arn):
+    with pytest.raises(TwinnetError, match="not an IAM role ARN"):
+        validate_role_arn(arn)
+
+
+def test_wrong_role_is_one_line_and_needs_no_aws(no_aws, capsys, random_model_dir):
+    code = main(
+        [
+            "deploy",
+            str(random_model_dir),
+            "--endpoint",
+            "demo",
+            "--bucket",
+            "b",
+            "--role",
+            "arn:aws:iam::123:role/x",
+            "--image",
+            "img",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: --role 'arn:aws:iam::123:role/x' is not")
+
+
+@pytest.mark.parametrize("name", ["a", "twin-demo", "A1-b2-C3", "x" * 63, "a--b"])
+def test_endpoint_names_accepted(name):
+    assert validate_endpoint_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "-a", "a-", "a_b", "a.b", "x" * 64, "twin demo"])
+def test_endpoint_names_rejected(name):
+    with pytest.raises(TwinnetError, match="endpoint name"):
+        validate_endpoint_name(name)
+
+
+# ----------------------------------------------------------------- credentials
+
+
+def test_missing_credentials_is_one_line(no_aws, capsys, random_model_dir):
+    code = main(
+        [
+            "deploy",
+            str(random_model_dir),
+            "--endpoint",
+            "demo",
+            "--bucket",
+            "b",
+            "--role",
+            ROLE,
+            "--image",
+            "img",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert err.startswith("error: no AWS credentials found")
+
+
+def test_unknown_profile_is_one_line(no_aws, capsys):
+    code = main(["endpoints", "--profile", "nope-not-here"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "nope-not-here" in err
+
+
+def test_missing_region_is_one_line(no_aws, monkeypatch, capsys):
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    code = main(["endpoints"])
+    assert code == 2
+    assert (
+        capsys.readouterr().err == "error: no AWS region: pass --region or set AWS_DEFAULT_REGION\n"
+    )
+
+
+# ----------------------------------------------------------------- the 6 MB guard
+
+
+def _payload(n: int) -> bytes:
+    """``n`` bytes that look like a JPEG to the encoder (content does not matter here)."""
+    return b"\xff\xd8\xff" + bytes(n - 3)
+
+
+def test_guard_counts_the_whole_multipart_body():
+    left, right = _payload(1000), _payload(2000)
+    body, _ = encode_multipart(left, right, cam=True)
+    assert check_request(left, right, cam=True) == len(body) > 3000
+
+
+def test_guard_boundary_is_exact():
+    """Find the largest request that fits: one more byte must be refused."""
+    overhead = len(encode_multipart(_payload(10), _payload(10))[0]) - 20
+    fits = MAX_REQUEST_BYTES - overhead
+    left, right = _payload(fits // 2), _payload(fits - fits // 2)
+    assert check_request(left, right) == MAX_REQUEST_BYTES
+    with pytest.raises(TwinnetError, match="over SageMaker's 6 MiB payload limit"):
+        check_request(left, right + b"\0")
+
+
+def test_invoke_refuses_oversized_request_before_sending(
+    no_aws, monkeypatch, listener, tmp_path, capsys
+):
+    url, hits = listener
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    a.write_bytes(_payload(3 * 2**20))
+    b.write_bytes(_payload(3 * 2**20))
+    code = main(["invoke", "demo", str(a), str(b)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "over SageMaker's 6 MiB payload limit; nothing was sent" in err
+    assert hits == []
+
+
+def test_invoke_missing_file_is_one_line(no_aws, capsys, tmp_path):
+    code = main(["invoke", "demo", str(tmp_path / "nope.jpg"), str(tmp_path / "nope2.jpg")])
+    assert code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nope.jpg'}: no such file\n"
+
+
+# ----------------------------------------------------------------- other arguments
+
+
+def test_env_pairs():
+    from twinnet.cli.deploy import parse_env
+
+    assert parse_env(["A=1", "B=x=y", "C="]) == {"A": "1", "B": "x=y", "C": ""}
+    with pytest.raises(TwinnetError, match="KEY=VALUE"):
+        parse_env(["novalue"])
+
+
+def test_find_mar(tmp_path: Path):
+    with pytest.raises(TwinnetError, match="does not exist"):
+        find_mar(tmp_path / "missing")
+    with pytest.raises(TwinnetError, match="no TorchServe archive"):
+        find_mar(tmp_path)
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "twin.mar").write_bytes(b"PK")
+    assert find_mar(tmp_path) == tmp_path / "code" / "twin.mar"
+    (tmp_path / "twin.mar").write_bytes(b"PK")
+    assert find_mar(tmp_path) == tmp_path / "twin.mar"  # the top level wins
+    (tmp_path / "other.mar").write_bytes(b"PK")
+    with pytest.raises(TwinnetError, match="several archives"):
+        find_mar(tmp_path)

@@ -1,0 +1,326 @@
+"""The HTTP contract: request parsing, strict cam, multipart round trip, error objects,
+the clients' local checks, and the TorchServe handler driven with TorchServe's own Context."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from twinnet.errors import ImageError, TwinnetError
+from twinnet.protocol import (
+    MAX_REQUEST_BYTES,
+    CompareRequest,
+    ProtocolError,
+    check_size,
+    encode_json,
+    encode_multipart,
+    error_from_exception,
+    parse_body,
+    parse_cam,
+    parse_fields,
+    parse_format,
+    render_result,
+)
+from twinnet.result import CompareResult
+
+pytestmark = pytest.mark.unit
+
+
+def _jpeg(color: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------ cam / format
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("true", True), ("TRUE", True), ("True", True), ("1", True), ("yes", True), ("YeS", True),
+        ("false", False), ("False", False), ("0", False), ("no", False), ("NO", False),
+        (b"False", False), (bytearray(b"true"), True), (True, True), (False, False),
+        (1, True), (0, False), (None, False), (" true ", True),
+    ],
+)  # fmt: skip
+def test_parse_cam_accepts_the_documented_words(value, expected):
+    assert parse_cam(value) is expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["maybe", "2", "on", "t", "__import__('os').system('touch /tmp/pwned')", "True or 1", 2, 0.5, []],
+)
+def test_parse_cam_refuses_anything_else_with_400(value):
+    with pytest.raises(ProtocolError) as info:
+        parse_cam(value)
+    assert info.value.status == 400
+    assert info.value.code == "invalid_field"
+    assert info.value.field == "cam"
+
+
+def test_parse_format():
+    assert parse_format(None) == "dict"
+    assert parse_format(b"list") == "list"
+    assert parse_format("JSON") == "dict"
+    with pytest.raises(ProtocolError) as info:
+        parse_format("xml")
+    assert info.value.field == "format"
+
+
+# ------------------------------------------------------------------------ multipart / JSON
+def test_multipart_round_trip_keeps_bytes_exact():
+    # Image bytes that contain CRLF and boundary-like dashes must come back unchanged.
+    left = _jpeg((255, 0, 0)) + b"\r\n--twinnet-\r\n\r\n"
+    right = bytes(range(256)) * 3
+    for cam in (False, True):
+        body, ctype = encode_multipart(left, right, cam)
+        assert ctype.startswith("multipart/form-data; boundary=")
+        req = parse_body(body, ctype)
+        assert req == CompareRequest(left, right, cam, "dict")
+
+
+def test_multipart_marks_images_as_files_with_their_type():
+    body, _ = encode_multipart(_jpeg((0, 0, 0)), _jpeg((9, 9, 9)))
+    assert body.count(b'filename="left.jpg"') == 1
+    assert body.count(b"Content-Type: image/jpeg") == 2
+
+
+def test_the_original_sample_request_shape():
+    """``left@c1.jpg right@c2.jpg cam=False`` as TorchServe hands it over (bytearrays)."""
+    row = {"left": bytearray(b"L-bytes"), "right": bytearray(b"R-bytes"), "cam": bytearray(b"False")}
+    assert parse_fields(row) == CompareRequest(b"L-bytes", b"R-bytes", False, "dict")
+    row["format"] = bytearray(b"list")
+    assert parse_fields(row).format == "list"
+
+
+def test_json_body_forms():
+    left, right = _jpeg((1, 2, 3)), _jpeg((4, 5, 6))
+    body, ctype = encode_json(left, right, cam=True)
+    assert parse_body(body, ctype) == CompareRequest(left, right, True, "dict")
+    # query string options, and TorchServe's already-decoded JSON body
+    assert parse_body(body, ctype, query="format=list").format == "list"
+    obj = json.loads(body)
+    assert parse_fields({"body": obj, "format": bytearray(b"list")}).format == "list"
+    # data URLs and line-wrapped base64 are accepted
+    obj["left"] = "data:image/jpeg;base64," + base64.encodebytes(left).decode()
+    assert parse_fields({"body": obj}).left == left
+
+
+@pytest.mark.parametrize(
+    "fields, code, field",
+    [
+        ({"left": b"x"}, "missing_field", "right"),
+        ({"right": b"x"}, "missing_field", "left"),
+        ({}, "missing_field", "left"),
+        ({"left": b"", "right": b"x"}, "invalid_image", "left"),
+        ({"left": b"x", "right": b"x", "cam": b"perhaps"}, "invalid_field", "cam"),
+        ({"body": {"left": "%%%", "right": "aGk="}}, "invalid_field", "left"),
+        ({"body": {"left": "aGk=", "right": 5}}, "invalid_field", "right"),
+        ({"body": {"left": "aGk="}}, "missing_field", "right"),
+        ({"body": [1, 2]}, "bad_request", None),
+        ({"body": bytearray(b"{not json")}, "bad_request", None),
+        ({"body": bytearray(b"")}, "missing_field", "left"),
+    ],
+)
+def test_bad_requests_name_code_and_field(fields, code, field):
+    with pytest.raises(ProtocolError) as info:
+        parse_fields(fields)
+    assert (info.value.code, info.value.field) == (code, field)
+    assert info.value.status == 400
+    assert info.value.to_dict()["error"]["message"]
+
+
+def test_raw_image_body_is_unsupported_media_type():
+    with pytest.raises(ProtocolError) as info:
+        parse_fields({"body": bytearray(_jpeg((0, 0, 0)))}, "image/jpeg")
+    assert info.value.status == 415
+
+
+def test_size_limit_is_sagemakers_6mb_and_413():
+    assert MAX_REQUEST_BYTES == 6 * 1024 * 1024
+    check_size(MAX_REQUEST_BYTES)
+    with pytest.raises(ProtocolError) as info:
+        check_size(MAX_REQUEST_BYTES + 1)
+    assert info.value.status == 413
+    assert info.value.code == "payload_too_large"
+    with pytest.raises(ProtocolError):
+        parse_body(b"x" * (MAX_REQUEST_BYTES + 1), "application/json")
+
+
+def test_error_mapping_hides_internal_details():
+    assert error_from_exception(ImageError("left: corrupt", field="left")).to_dict() == {
+        "error": {"code": "invalid_image", "field": "left", "message": "left: corrupt"}
+    }
+    internal = error_from_exception(RuntimeError("secret path /opt/x"))
+    assert internal.status == 500
+    assert "secret" not in internal.message
+
+
+def test_render_result_both_formats():
+    res = CompareResult.from_logits([-0.94, 0.79], cam_left=np.ones((2, 2)), cam_right=np.zeros((2, 2)))
+    as_dict = json.loads(render_result(res))
+    assert as_dict["same"] is True and as_dict["cam"]["left"] == [[1.0, 1.0], [1.0, 1.0]]
+    assert json.loads(render_result(res, "list")) == [-0.94, 0.79, [1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+
+
+# ------------------------------------------------------------------------ clients, locally
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_http_client_connection_refused_is_one_clear_line():
+    from twinnet.client import HttpClient
+
+    client = HttpClient(f"http://127.0.0.1:{_free_port()}", token="t", timeout=5)
+    with pytest.raises(TwinnetError, match="cannot connect to .*twinnet serve"):
+        client.compare(_jpeg((0, 0, 0)), _jpeg((1, 1, 1)))
+
+
+def test_clients_refuse_oversized_requests_before_sending():
+    from twinnet.client import HttpClient
+
+    # Nothing listens on this port: the refusal must come before any connection attempt.
+    client = HttpClient(f"http://127.0.0.1:{_free_port()}", token="t")
+    big = b"\xff\xd8\xff" + b"\0" * (MAX_REQUEST_BYTES // 2 + 10)
+    with pytest.raises(TwinnetError, match="over the 6 MiB limit"):
+        client.compare(big, big)
+
+
+def test_http_client_routes():
+    from twinnet.client import HttpClient
+
+    assert HttpClient("127.0.0.1:1", token="t").endpoint == "http://127.0.0.1:1/predictions/twin"
+    assert HttpClient("http://h:1/invocations", token="t").endpoint == "http://h:1/invocations"
+    assert HttpClient("http://h:1", token="t", model_name="m").endpoint.endswith("/predictions/m")
+    with pytest.raises(TwinnetError):
+        HttpClient("ftp://h/x")
+
+
+def test_sagemaker_client_without_credentials(monkeypatch, tmp_path):
+    pytest.importorskip("boto3")
+    from twinnet.client import SageMakerClient
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    client = SageMakerClient("twin-endpoint")
+    with pytest.raises(TwinnetError, match="no AWS credentials found"):
+        client.compare(_jpeg((0, 0, 0)), _jpeg((1, 1, 1)))
+
+
+def test_sagemaker_error_messages():
+    botocore = pytest.importorskip("botocore.exceptions")
+    from twinnet.client import _sagemaker_error
+
+    def err(code, message, **extra):
+        return botocore.ClientError({"Error": {"Code": code, "Message": message}, **extra}, "InvokeEndpoint")
+
+    missing = _sagemaker_error(err("ValidationError", "Endpoint twin of account 1 not found."), "endpoint 'twin'", "eu-west-1")
+    assert "not found in region eu-west-1" in str(missing)
+    body = json.dumps({"error": {"code": "invalid_image", "field": "left", "message": "left: bad"}})
+    model_error = _sagemaker_error(
+        err("ModelError", "Received client error (400)", OriginalStatusCode=400, OriginalMessage=body),
+        "endpoint 'twin'",
+        "eu-west-1",
+    )
+    assert isinstance(model_error, ImageError) and model_error.field == "left"
+
+
+# ------------------------------------------------------------------------ handler, in process
+@pytest.fixture(scope="module")
+def handler_and_twin(random_model_dir):
+    pytest.importorskip("ts")
+    import torch
+
+    from twinnet.inference import Twin
+    from twinnet.serve.handler import TwinHandler
+    from ts.context import Context
+
+    threads = torch.get_num_threads()  # leave the test process's thread count as it is
+    config = {"minWorkers": 1, "twinnet": {"threads": threads, "precision": "fp32", "cache_mb": 16}}
+    context = Context("twin", str(random_model_dir), {"model": {}}, 8, None, "0.12.0", model_yaml_config=config)
+    handler = TwinHandler()
+    handler.initialize(context)
+    return handler, Twin.load(random_model_dir, precision="fp32", threads=threads)
+
+
+def _batch_context(rows: list[dict], headers: list[dict] | None = None):
+    from ts.context import Context, RequestProcessor
+
+    ctx = Context("twin", "/nonexistent", {"model": {}}, len(rows), None, "0.12.0")
+    ctx.request_processor = [RequestProcessor(h) for h in (headers or [{} for _ in rows])]
+    return ctx
+
+
+def test_handler_answers_every_row_with_its_own_status(handler_and_twin):
+    handler, twin = handler_and_twin
+    a, b, c = _jpeg((200, 30, 30), (64, 48)), _jpeg((30, 200, 30), (50, 70)), _jpeg((30, 30, 200))
+    truncated = a[: len(a) // 2]
+    rows = [
+        {"left": bytearray(a), "right": bytearray(b), "cam": bytearray(b"False")},
+        {"left": bytearray(b"not an image"), "right": bytearray(b)},
+        {"left": bytearray(a), "right": bytearray(c), "cam": bytearray(b"sure")},
+        {"left": bytearray(c), "right": bytearray(a), "cam": bytearray(b"true"), "format": bytearray(b"list")},
+        {"left": bytearray(a), "right": bytearray(truncated)},
+        {"right": bytearray(a)},
+        {"body": {"left": base64.b64encode(b).decode(), "right": base64.b64encode(c).decode()}},
+    ]
+    ctx = _batch_context(rows)
+    out = handler.handle(rows, ctx)
+    assert len(out) == len(rows)
+    statuses = [ctx.get_response_status(i)[0] for i in range(len(rows))]
+    assert statuses == [200, 400, 400, 200, 400, 400, 200]
+    bodies = [json.loads(o) for o in out]
+    assert bodies[1]["error"]["code"] == "invalid_image" and bodies[1]["error"]["field"] == "left"
+    assert bodies[2]["error"] == {
+        "code": "invalid_field", "field": "cam", "message": "cam must be true/false/1/0/yes/no, got 'sure'"
+    }  # fmt: skip
+    assert bodies[4]["error"]["field"] == "right"
+    assert bodies[5]["error"]["code"] == "missing_field"
+    # Valid rows match the in-process library exactly.
+    expect = twin.compare(a, b)
+    assert bodies[0]["logits"] == pytest.approx(list(expect.logits), abs=1e-5)
+    assert "cam" not in bodies[0]
+    with_cam = twin.compare(c, a, cam=True)
+    assert bodies[3][:2] == pytest.approx(list(with_cam.logits), abs=1e-5)
+    assert np.allclose(np.asarray(bodies[3][2:]), np.concatenate([with_cam.cam_left, with_cam.cam_right]), atol=1e-5)
+    assert bodies[6]["logits"] == pytest.approx(list(twin.compare(b, c).logits), abs=1e-5)
+    for i in range(len(rows)):
+        headers = ctx.get_response_headers(i)
+        assert headers["content-type"] == "application/json"
+        assert headers["X-Twinnet-Batch-Size"] == str(len(rows))
+
+
+def test_handler_refuses_oversized_rows_by_content_length(handler_and_twin):
+    handler, _ = handler_and_twin
+    a = _jpeg((1, 2, 3))
+    rows = [{"left": bytearray(a), "right": bytearray(a)}] * 2
+    headers = [{"Content-Length": str(MAX_REQUEST_BYTES + 1)}, {"Content-Length": "900"}]
+    ctx = _batch_context(rows, headers)
+    out = handler.handle(rows, ctx)
+    assert [ctx.get_response_status(i)[0] for i in range(2)] == [413, 200]
+    assert json.loads(out[0])["error"]["code"] == "payload_too_large"
+
+
+def test_handler_refuses_decompression_bombs(handler_and_twin):
+    handler, _ = handler_and_twin
+    buf = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(buf, "PNG")  # 144 Mpx, a few KB on the wire
+    rows = [{"left": bytearray(buf.getvalue()), "right": bytearray(_jpeg((0, 0, 0)))}]
+    ctx = _batch_context(rows)
+    out = handler.handle(rows, ctx)
+    assert ctx.get_response_status(0)[0] == 400
+    error = json.loads(out[0])["error"]
+    assert error["code"] == "invalid_image" and error["field"] == "left"
+    assert "too large" in error["message"] or "over the limit" in error["message"]
