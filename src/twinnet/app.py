@@ -36,8 +36,8 @@ MODES = ("Compare two images", "Search a gallery")
 NO_SAMPLE = "(none)"
 GRID = 5
 #: Display widths in pixels: previews stay small enough to keep the verdict on screen.
-PREVIEW_WIDTH = 300
-OVERLAY_WIDTH = 420
+PREVIEW_WIDTH = 260
+OVERLAY_WIDTH = 360
 THUMB_WIDTH = 180
 
 
@@ -111,26 +111,31 @@ def check_endpoint(choice: BackendChoice) -> None:
 def endpoint_picker(initial: BackendChoice | None) -> BackendChoice | None:
     """Region, then an endpoint chosen from those the region lists (or typed in)."""
     default_region = (
-        (initial.region if initial and initial.kind == "endpoint" else None)
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-        or "us-east-1"
-    )
+        initial.region if initial and initial.kind == "endpoint" else None
+    ) or appkit.default_region()
     region = st.sidebar.text_input("AWS region", value=default_region, key="region").strip()
-    listed_key = f"endpoints|{region}"
+    listed_key = f"_twinnet_endpoints|{region}"
     if st.sidebar.button("Refresh endpoint list", key="refresh_endpoints") or (
         listed_key not in st.session_state
     ):
-        st.session_state[listed_key] = None
-        with st.sidebar:
-            found = attempt("listing endpoints", lambda: appkit.list_endpoints(region))
-        st.session_state[listed_key] = found
-    endpoints = st.session_state[listed_key] or []
+        # Listing costs AWS calls: once per region and session, again on Refresh.
+        try:
+            st.session_state[listed_key] = (appkit.list_endpoints(region), None)
+        except Exception as exc:
+            message = appkit.user_message(exc)
+            if message is None:
+                log.exception("unexpected error while listing endpoints")
+                message = f"unexpected error while listing endpoints ({exc.__class__.__name__})"
+            st.session_state[listed_key] = (None, message)
+    endpoints, problem = st.session_state[listed_key]
+    if problem:
+        st.sidebar.error(f"cannot list endpoints: {problem}")
+    endpoints = endpoints or []
     names = [e.name for e in endpoints]
     status = {e.name: e.status for e in endpoints}
     if initial and initial.kind == "endpoint" and initial.target not in names:
         names.insert(0, initial.target)
-    if not names and st.session_state[listed_key] is not None:
+    if not names and not problem:
         st.sidebar.info(f"no SageMaker endpoints in {region}; deploy one with `twinnet deploy`")
     name = st.sidebar.selectbox(
         "Endpoint",

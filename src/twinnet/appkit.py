@@ -46,6 +46,7 @@ __all__ = [
     "result_key",
     "gallery_key",
     "rank_gallery",
+    "default_region",
     "list_endpoints",
     "endpoint_status",
     "user_message",
@@ -367,6 +368,16 @@ class EndpointInfo:
     @property
     def label(self) -> str:
         return self.name if self.in_service else f"{self.name} ({self.status})"
+
+
+def default_region(fallback: str = "us-east-1") -> str:
+    """The region the AWS configuration names (environment or ``~/.aws/config``), else ``fallback``."""
+    try:
+        import boto3
+
+        return boto3.session.Session().region_name or fallback
+    except Exception:  # no boto3, or an unreadable configuration: the user can type one
+        return fallback
 
 
 def list_endpoints(region: str | None) -> list[EndpointInfo]:

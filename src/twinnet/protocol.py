@@ -45,6 +45,8 @@ __all__ = [
     "parse_fields",
     "parse_body",
     "parse_multipart",
+    "CUSTOM_ATTRIBUTES_HEADER",
+    "options_from_attributes",
     "encode_multipart",
     "encode_json",
     "error_body",
@@ -61,6 +63,10 @@ CAM_FALSE = frozenset({"false", "0", "no", ""})
 #: ``dict`` is the contract's JSON object; ``list`` is the original sample's flat list.
 FORMATS = ("dict", "list")
 IMAGE_FIELDS = ("left", "right")
+#: SageMaker forwards InvokeEndpoint's ``CustomAttributes`` to the container in this header;
+#: ``format=list`` and ``cam=true`` may travel there (SageMaker passes no query string).
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+_OPTIONS = ("cam", "format")
 
 _STATUS_OF = {
     "bad_request": 400,
@@ -273,6 +279,16 @@ def parse_fields(fields: Mapping[str, Any], content_type: str | None = None) -> 
             "and 'right', or a JSON object with base64 'left' and 'right'",
         )
     raise ProtocolError("missing_field", "missing image fields 'left' and 'right'", "left")
+
+
+def options_from_attributes(value: str | None) -> dict[str, str]:
+    """``cam``/``format`` options from a ``k=v`` list separated by ``,`` or ``;``; others ignored."""
+    out: dict[str, str] = {}
+    for item in (value or "").replace(";", ",").split(","):
+        key, sep, val = item.partition("=")
+        if sep and key.strip().lower() in _OPTIONS:
+            out[key.strip().lower()] = val.strip()
+    return out
 
 
 def parse_multipart(body: bytes, content_type: str) -> dict[str, bytes]:

@@ -168,6 +168,15 @@ def test_samples_in_the_model_directory_can_be_compared(
     assert metrics(at)["Verdict"] in ("Same", "Different")
     assert "class0/x.png · 64×64" in captions(at)
 
+    # The samples also make a gallery.
+    at.radio(key="mode").set_value("Search a gallery").run()
+    at.selectbox(key="query_sample").select("class1/x.png")
+    at.radio(key="gallery_source").set_value("All samples").run()
+    at.button(key="search").click().run()
+    assert not at.exception and not errors(at)
+    shown = [c for c in captions(at) if c.startswith("#")]
+    assert sorted(c.split()[1] for c in shown) == ["class0/x.png", "class1/x.png"]
+
 
 # --------------------------------------------------------------------------- gallery
 
@@ -287,11 +296,14 @@ def test_missing_aws_credentials_are_an_error(
     no_aws_credentials(monkeypatch, tmp_path)
     at = new_app(monkeypatch, endpoint="twin-prod", region="eu-west-1")
     # The endpoint list could not be fetched: said in the sidebar, the typed name still usable.
-    assert any("no AWS credentials" in e.value for e in at.sidebar.error)
+    (listing,) = [e.value for e in at.sidebar.error]
+    assert listing.startswith("cannot list endpoints: no AWS credentials found")
     assert at.selectbox(key="endpoint").value == "twin-prod"
     a = classes[0][0].read_bytes()
     compare(at, ("a.png", a), ("b.png", a))
-    assert any("no AWS credentials" in e for e in errors(at))
+    assert [e.value for e in at.sidebar.error] == [listing]  # still said, not listed again
+    (message,) = [e for e in errors(at) if e != listing]
+    assert message.startswith("no AWS credentials found")
     assert not metrics(at)
 
 

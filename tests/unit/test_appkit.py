@@ -236,6 +236,19 @@ def test_listing_endpoints_without_credentials_is_a_twinnet_error(
         appkit.endpoint_status("twin", "us-east-1")
 
 
+def test_default_region_comes_from_the_aws_configuration(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    no_credentials(monkeypatch, tmp_path)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    assert appkit.default_region() == "us-east-1"
+    config = tmp_path / "config"
+    config.write_text("[default]\nregion = ap-southeast-2\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    assert appkit.default_region() == "ap-southeast-2"
+
+
 def no_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Point boto3 at empty configuration and no instance metadata."""
     for name in (

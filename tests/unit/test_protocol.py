@@ -54,7 +54,17 @@ def test_parse_cam_accepts_the_documented_words(value, expected):
 
 @pytest.mark.parametrize(
     "value",
-    ["maybe", "2", "on", "t", "__import__('os').system('touch /tmp/pwned')", "True or 1", 2, 0.5, []],
+    [
+        "maybe",
+        "2",
+        "on",
+        "t",
+        "__import__('os').system('touch /tmp/pwned')",
+        "True or 1",
+        2,
+        0.5,
+        [],
+    ],
 )
 def test_parse_cam_refuses_anything_else_with_400(value):
     with pytest.raises(ProtocolError) as info:
@@ -93,7 +103,11 @@ def test_multipart_marks_images_as_files_with_their_type():
 
 def test_the_original_sample_request_shape():
     """``left@c1.jpg right@c2.jpg cam=False`` as TorchServe hands it over (bytearrays)."""
-    row = {"left": bytearray(b"L-bytes"), "right": bytearray(b"R-bytes"), "cam": bytearray(b"False")}
+    row = {
+        "left": bytearray(b"L-bytes"),
+        "right": bytearray(b"R-bytes"),
+        "cam": bytearray(b"False"),
+    }
     assert parse_fields(row) == CompareRequest(b"L-bytes", b"R-bytes", False, "dict")
     row["format"] = bytearray(b"list")
     assert parse_fields(row).format == "list"
@@ -163,10 +177,19 @@ def test_error_mapping_hides_internal_details():
 
 
 def test_render_result_both_formats():
-    res = CompareResult.from_logits([-0.94, 0.79], cam_left=np.ones((2, 2)), cam_right=np.zeros((2, 2)))
+    res = CompareResult.from_logits(
+        [-0.94, 0.79], cam_left=np.ones((2, 2)), cam_right=np.zeros((2, 2))
+    )
     as_dict = json.loads(render_result(res))
     assert as_dict["same"] is True and as_dict["cam"]["left"] == [[1.0, 1.0], [1.0, 1.0]]
-    assert json.loads(render_result(res, "list")) == [-0.94, 0.79, [1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+    assert json.loads(render_result(res, "list")) == [
+        -0.94,
+        0.79,
+        [1.0, 1.0],
+        [1.0, 1.0],
+        [0.0, 0.0],
+        [0.0, 0.0],
+    ]
 
 
 # ------------------------------------------------------------------------ clients, locally
@@ -224,13 +247,24 @@ def test_sagemaker_error_messages():
     from twinnet.client import _sagemaker_error
 
     def err(code, message, **extra):
-        return botocore.ClientError({"Error": {"Code": code, "Message": message}, **extra}, "InvokeEndpoint")
+        return botocore.ClientError(
+            {"Error": {"Code": code, "Message": message}, **extra}, "InvokeEndpoint"
+        )
 
-    missing = _sagemaker_error(err("ValidationError", "Endpoint twin of account 1 not found."), "endpoint 'twin'", "eu-west-1")
+    missing = _sagemaker_error(
+        err("ValidationError", "Endpoint twin of account 1 not found."),
+        "endpoint 'twin'",
+        "eu-west-1",
+    )
     assert "not found in region eu-west-1" in str(missing)
     body = json.dumps({"error": {"code": "invalid_image", "field": "left", "message": "left: bad"}})
     model_error = _sagemaker_error(
-        err("ModelError", "Received client error (400)", OriginalStatusCode=400, OriginalMessage=body),
+        err(
+            "ModelError",
+            "Received client error (400)",
+            OriginalStatusCode=400,
+            OriginalMessage=body,
+        ),
         "endpoint 'twin'",
         "eu-west-1",
     )
@@ -242,14 +276,16 @@ def test_sagemaker_error_messages():
 def handler_and_twin(random_model_dir):
     pytest.importorskip("ts")
     import torch
+    from ts.context import Context
 
     from twinnet.inference import Twin
     from twinnet.serve.handler import TwinHandler
-    from ts.context import Context
 
     threads = torch.get_num_threads()  # leave the test process's thread count as it is
     config = {"minWorkers": 1, "twinnet": {"threads": threads, "precision": "fp32", "cache_mb": 16}}
-    context = Context("twin", str(random_model_dir), {"model": {}}, 8, None, "0.12.0", model_yaml_config=config)
+    context = Context(
+        "twin", str(random_model_dir), {"model": {}}, 8, None, "0.12.0", model_yaml_config=config
+    )
     handler = TwinHandler()
     handler.initialize(context)
     return handler, Twin.load(random_model_dir, precision="fp32", threads=threads)
@@ -271,7 +307,12 @@ def test_handler_answers_every_row_with_its_own_status(handler_and_twin):
         {"left": bytearray(a), "right": bytearray(b), "cam": bytearray(b"False")},
         {"left": bytearray(b"not an image"), "right": bytearray(b)},
         {"left": bytearray(a), "right": bytearray(c), "cam": bytearray(b"sure")},
-        {"left": bytearray(c), "right": bytearray(a), "cam": bytearray(b"true"), "format": bytearray(b"list")},
+        {
+            "left": bytearray(c),
+            "right": bytearray(a),
+            "cam": bytearray(b"true"),
+            "format": bytearray(b"list"),
+        },
         {"left": bytearray(a), "right": bytearray(truncated)},
         {"right": bytearray(a)},
         {"body": {"left": base64.b64encode(b).decode(), "right": base64.b64encode(c).decode()}},
@@ -294,7 +335,11 @@ def test_handler_answers_every_row_with_its_own_status(handler_and_twin):
     assert "cam" not in bodies[0]
     with_cam = twin.compare(c, a, cam=True)
     assert bodies[3][:2] == pytest.approx(list(with_cam.logits), abs=1e-5)
-    assert np.allclose(np.asarray(bodies[3][2:]), np.concatenate([with_cam.cam_left, with_cam.cam_right]), atol=1e-5)
+    assert np.allclose(
+        np.asarray(bodies[3][2:]),
+        np.concatenate([with_cam.cam_left, with_cam.cam_right]),
+        atol=1e-5,
+    )
     assert bodies[6]["logits"] == pytest.approx(list(twin.compare(b, c).logits), abs=1e-5)
     for i in range(len(rows)):
         headers = ctx.get_response_headers(i)

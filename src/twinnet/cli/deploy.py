@@ -163,6 +163,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     cs.add_argument("--model-dir", default="/opt/ml/model", help="default /opt/ml/model")
+    # SageMaker starts images as `docker run IMAGE serve`: with this command as the
+    # ENTRYPOINT, that appends one more "serve", accepted here and ignored.
+    cs.add_argument("sagemaker_mode", nargs="?", choices=["serve"], help=argparse.SUPPRESS)
     cs.set_defaults(func=run_container_serve)
     c.set_defaults(func=lambda args: (c.print_help(), 2)[1])
 

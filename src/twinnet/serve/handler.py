@@ -28,11 +28,13 @@ from typing import Any
 from ts.torch_handler.base_handler import BaseHandler
 
 from twinnet.protocol import (
+    CUSTOM_ATTRIBUTES_HEADER,
     CompareRequest,
     ProtocolError,
     check_size,
     error_body,
     error_from_exception,
+    options_from_attributes,
     parse_fields,
     render_result,
 )
@@ -111,7 +113,12 @@ class TwinHandler(BaseHandler):
                 length = _header(context, i, "Content-Length")
                 if length and length.isdigit():
                     check_size(int(length))
-                out.append(parse_fields(row, _header(context, i, "Content-Type")))
+                # Options from SageMaker's CustomAttributes yield to the request's own fields.
+                fields = {
+                    **options_from_attributes(_header(context, i, CUSTOM_ATTRIBUTES_HEADER)),
+                    **row,
+                }
+                out.append(parse_fields(fields, _header(context, i, "Content-Type")))
             except ProtocolError as exc:
                 out.append(exc)
             except Exception as exc:  # a parser bug must not fail the other rows

@@ -222,6 +222,24 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def _free_loopback_ports(n: int, avoid: set[int]) -> tuple[int, ...]:
+    """``n`` distinct free loopback ports (for TorchServe's gRPC servers, which twinnet does not use)."""
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+            port = sock.getsockname()[1]
+            if port not in avoid:
+                ports.append(port)
+    finally:
+        for sock in socks:
+            sock.close()
+    return tuple(ports)
+
+
 def _check_ports(host: str, ports: dict[str, int]) -> None:
     if len(set(ports.values())) != len(ports):
         raise TwinnetError(f"ports must differ, got {ports}")
@@ -271,8 +289,13 @@ def write_config(
     metrics_port: int = 8082,
     auth: bool = True,
     default_workers: int | None = None,
+    grpc_ports: tuple[int, int] | None = None,
 ) -> Path:
-    """Write ``config.properties``; every limit that matters is set explicitly."""
+    """Write ``config.properties``; every limit that matters is set explicitly.
+
+    TorchServe always starts gRPC servers too (7070/7071 unless told otherwise); they get
+    loopback ports of their own (``grpc_ports``) so that servers can run side by side.
+    """
     bind = _url_host(host) if host not in ("0.0.0.0", "::") else host
     props = {
         "inference_address": f"http://{bind}:{port}",
@@ -290,6 +313,10 @@ def write_config(
         "job_queue_size": 256,
         "default_response_timeout": 120,
     }
+    if grpc_ports is not None:
+        props["grpc_inference_address"] = "127.0.0.1"
+        props["grpc_management_address"] = "127.0.0.1"
+        props["grpc_inference_port"], props["grpc_management_port"] = grpc_ports
     if default_workers is not None:
         props["default_workers_per_model"] = int(default_workers)
     text = "# Written by twinnet serve.\n" + "".join(f"{k}={v}\n" for k, v in props.items())
@@ -450,7 +477,7 @@ def _launch(
     store, models = prepare_store(source, instance, name=name, **archive_options)
     config = write_config(
         instance / "config.properties", store, models, host, port, management_port,
-        metrics_port, auth, default_workers,
+        metrics_port, auth, default_workers, _free_loopback_ports(2, avoid={port, management_port, metrics_port}),
     )  # fmt: skip
     cmd = [sys.executable, "-m", "ts.model_server", "--start", "--foreground",
            "--ts-config", str(config), "--model-store", str(store), "--ncs"]  # fmt: skip

@@ -1,0 +1,272 @@
+"""The serving container's contract, tested without Docker.
+
+``twinnet container serve`` runs as a subprocess exactly as the image's ENTRYPOINT would,
+on a directory laid out like ``/opt/ml/model`` (the unpacked ``model.tar.gz``), with
+``SAGEMAKER_BIND_TO_PORT`` set. The test then behaves like SageMaker: polls ``/ping``,
+sends ``/invocations`` the bytes ``twinnet invoke`` sends, and stops it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+from PIL import Image
+
+from twinnet.deploy.container import apply_settings
+from twinnet.deploy.package import package
+from twinnet.protocol import encode_multipart
+
+pytestmark = pytest.mark.integration
+
+START_TIMEOUT = 240.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _png(seed: int, size: tuple[int, int]) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _descendants(root: int) -> set[int]:
+    """Every live process below ``root`` (by parent pid), zombies excluded."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(entry.name)] = int(fields[1])
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="module")
+def sagemaker_model_dir(random_model_dir, tmp_path_factory) -> Path:
+    """``/opt/ml/model`` as SageMaker leaves it: ``model.tar.gz`` unpacked."""
+    work = tmp_path_factory.mktemp("container")
+    tarball = package(random_model_dir, work / "model.tar.gz", batch_size=4, max_batch_delay=20)
+    model_dir = work / "opt" / "ml" / "model"
+    model_dir.mkdir(parents=True)
+    with tarfile.open(tarball) as tar:
+        tar.extractall(model_dir, filter="data")
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def container(sagemaker_model_dir, tmp_path_factory):
+    """The entrypoint as a subprocess, watched from its first instant until ``/ping`` is 200."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("container-log") / "container.log"
+    env = {
+        **os.environ,
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "TWINNET_HOST": "127.0.0.1",
+        "TWINNET_BATCH_SIZE": "2",
+        "TWINNET_THREADS": "1",
+        "TWINNET_PRECISION": "fp32",
+    }
+    out = log.open("wb")
+    cmd = [
+        sys.executable,
+        "-m",
+        "twinnet",
+        "container",
+        "serve",
+        "--model-dir",
+        str(sagemaker_model_dir),
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    history: list[tuple[float, object]] = []
+    ready_logged_at_200 = False
+    start = time.monotonic()
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"container exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            if time.monotonic() - start > START_TIMEOUT:
+                pytest.fail(
+                    f"/ping not 200 within {START_TIMEOUT:.0f} s:\n{log.read_text()[-3000:]}"
+                )
+            try:
+                status: object = requests.get(f"{url}/ping", timeout=5).status_code
+            except requests.ConnectionError:
+                status = "refused"
+            if not history or history[-1][1] != status:
+                history.append((time.monotonic() - start, status))
+            if status == 200:
+                ready_logged_at_200 = "ready: /ping and /invocations" in log.read_text()
+                break
+            time.sleep(0.05)
+        yield {
+            "proc": proc,
+            "url": url,
+            "log": log,
+            "history": history,
+            "ready_logged_at_200": ready_logged_at_200,
+        }
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        out.close()
+
+
+def test_ping_is_200_only_once_the_model_is_ready(container):
+    history = container["history"]
+    statuses = [s for _, s in history]
+    assert statuses[-1] == 200
+    assert 503 in statuses[:-1], history  # answered "not ready" while the model loaded
+    assert all(s in ("refused", 503) for s in statuses[:-1]), history
+    assert container["ready_logged_at_200"], "the launcher had not reported a READY worker"
+    # Ready means ready: the first invocation is answered at once, not after a model load.
+    body, ctype = encode_multipart(_png(1, (40, 30)), _png(2, (30, 40)))
+    t0 = time.monotonic()
+    r = requests.post(
+        f"{container['url']}/invocations", data=body, headers={"Content-Type": ctype}, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.parametrize("cam", [False, True])
+def test_invocations_answers_what_invoke_sends(container, random_model_dir, cam):
+    from twinnet.inference import Twin
+
+    left, right = _png(3, (64, 48)), _png(4, (50, 50))
+    body, ctype = encode_multipart(left, right, cam=cam)  # the bytes `twinnet invoke` sends
+    r = requests.post(
+        f"{container['url']}/invocations",
+        data=body,
+        headers={"Content-Type": ctype, "Accept": "application/json"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("application/json")
+    answer = r.json()
+    assert set(answer) == {"same", "probability", "logits", "threshold", "model"} | (
+        {"cam"} if cam else set()
+    )
+    # The container's answer is the model's answer.
+    expected = Twin.load(random_model_dir, precision="fp32").compare(left, right)
+    assert answer["logits"] == pytest.approx(list(expected.logits), abs=1e-3)
+    assert answer["same"] == (answer["probability"] >= answer["threshold"])
+    if cam:
+        grid = np.asarray(answer["cam"]["left"])
+        assert grid.shape == (2, 2) and np.asarray(answer["cam"]["right"]).shape == (2, 2)
+
+
+def _bad_image():
+    return encode_multipart(_png(5, (20, 20)), b"not an image at all")
+
+
+def _bad_cam():
+    body, ctype = encode_multipart(_png(5, (20, 20)), _png(6, (20, 20)))
+    bad = body.replace(b'name="cam"\r\n\r\nfalse', b'name="cam"\r\n\r\nmaybe')
+    assert bad != body
+    return bad, ctype
+
+
+def _missing_right():
+    return b'{"left": "aGVsbG8="}', "application/json"
+
+
+def _over_limit():
+    return encode_multipart(_png(7, (20, 20)), b"\xff\xd8\xff" + bytes(7 * 2**20))
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "code"),
+    [
+        (_bad_image, 400, "invalid_image"),
+        (_bad_cam, 400, "invalid_field"),
+        (_missing_right, 400, "missing_field"),
+        (_over_limit, 413, "payload_too_large"),
+    ],
+    ids=["bad-image", "bad-cam", "missing-right", "over-6MB"],
+)
+def test_bad_requests_get_4xx(container, make, status, code):
+    body, ctype = make()
+    r = requests.post(
+        f"{container['url']}/invocations", data=body, headers={"Content-Type": ctype}, timeout=60
+    )
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+
+
+def test_other_routes(container):
+    url = container["url"]
+    assert requests.get(f"{url}/invocations", timeout=10).status_code == 405
+    assert requests.get(f"{url}/predictions/twin", timeout=10).status_code == 404
+    assert requests.post(f"{url}/models", data=b"x", timeout=10).status_code == 404
+
+
+def test_environment_settings_reach_torchserve(container, sagemaker_model_dir, tmp_path):
+    said = "settings from the environment: batch_size=2, threads=1, precision=fp32"
+    assert said in container["log"].read_text()
+    # What the container does with them: the archive's config, rewritten.
+    (mar,) = sagemaker_model_dir.glob("*.mar")
+    out = apply_settings(mar, {"batch_size": 3, "workers": 2, "response_timeout": 30}, tmp_path)
+    with zipfile.ZipFile(out) as z, zipfile.ZipFile(mar) as original:
+        config = yaml.safe_load(z.read("model-config.yaml"))
+        assert sorted(z.namelist()) == sorted(original.namelist())
+        assert z.read("head.safetensors") == original.read("head.safetensors")
+    assert (config["batchSize"], config["maxBatchDelay"], config["responseTimeout"]) == (3, 20, 30)
+    assert config["minWorkers"] == config["maxWorkers"] == config["twinnet"]["workers"] == 2
+
+
+def test_sigterm_stops_cleanly_and_promptly(container):
+    """Last in the module: it ends the shared container."""
+    proc = container["proc"]
+    family = _descendants(proc.pid)
+    assert len(family) >= 2, "expected TorchServe's JVM and a worker below the entrypoint"
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(30)
+    took = time.monotonic() - t0
+    assert code == 0
+    assert took < 15, f"SIGTERM took {took:.1f} s"
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in family) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in family if _alive(p)], "processes outlived the container"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{container['url']}/ping", timeout=2)
