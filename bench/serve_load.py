@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import itertools
 import json
-import os
 import socket
 import statistics
 import sys
@@ -116,47 +114,58 @@ def unique_photos(bases: list[bytes], n: int) -> list[bytes]:
     return out
 
 
-class PairSource:
-    """Thread-safe supply of multipart bodies for one workload (unique bodies never repeat
-    unless the pool runs out, which is counted)."""
+class UniquePool:
+    """Never-seen photos handed out once each (a wrap-around is counted as ``reused``)."""
 
-    def __init__(self, workload: str, bases: list[bytes], pool: list[bytes]) -> None:
-        self.workload = workload
+    def __init__(self, images: list[bytes]) -> None:
+        self.images = images
         self.lock = threading.Lock()
+        self.index = 0
+        self.reused = 0
+
+    def take(self) -> bytes:
+        with self.lock:
+            if self.index >= len(self.images):
+                self.reused += 1
+            img = self.images[self.index % len(self.images)]
+            self.index += 1
+            return img
+
+
+class PairSource:
+    """Thread-safe supply of multipart bodies for one workload."""
+
+    def __init__(self, workload: str, bases: list[bytes], pool: UniquePool) -> None:
+        self.workload = workload
         self.bases = bases
         self.pool = pool
-        self.next_unique = 0
-        self.reused = 0
-        self.repeat_cycle = itertools.cycle(
-            [(a, b) for a in range(len(bases)) for b in range(len(bases)) if a != b]
-        )
-
-    def _fresh(self) -> bytes:
-        if self.next_unique >= len(self.pool):
-            self.reused += 1
-        img = self.pool[self.next_unique % len(self.pool)]
-        self.next_unique += 1
-        return img
+        self.lock = threading.Lock()
+        self.count = 0
+        self.pairs = [(a, b) for a in range(len(bases)) for b in range(len(bases)) if a != b]
 
     def body(self) -> tuple[bytes, str]:
         with self.lock:
-            if self.workload == "repeat":
-                a, b = next(self.repeat_cycle)
-                left, right = self.bases[a], self.bases[b]
-            elif self.workload == "verify":
-                left, right = self.bases[self.next_unique % len(self.bases)], self._fresh()
-            else:
-                left, right = self._fresh(), self._fresh()
+            n = self.count
+            self.count += 1
+        if self.workload == "repeat":
+            a, b = self.pairs[n % len(self.pairs)]
+            left, right = self.bases[a], self.bases[b]
+        elif self.workload == "verify":
+            left, right = self.bases[n % len(self.bases)], self.pool.take()
+        else:
+            left, right = self.pool.take(), self.pool.take()
         return encode_multipart(left, right, cam=False)
 
 
 # ---------------------------------------------------------------------------- load
-def closed_loop(url: str, token: str, source: PairSource, concurrency: int, duration: float, stats: Stats) -> None:
+def closed_loop(
+    url: str, token: str, source: PairSource, concurrency: int, duration: float, stats: Stats
+) -> None:
     """``concurrency`` threads, each sending its next request as soon as it has an answer."""
     stop_at = time.perf_counter() + duration
     lock = threading.Lock()
     barrier = threading.Barrier(concurrency + 1)
-    reused_before = source.reused
+    reused_before = source.pool.reused
 
     def client() -> None:
         session = requests.Session()
@@ -168,7 +177,9 @@ def closed_loop(url: str, token: str, source: PairSource, concurrency: int, dura
             if t0 >= stop_at:
                 break
             try:
-                resp = session.post(url, data=body, headers={**headers, "Content-Type": ctype}, timeout=120)
+                resp = session.post(
+                    url, data=body, headers={**headers, "Content-Type": ctype}, timeout=120
+                )
                 ok = resp.status_code == 200
                 batch = int(resp.headers.get("X-Twinnet-Batch-Size", 0))
             except requests.RequestException:
@@ -191,7 +202,7 @@ def closed_loop(url: str, token: str, source: PairSource, concurrency: int, dura
     for t in threads:
         t.join()
     stats.seconds = min(time.perf_counter(), stop_at) - start_t
-    stats.reused = source.reused - reused_before
+    stats.reused = source.pool.reused - reused_before
 
 
 def free_ports(n: int) -> list[int]:
@@ -224,7 +235,9 @@ def archive_for(config: str, model_dir: Path, store: Path, args: argparse.Namesp
             model_dir, store, batch_size=args.batch_size, max_batch_delay=args.max_batch_delay,
             workers=args.workers, threads=args.threads,
         )  # fmt: skip
-    return build_archive(model_dir, store, batch_size=1, max_batch_delay=0, precision="fp32", plan="torchserve")
+    return build_archive(
+        model_dir, store, batch_size=1, max_batch_delay=0, precision="fp32", plan="torchserve"
+    )
 
 
 def load_avg() -> str:
@@ -248,53 +261,71 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch-delay", type=int, default=10)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--threads", default="auto")
-    p.add_argument("--unique", type=int, default=500, help="pool of never-seen photos per config")
+    p.add_argument("--unique", type=int, default=900, help="never-seen photos per configuration")
     p.add_argument("--json", type=Path, help="also write the results as JSON")
     args = p.parse_args(argv)
     if args.threads != "auto":
         args.threads = int(args.threads)
 
-    print(f"# serve_load: {args.arch}@{args.size}, {usable_cpus()} CPUs, load average {load_avg()}", flush=True)
+    print(
+        f"# serve_load: {args.arch}@{args.size}, {usable_cpus()} CPUs, load average {load_avg()}",
+        flush=True,
+    )
     bases = base_photos()
     sizes = {Image.open(io.BytesIO(b)).size for b in bases}
-    print(f"# photos: {len(bases)} bases {sorted(sizes)}, generating {args.unique} unique ...", flush=True)
-    pool_all = unique_photos(bases, args.unique * len(args.configs))
+    print(
+        f"# photos: {len(bases)} bases {sorted(sizes)}, generating {args.unique} unique ...",
+        flush=True,
+    )
+    # Each configuration gets a fresh server (an empty cache), so both reuse one pool.
+    pool_images = unique_photos(bases, args.unique)
     results: list[Stats] = []
     cold: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="twinnet-bench-") as tmp:
         root = Path(tmp)
         model_dir = args.model or make_model(root, args.arch, args.size)
-        for n, config in enumerate(args.configs):
+        for config in args.configs:
             store = root / f"store-{config}"
             archive_for(config, model_dir, store, args)
             port, mport, metport = free_ports(3)
             state = root / f"state-{config}"
             t0 = time.perf_counter()
-            info = start(store, port=port, management_port=mport, metrics_port=metport, root=state, timeout=600)
+            info = start(
+                store,
+                port=port,
+                management_port=mport,
+                metrics_port=metport,
+                root=state,
+                timeout=600,
+            )
             try:
                 token = read_keys(info.key_file)["inference"]
                 url = f"{info.inference_url}/predictions/twin"
                 body, ctype = encode_multipart(bases[0], bases[1])
                 first = requests.post(
-                    url, data=body, headers={"Authorization": f"Bearer {token}", "Content-Type": ctype}, timeout=300
+                    url,
+                    data=body,
+                    headers={"Authorization": f"Bearer {token}", "Content-Type": ctype},
+                    timeout=300,
                 )
                 cold[config] = time.perf_counter() - t0
                 assert first.status_code == 200, first.text
-                print(f"# {config}: cold start {cold[config]:.1f} s (launch to first answer)", flush=True)
-                pool = pool_all[n * args.unique : (n + 1) * args.unique]
-                sources = {w: PairSource(w, bases, pool) for w in args.workloads}
-                if "unique" in sources and "verify" in sources:  # share the pool: no image twice
-                    sources["verify"] = sources["unique"]
-                    sources["verify"] = PairSource("verify", bases, pool)
-                    sources["verify"].lock = sources["unique"].lock
+                print(
+                    f"# {config}: cold start {cold[config]:.1f} s (launch to first answer)",
+                    flush=True,
+                )
+                pool = UniquePool(pool_images)
                 for workload in args.workloads:
-                    src = sources[workload]
-                    if workload == "verify" and "unique" in sources:
-                        src.next_unique = sources["unique"].next_unique
+                    src = PairSource(workload, bases, pool)
                     for conc in args.concurrency:
                         for _ in range(args.warmup):
                             b, c = src.body()
-                            requests.post(url, data=b, headers={"Authorization": f"Bearer {token}", "Content-Type": c}, timeout=300)
+                            requests.post(
+                                url,
+                                data=b,
+                                headers={"Authorization": f"Bearer {token}", "Content-Type": c},
+                                timeout=300,
+                            )
                         stats = Stats(config, workload, conc)
                         closed_loop(url, token, src, conc, args.duration, stats)
                         results.append(stats)
@@ -304,8 +335,6 @@ def main(argv: list[str] | None = None) -> int:
                             f" err={stats.errors} reused={stats.reused}  load {load_avg()}",
                             flush=True,
                         )
-                    if workload == "unique" and "verify" in sources:
-                        sources["verify"].next_unique = src.next_unique
             finally:
                 stop(root=state)
     print_table(results, cold, args)
@@ -315,9 +344,18 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "cold_start_s": cold,
                     "cells": [
-                        {"config": s.config, "workload": s.workload, "concurrency": s.concurrency,
-                         "pairs_per_s": s.rate, "p50_s": s.pct(0.5), "p99_s": s.pct(0.99),
-                         "mean_batch": s.mean_batch, "n": s.pairs, "errors": s.errors, "reused": s.reused}
+                        {
+                            "config": s.config,
+                            "workload": s.workload,
+                            "concurrency": s.concurrency,
+                            "pairs_per_s": s.rate,
+                            "p50_s": s.pct(0.5),
+                            "p99_s": s.pct(0.99),
+                            "mean_batch": s.mean_batch,
+                            "n": s.pairs,
+                            "errors": s.errors,
+                            "reused": s.reused,
+                        }
                         for s in results
                     ],
                 },  # fmt: skip
@@ -329,24 +367,32 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(results: list[Stats], cold: dict[str, float], args: argparse.Namespace) -> None:
     print()
-    print(f"resnet: {args.arch} at {args.size} px, {usable_cpus()} CPUs, {args.duration:.0f} s per cell, load average now {load_avg()}")
+    print(
+        f"resnet: {args.arch} at {args.size} px, {usable_cpus()} CPUs, {args.duration:.0f} s per cell, load average now {load_avg()}"
+    )
     print()
-    print("| config | workload | clients | pairs/s | p50 (s) | p99 (s) | mean batch | errors |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| config | workload | clients | pairs/s | p50 (s) | p99 (s) | mean batch | answers | errors |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for s in results:
         print(
             f"| {s.config} | {s.workload} | {s.concurrency} | {s.rate:.2f} | {s.pct(0.5):.3f} | {s.pct(0.99):.3f} "
-            f"| {s.mean_batch:.1f} | {s.errors} |"
+            f"| {s.mean_batch:.1f} | {s.pairs} | {s.errors}{f' ({s.reused} reused photos)' if s.reused else ''} |"
         )
     print()
     for config, secs in cold.items():
-        print(f"- cold start ({config}): {secs:.1f} s from launching TorchServe to the first answer")
+        print(
+            f"- cold start ({config}): {secs:.1f} s from launching TorchServe to the first answer"
+        )
     by = {(s.config, s.workload, s.concurrency): s for s in results}
     for config in dict.fromkeys(s.config for s in results):
         for workload in dict.fromkeys(s.workload for s in results):
             lo, hi = by.get((config, workload, 1)), by.get((config, workload, 16))
             if lo and hi and lo.rate:
-                print(f"- {config}/{workload}: throughput at 16 clients = {hi.rate / lo.rate:.0%} of 1 client")
+                print(
+                    f"- {config}/{workload}: throughput at 16 clients = {hi.rate / lo.rate:.0%} of 1 client"
+                )
     for workload in dict.fromkeys(s.workload for s in results):
         for conc in dict.fromkeys(s.concurrency for s in results):
             t, n = by.get(("tuned", workload, conc)), by.get(("naive", workload, conc))

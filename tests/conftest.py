@@ -39,3 +39,31 @@ def random_model_dir(tmp_path_factory) -> Path:
     spec = ModelSpec(arch="resnet18", image_size=64)
     model = build_model(spec).eval()
     return save_model_dir(model, spec, tmp_path_factory.mktemp("random_model"))
+
+
+#: The recipe of ``trained_model_dir``: small grey-free shapes, from scratch, on the CPU.
+TRAINED_RECIPE = [
+    "--arch", "resnet18", "--size", "32", "--no-pretrained", "--frozen-epochs", "0",
+    "--epochs", "4", "--lr", "3e-3", "--bs", "32", "--epoch-pairs", "1024", "--seed", "0",
+    "--workers", "0",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory) -> Path:
+    """A resnet18 twin trained from scratch on generated shapes (well above chance), via the CLI.
+
+    Its data folder holds one corrupt file, so training also goes through the skip-and-warn
+    path. The data are next to the model, in ``<model_dir>/../data``.
+    """
+    from twinnet.cli import main
+    from twinnet.datasets import make_shapes_dataset
+
+    base = tmp_path_factory.mktemp("trained")
+    data = make_shapes_dataset(base / "data", classes=6, per_class=16, size=64)
+    (data / "circle_0" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = base / "model"
+    code = main(["train", str(data), "--out", str(out), *TRAINED_RECIPE])
+    if code != 0:
+        raise RuntimeError(f"training the trained_model_dir fixture failed with exit status {code}")
+    return out

@@ -24,6 +24,7 @@ from .imaging import Preprocess, decode_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "quiet_fastai_import",
     "SPLITS",
     "UnreadableImagesWarning",
     "LabelledImages",
@@ -44,6 +45,14 @@ IMAGE_EXTENSIONS = frozenset(
 SPLITS = ("random", "classes")
 #: Images cached in memory as resized uint8 tensors when they fit in this many bytes.
 CACHE_BYTES = 512 * 2**20
+
+
+def quiet_fastai_import() -> None:
+    """Hide the deprecation warning fastai's import triggers in this torch (``torch.jit.script``).
+
+    It says nothing a twinnet user can act on; every other warning stays.
+    """
+    warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
 
 
 class UnreadableImagesWarning(UserWarning):

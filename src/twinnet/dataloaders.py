@@ -7,12 +7,17 @@ evaluation) do not import fastai.
 from __future__ import annotations
 
 import torch
-from fastai.data.core import DataLoaders, TfmdDL
-from fastai.torch_core import TensorImage
-from fastai.vision.augment import aug_transforms
-from fasttransform import ItemTransform, Pipeline, Transform
 
-from .imaging import Preprocess
+from .data import quiet_fastai_import
+
+quiet_fastai_import()
+
+from fastai.data.core import DataLoaders, TfmdDL  # noqa: E402
+from fastai.torch_core import TensorImage  # noqa: E402
+from fastai.vision.augment import aug_transforms  # noqa: E402
+from fasttransform import ItemTransform, Pipeline, Transform  # noqa: E402
+
+from .imaging import Preprocess  # noqa: E402
 
 __all__ = ["PairAugment", "SpecNormalize", "PairDL", "pair_dataloaders", "distributed_dl"]
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .data import quiet_fastai_import
 from .errors import DataError, TwinnetError
 from .spec import ModelSpec
 
@@ -55,6 +56,7 @@ class TrainConfig:
     valid_pairs: int | None = None
     lr_find: bool = False
     name: str = "twin"
+    threads: int | None = None
 
 
 @dataclass
@@ -165,6 +167,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     Data problems (no classes, unreadable files, impossible split) surface before any
     training starts.
     """
+    quiet_fastai_import()
     from fastai.callback.schedule import fit_one_cycle, lr_find  # noqa: F401  (Learner methods)
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
@@ -178,6 +181,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     from .model import build_model
 
     _check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     dist = _init_distributed()
     if cfg.lr_find and dist.active:
         raise TwinnetError("run --lr-find in a single process, not under torchrun")
@@ -238,9 +243,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             history = _fit(learn, cfg, dist, lo, hi)
             if dist.rank != 0:
                 return TrainResult(None, spec, {})
-            preds, targets = learn.get_preds(dl=dls.valid)
-        prob = preds[:, 1].float().numpy()
-        truth = targets.numpy().astype(bool)
+            prob, truth = _valid_scores(learn.model, dls.valid)
         last = history[-1] if history else {}
         spec.metrics = {
             "valid_loss": last.get("valid_loss"),
@@ -273,6 +276,20 @@ def train(cfg: TrainConfig) -> TrainResult:
     finally:
         if dist.owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _valid_scores(model: torch.nn.Module, dl) -> tuple[np.ndarray, np.ndarray]:
+    """P(same) and truth of every validation pair, in this process alone.
+
+    (fastai's ``get_preds`` would gather across ranks that have already finished.)
+    """
+    model.eval()
+    probs, truth = [], []
+    with torch.no_grad():
+        for left, right, same in dl:
+            probs.append(torch.softmax(model(left, right).float(), dim=1)[:, 1].cpu())
+            truth.append(same.cpu())
+    return torch.cat(probs).numpy(), torch.cat(truth).numpy().astype(bool)
 
 
 def _fit(learn, cfg: TrainConfig, dist: _Dist, lo: float, hi: float) -> list[dict[str, Any]]:

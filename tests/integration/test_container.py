@@ -270,3 +270,45 @@ def test_sigterm_stops_cleanly_and_promptly(container):
     assert not [p for p in family if _alive(p)], "processes outlived the container"
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{container['url']}/ping", timeout=2)
+
+
+def test_sigterm_while_the_model_loads(sagemaker_model_dir, tmp_path):
+    """SageMaker may stop a container that never became healthy: that must be clean too."""
+    port = _free_port()
+    env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "TWINNET_HOST": "127.0.0.1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "twinnet",
+        "container",
+        "serve",
+        "serve",
+        "--model-dir",
+        str(sagemaker_model_dir),
+    ]
+    with (tmp_path / "log").open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            family: set[int] = set()
+            log = tmp_path / "log"
+            while time.monotonic() < deadline and proc.poll() is None:
+                family |= _descendants(proc.pid)
+                if "Model server started" in log.read_text(errors="replace"):
+                    break  # TorchServe is up and its worker is loading the model: stop it now
+                time.sleep(0.05)
+            assert family, "TorchServe never started"
+            assert requests.get(f"http://127.0.0.1:{port}/ping", timeout=5).status_code == 503
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            assert time.monotonic() - t0 < 15
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    family |= _descendants(proc.pid)
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in family) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in family if _alive(p)], (tmp_path / "log").read_text()[-2000:]

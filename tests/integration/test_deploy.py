@@ -272,9 +272,13 @@ def test_full_lifecycle(aws, moto_url, random_model_dir, tmp_path, capsys):
     with Image.open(picture) as img:
         assert img.width > img.height > 0  # four panels side by side
 
-    # The foreign endpoint cannot be torn down by twinnet.
+    # The foreign endpoint can be neither torn down nor replaced by twinnet.
     assert main(["teardown", "foreign"]) == 2
     assert "was not created by twinnet" in capsys.readouterr().err
+    foreign = _deploy_args(random_model_dir)
+    foreign[foreign.index(ENDPOINT)] = "foreign"
+    assert main(foreign) == 2
+    assert "exists but was not created by twinnet" in capsys.readouterr().err
 
     # teardown: says what it deleted, and nothing of ours remains.
     assert main(["teardown", ENDPOINT, "--delete-artifacts"]) == 0
@@ -392,6 +396,46 @@ def test_failed_update_keeps_the_running_endpoint(aws, random_model_dir):
         assert second.action == "updated"
         assert after["models"] == [second.model] and after["configs"] == [second.endpoint_config]
         assert after["policies"] == before["policies"]
+
+
+def test_deploy_is_declarative_about_scaling(aws, random_model_dir):
+    """Re-deploying without --autoscale removes the scaling an earlier deploy set up."""
+    first = deploy(
+        random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, autoscale=Autoscale(1, 2), poll_s=0.1
+    )
+    assert _inventory(aws)["targets"] == [f"endpoint/{ENDPOINT}/variant/AllTraffic"]
+    again = deploy(random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, poll_s=0.1)
+    assert again.action == "unchanged" and again.endpoint_config == first.endpoint_config
+    left = _inventory(aws)
+    assert left["targets"] == [] and left["policies"] == []
+    assert left["models"] == [first.model] and left["endpoints"] == [ENDPOINT]
+
+
+def test_deploy_after_a_crash_removes_what_the_crash_left(aws, random_model_dir):
+    """A run killed without rollback (power loss) leaves tagged resources; the next run removes them."""
+    sm = aws.client("sagemaker")
+    tags = [
+        {"Key": "twinnet:managed-by", "Value": "twinnet 0.1.0"},
+        {"Key": "twinnet:endpoint", "Value": ENDPOINT},
+    ]
+    sm.create_model(
+        ModelName=f"{ENDPOINT}-20200101-000000-000",
+        ExecutionRoleArn=ROLE,
+        PrimaryContainer={"Image": IMAGE},
+        Tags=tags,
+    )
+    # Same prefix, another endpoint's (not ours to delete):
+    sm.create_model(
+        ModelName=f"{ENDPOINT}-2-20200101-000000-000",
+        ExecutionRoleArn=ROLE,
+        PrimaryContainer={"Image": IMAGE},
+        Tags=[tags[0], {"Key": "twinnet:endpoint", "Value": f"{ENDPOINT}-2"}],
+    )
+    result = deploy(random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, wait=True, poll_s=0.1)
+    assert result.status == "InService"
+    assert sorted(_inventory(aws)["models"]) == sorted(
+        [result.model, f"{ENDPOINT}-2-20200101-000000-000"]
+    )
 
 
 def test_unreachable_service_reports_what_is_left(tmp_path, monkeypatch, random_model_dir):

@@ -219,7 +219,9 @@ def test_digits_export_writes_the_real_scikit_learn_digits(tmp_path):
     assert export_digits(root) == root  # second call reuses the export
 
 
-@pytest.mark.parametrize("url", ["http://pets.invalid/oxford-iiit-pet.tgz", "http://192.0.2.1/p.tgz"])
+@pytest.mark.parametrize(
+    "url", ["http://pets.invalid/oxford-iiit-pet.tgz", "http://192.0.2.1/p.tgz"]
+)
 def test_pets_download_fails_fast_and_names_data_dir_when_unreachable(url):
     from twinnet.datasets import download_pets
 

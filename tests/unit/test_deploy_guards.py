@@ -6,6 +6,7 @@ no request that SageMaker would refuse after the bytes were sent.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from pathlib import Path
@@ -340,3 +341,66 @@ def test_find_mar(tmp_path: Path):
     (tmp_path / "other.mar").write_bytes(b"PK")
     with pytest.raises(TwinnetError, match="several archives"):
         find_mar(tmp_path)
+
+
+# ----------------------------------------------------------------- the container's settings
+
+
+def test_container_accepts_sagemakers_serve_argument():
+    """SageMaker runs `docker run IMAGE serve`: the ENTRYPOINT gets one more "serve"."""
+    from twinnet.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["container", "serve"], ["container", "serve", "serve"]):
+        args = parser.parse_args(argv)
+        assert args.model_dir == "/opt/ml/model" and args.func.__name__ == "run_container_serve"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["container", "serve", "train"])
+
+
+def test_container_settings_from_environment():
+    from twinnet.deploy.container import settings_from_env
+
+    default = settings_from_env({})
+    assert (default.port, default.host, default.overrides) == (8080, "0.0.0.0", {})
+    assert default.invocation_timeout < 60  # inside SageMaker's invocation limit
+    s = settings_from_env(
+        {
+            "SAGEMAKER_BIND_TO_PORT": "9090",
+            "TWINNET_BATCH_SIZE": "4",
+            "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+            "SAGEMAKER_MODEL_SERVER_TIMEOUT": "30",
+            "TWINNET_RESPONSE_TIMEOUT": "20",  # the twinnet name wins over SageMaker's
+            "TWINNET_THREADS": "auto",
+            "TWINNET_PRECISION": "FP32",
+            "TWINNET_MAX_BATCH_DELAY": "0",
+            "TWINNET_STARTUP_TIMEOUT": "900",
+        }
+    )
+    assert s.port == 9090 and s.startup_timeout == 900
+    assert s.overrides == {
+        "batch_size": 4,
+        "max_batch_delay": 0,
+        "workers": 2,
+        "threads": "auto",
+        "response_timeout": 20,
+        "precision": "fp32",
+    }
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"SAGEMAKER_BIND_TO_PORT": "http"}, "SAGEMAKER_BIND_TO_PORT='http'"),
+        ({"SAGEMAKER_BIND_TO_PORT": "70000"}, "not a port number"),
+        ({"TWINNET_BATCH_SIZE": "0"}, "TWINNET_BATCH_SIZE='0': expected a whole number >= 1"),
+        ({"TWINNET_WORKERS": "-1"}, "TWINNET_WORKERS"),
+        ({"TWINNET_THREADS": "many"}, "TWINNET_THREADS"),
+        ({"TWINNET_PRECISION": "fp8"}, "expected auto, bf16 or fp32"),
+    ],
+)
+def test_container_settings_rejected(env, fragment):
+    from twinnet.deploy.container import settings_from_env
+
+    with pytest.raises(TwinnetError, match=re.escape(fragment)):
+        settings_from_env(env)

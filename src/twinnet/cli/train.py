@@ -71,6 +71,7 @@ def _train(args: argparse.Namespace) -> int:
         valid_pairs=args.valid_pairs,
         lr_find=args.lr_find,
         name=args.name,
+        threads=args.threads,
     )
     result = train(cfg)
     if result.lr_suggestion is not None:
@@ -141,6 +142,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--valid-pairs", type=int, help="validation pairs (default: max(images, 256))")
     p.add_argument("--lr-find", action="store_true", help="run fastai's lr_find, report, and stop")
     p.add_argument("--name", default="twin", help="model name used by servers")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's)")
     p.set_defaults(func=_train)
 
 

@@ -4,10 +4,10 @@ SageMaker unpacks ``model.tar.gz`` into ``/opt/ml/model``, starts the image, sen
 ``GET /ping`` until it answers 200 and ``POST /invocations`` after that, on port
 ``SAGEMAKER_BIND_TO_PORT`` (8080 unless set). Stopping the endpoint sends SIGTERM.
 
-This module finds the ``.mar``, applies settings from environment variables and runs the
-serve stage's launcher (:func:`twinnet.serve.server.run_foreground`) in the foreground, so
-the container runs the same TorchServe set-up as ``twinnet serve``, with token authorization
-off (SageMaker's health checks carry no token; IAM gates who may invoke). TorchServe listens
+This module finds the ``.mar``, applies settings from environment variables and runs
+TorchServe with the serve stage's launcher (:func:`twinnet.serve.server.start` and
+:func:`~twinnet.serve.server.stop`) until SIGTERM, so the container runs the same TorchServe
+set-up as ``twinnet serve``, with token authorization off (SageMaker's health checks carry no token; IAM gates who may invoke). TorchServe listens
 on loopback; SageMaker's port belongs to a small :class:`Gateway`, because TorchServe's own
 ``/ping`` reports healthy before the model has loaded.
 
@@ -247,7 +247,6 @@ class Gateway:
         self._lock = threading.Lock()
         self._local = threading.local()
         handler = _gateway_handler(self)
-        ThreadingHTTPServer.allow_reuse_address = True
         try:
             self.server = ThreadingHTTPServer((host, int(port)), handler)
         except OSError as exc:
@@ -426,16 +425,53 @@ def _gateway_handler(gateway: Gateway) -> type:
     return Handler
 
 
-class _Terminated(Exception):
-    """SIGTERM arrived before the launcher installed its own handler."""
+class _Stop(Exception):
+    """SIGTERM (or SIGINT) arrived: stop TorchServe and leave."""
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Terminated
+def _on_stop(signum: int, frame: Any) -> None:
+    # Later signals are ignored: one stop is under way, and must not be interrupted.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise _Stop(signal.Signals(signum).name)
 
 
 def _say(message: str) -> None:
     print(f"twinnet container: {message}", file=sys.stderr, flush=True)
+
+
+class _Follower(threading.Thread):
+    """Copies TorchServe's output file to our stdout as it grows (SageMaker ships stdout to CloudWatch)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="twinnet-log", daemon=True)
+        self.path = path
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        out = getattr(sys.stdout, "buffer", None)
+        handle = None
+        try:
+            while True:
+                if handle is None and self.path.is_file():
+                    handle = self.path.open("rb")
+                chunk = handle.read(1 << 16) if handle is not None else b""
+                if chunk and out is not None:
+                    out.write(chunk)
+                    out.flush()
+                elif self.done.is_set():
+                    return
+                else:
+                    time.sleep(0.2)
+        except (OSError, ValueError):  # the file went away with the server: nothing left to copy
+            return
+        finally:
+            if handle is not None:
+                handle.close()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=5)
 
 
 def serve(
@@ -444,17 +480,28 @@ def serve(
     """Serve the ``.mar`` in ``model_dir`` on SageMaker's port until SIGTERM; returns the exit status.
 
     TorchServe listens on loopback only; the public port belongs to a :class:`Gateway`
-    that is up at once (``/ping`` answers 503 while the model loads) and turns healthy when
-    the launcher reports a READY worker. On SIGTERM the launcher stops TorchServe's whole
-    process group and this returns 0.
+    that is up at once (``/ping`` answers 503 while the model loads) and turns healthy once
+    the serve stage's :func:`~twinnet.serve.server.start` reports a READY worker.
+
+    SIGTERM is honoured at any moment, model loading included (SageMaker kills the container
+    30 s after it): the signal handler interrupts whatever runs, and
+    :func:`~twinnet.serve.server.stop` ends TorchServe's whole process group. That is why
+    this uses ``start``/``stop`` rather than ``run_foreground``, whose handler only acts once
+    the model is ready. TorchServe's output is copied to stdout.
+
+    Returns:
+        0 after a requested stop, 1 if TorchServe exited on its own.
     """
     from ..serve import server
 
     settings = settings_from_env(environ)
     mar = find_mar(model_dir)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = {s: signal.signal(s, _on_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     home = Path(tempfile.mkdtemp(prefix="twinnet-container-"))
-    gateway = None
+    root = home / "serve"
+    gateway: Gateway | None = None
+    follower: _Follower | None = None
+    inference = 0
     try:
         gateway = Gateway(settings.host, settings.port, settings.invocation_timeout)
         gateway.start()
@@ -466,31 +513,39 @@ def serve(
             _say(f"settings from the environment: {shown}")
             mar = apply_settings(mar, settings.overrides, home / "store")
         inference, management, metrics = _free_loopback_ports(3, avoid=settings.port)
-
-        def ready(info: Any) -> None:
-            # Said first, so the log line is out before /ping can answer 200.
-            _say(
-                f"model {', '.join(info.models)} ready: /ping and /invocations on port {gateway.port}"
-            )
-            gateway.upstream = info
-
-        return server.run_foreground(
+        follower = _Follower(server.instance_dir(inference, root) / "torchserve.out")
+        follower.start()
+        info = server.start(
             mar,
             host="127.0.0.1",
             port=inference,
-            auth=False,
             management_port=management,
             metrics_port=metrics,
-            root=home / "serve",
+            auth=False,
+            root=root,
             timeout=settings.startup_timeout,
-            on_ready=ready,
         )
-    except _Terminated:
-        _say("SIGTERM before TorchServe was up; stopping")
-        server.stop(root=home / "serve", timeout=10.0)
+        # Said first, so the log line is out before /ping can answer 200.
+        _say(f"model {', '.join(info.models)} ready: /ping and /invocations on port {gateway.port}")
+        gateway.upstream = info
+        while info.alive():
+            time.sleep(0.2)
+        _say("TorchServe exited on its own; stopping")
+        return 1
+    except _Stop as stop:
+        _say(f"{stop}: stopping TorchServe")
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        if gateway is not None:
-            gateway.close()
-        shutil.rmtree(home, ignore_errors=True)
+        for sig in previous:  # nothing may interrupt the clean-up
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            if inference:
+                server.stop(port=inference, root=root, timeout=20.0)
+            if gateway is not None:
+                gateway.close()
+            if follower is not None:
+                follower.stop()
+            shutil.rmtree(home, ignore_errors=True)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -490,8 +490,9 @@ def artifact_digest(model_dir: str | Path, options: Mapping[str, Any] | None = N
             {"twinnet": __version__, "options": dict(options or {})}, sort_keys=True
         ).encode()
     )
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(root)).encode() + b"\0")
+    # The files build_archive ships: the directory's top-level, non-hidden files.
+    for path in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
+        h.update(f"{path.name}\0{path.stat().st_size}\0".encode())
         with path.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
@@ -683,6 +684,10 @@ def deploy(
 
     with _aws(f"list resources of endpoint {endpoint}"):
         owned = _owned(sm, endpoint)
+    if existing is None and (owned.configs or owned.models):
+        # Without an endpoint nothing uses them: what an earlier, crashed run left behind.
+        _prune(sm, endpoint, None, [], owned, report)
+        owned = _Owned()
     if existing is not None:
         current_config = existing["EndpointConfigName"]
         with _aws(f"describe endpoint config {current_config}"):
@@ -1033,12 +1038,19 @@ def list_endpoints(session: Any = None) -> list[EndpointInfo]:
                     instance_type=instance_type,
                     instances=variant.get("CurrentInstanceCount"),
                     model=model,
-                    modified=modified.strftime("%Y-%m-%d %H:%M")
-                    if hasattr(modified, "strftime")
-                    else str(modified or ""),
+                    modified=_utc(modified),
                 )
             )
     return out
+
+
+def _utc(when: Any) -> str:
+    """botocore gives local-time datetimes; the listing shows UTC."""
+    if not isinstance(when, datetime):
+        return str(when or "")
+    if when.tzinfo is not None:
+        when = when.astimezone(timezone.utc)
+    return when.strftime("%Y-%m-%d %H:%M")
 
 
 def _parse_s3(uri: str) -> tuple[str, str]:
@@ -1151,7 +1163,7 @@ def teardown(
         attempt(f"model {model}", lambda m=model: sm.delete_model(ModelName=m))
     if delete_artifacts:
         s3 = session.client("s3")
-        keys: set[tuple[str, str]] = {_parse_s3(url) for url in artifacts}
+        keys: set[tuple[str, str]] = set()
         for uri in prefixes:
             bucket, key_prefix = _parse_s3(uri)
             try:
@@ -1162,6 +1174,16 @@ def teardown(
             except Exception as exc:  # noqa: BLE001
                 if not _not_found(exc) and _error_code(exc) != "NoSuchBucket":
                     failed.append(f"listing {uri} ({_describe_error('list', exc)})")
+        # S3 deletes succeed for absent keys too: only what exists is deleted and reported.
+        for bucket, key in {_parse_s3(url) for url in artifacts} - keys:
+            try:
+                if _object_exists(s3, bucket, key):
+                    keys.add((bucket, key))
+            except Exception as exc:  # noqa: BLE001
+                if _error_code(exc) != "NoSuchBucket":
+                    failed.append(
+                        f"S3 object s3://{bucket}/{key} ({_describe_error('check', exc)})"
+                    )
         for bucket, key in sorted(keys):
             attempt(
                 f"S3 object s3://{bucket}/{key}",

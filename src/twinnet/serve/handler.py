@@ -89,6 +89,7 @@ class TwinHandler(BaseHandler):
             cache_mb=float(section.get("cache_mb", 256)),
             threads=self.threads,
         )
+        self._warm_up()
         self.initialized = True
         logger.info(
             "twinnet: loaded %r (%s) with %s torch thread(s), precision %s, plan %s",
@@ -98,6 +99,17 @@ class TwinHandler(BaseHandler):
             self.twin.precision,
             section.get("plan", "tuned"),
         )
+
+    def _warm_up(self) -> None:
+        """One forward before READY, so the first client does not pay for kernel set-up."""
+        from PIL import Image
+
+        size = self.twin.spec.image_size
+        blank = Image.new("RGB", (size, size), (127, 127, 127))
+        try:
+            self.twin.compare_batch([(blank, blank)])
+        except Exception:  # a warm-up failure must not hide the real error of a real request
+            logger.warning("twinnet: warm-up forward failed", exc_info=True)
 
     # ------------------------------------------------------------------ stages
     @staticmethod

@@ -1,0 +1,123 @@
+"""Serving set-up without a server: the archive's worker/thread plan, config.properties,
+token discovery, busy ports and the Java hint."""
+
+from __future__ import annotations
+
+import json
+import socket
+import zipfile
+
+import pytest
+import yaml
+
+from twinnet.errors import TwinnetError
+from twinnet.serve.archive import build_archive, model_config, resolve_threads
+from twinnet.serve.server import (
+    FRONTEND_MAX_REQUEST_BYTES,
+    JAVA_HINT,
+    ServerInfo,
+    check_java,
+    find_token,
+    port_free,
+    write_config,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def test_threads_never_outnumber_cores():
+    assert resolve_threads("auto", workers=1, cpus=2) == 2
+    assert resolve_threads("auto", workers=2, cpus=2) == 1
+    assert resolve_threads("auto", workers=4, cpus=2) == 1
+    assert resolve_threads("auto", workers=4, cpus=16) == 4
+    assert resolve_threads(3, workers=1) == 3
+    assert resolve_threads(None, workers=2) is None  # TorchServe's defaults
+    with pytest.raises(TwinnetError):
+        resolve_threads(0, workers=1)
+
+
+def test_model_config_records_the_plan():
+    cfg = model_config(batch_size=8, max_batch_delay=10)
+    assert (cfg["minWorkers"], cfg["maxWorkers"], cfg["batchSize"], cfg["maxBatchDelay"]) == (
+        1,
+        1,
+        8,
+        10,
+    )
+    assert cfg["responseTimeout"] > 0
+    assert cfg["twinnet"]["threads"] == "auto" and "why" in cfg["twinnet"]
+    naive = model_config(batch_size=1, precision="fp32", plan="torchserve")
+    assert "minWorkers" not in naive and naive["twinnet"]["threads"] is None
+    for bad in ({"batch_size": 0}, {"workers": 0}, {"max_batch_delay": -1}, {"plan": "fast"}):
+        with pytest.raises(TwinnetError):
+            model_config(**bad)
+
+
+def test_archive_holds_handler_model_files_and_config(random_model_dir, tmp_path):
+    mar = build_archive(random_model_dir, tmp_path / "store", batch_size=4, workers=2)
+    assert mar == tmp_path / "store" / "twin.mar"
+    with zipfile.ZipFile(mar) as z:
+        names = set(z.namelist())
+        assert {"handler.py", "twinnet.json", "encoder.safetensors", "head.safetensors"} <= names
+        assert "MAR-INF/MANIFEST.json" in names
+        cfg = yaml.safe_load(z.read("model-config.yaml"))
+        manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
+    assert cfg["batchSize"] == 4 and cfg["minWorkers"] == 2 and cfg["twinnet"]["workers"] == 2
+    assert manifest["model"]["handler"] == "handler.py"
+    with pytest.raises(TwinnetError, match="not a twinnet model directory"):
+        build_archive(tmp_path, tmp_path / "store")
+
+
+def test_config_properties_set_limits_and_auth(tmp_path):
+    path = write_config(
+        tmp_path / "config.properties", tmp_path, ["twin"], port=9100, management_port=9101,
+        metrics_port=9102, auth=True, grpc_ports=(9103, 9104),
+    )  # fmt: skip
+    props = dict(
+        line.split("=", 1)
+        for line in path.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert props["inference_address"] == "http://127.0.0.1:9100"
+    assert props["management_address"] == "http://127.0.0.1:9101"
+    assert props["max_request_size"] == str(FRONTEND_MAX_REQUEST_BYTES)
+    assert int(props["max_response_size"]) >= 8 * 2**20
+    assert props["disable_token_authorization"] == "false"
+    assert props["enable_model_api"] == "false"
+    assert props["load_models"] == "twin.mar"
+    assert (props["grpc_inference_port"], props["grpc_management_port"]) == ("9103", "9104")
+
+
+def test_find_token_reads_the_key_file_of_a_local_server(tmp_path):
+    instance = tmp_path / "serve" / "9200"
+    instance.mkdir(parents=True)
+    info = ServerInfo(pid=1, host="127.0.0.1", port=9200, management_port=9201, metrics_port=9202,
+                      auth=True, models=["twin"], store=str(tmp_path), instance=str(instance))  # fmt: skip
+    (instance / "server.json").write_text(json.dumps(info.__dict__))
+    keys = {"inference": {"key": "inf-key"}, "management": {"key": "mgmt"}, "API": {"key": "api"}}
+    (instance / "key_file.json").write_text(json.dumps(keys))
+    root = tmp_path / "serve"
+    assert find_token("http://127.0.0.1:9200", root) == "inf-key"
+    assert find_token("localhost:9200", root) == "inf-key"
+    assert find_token("http://127.0.0.1:9200", root, kind="API") == "api"
+    assert find_token("http://127.0.0.1:9999", root) is None
+    assert (
+        find_token("http://10.1.2.3:9200", root) is None
+    )  # never hand a local key to a remote host
+
+
+def test_busy_port_is_detected():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert not port_free("127.0.0.1", port)
+
+
+def test_missing_java_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(TwinnetError) as info:
+        check_java()
+    assert str(info.value) == JAVA_HINT
+    assert "apt-get install openjdk-17-jre-headless" in JAVA_HINT
