@@ -41,7 +41,7 @@ def random_model_dir(tmp_path_factory) -> Path:
     return save_model_dir(model, spec, tmp_path_factory.mktemp("random_model"))
 
 
-#: The recipe of ``trained_model_dir``: small grey-free shapes, from scratch, on the CPU.
+#: The recipe of ``trained_model_dir``: small generated shapes, from scratch, on the CPU.
 TRAINED_RECIPE = [
     "--arch", "resnet18", "--size", "32", "--no-pretrained", "--frozen-epochs", "0",
     "--epochs", "4", "--lr", "3e-3", "--bs", "32", "--epoch-pairs", "1024", "--seed", "0",
@@ -60,7 +60,7 @@ def trained_model_dir(tmp_path_factory) -> Path:
     from twinnet.datasets import make_shapes_dataset
 
     base = tmp_path_factory.mktemp("trained")
-    data = make_shapes_dataset(base / "data", classes=6, per_class=16, size=64)
+    data = make_shapes_dataset(base / "data", classes=6, per_class=40, size=32)
     (data / "circle_0" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = base / "model"
     code = main(["train", str(data), "--out", str(out), *TRAINED_RECIPE])

@@ -20,10 +20,10 @@ def test_training_learns_same_versus_different(trained_model_dir):
     assert m["pair_auc"] >= 0.9, m
     assert m["valid_accuracy"] == pytest.approx(m["pair_accuracy"])
     assert len(m["history"]) == 4
-    # the corrupt file was skipped; all 96 real images counted
-    assert sum(spec.classes.values()) == 96 and len(spec.classes) == 6
+    # the corrupt file was skipped; all 240 real images counted
+    assert sum(spec.classes.values()) == 240 and len(spec.classes) == 6
     assert spec.split["mode"] == "random" and spec.split["seed"] == 0
-    assert spec.split["train_images"] + spec.split["valid_images"] == 96
+    assert spec.split["train_images"] + spec.split["valid_images"] == 240
     assert spec.recipe["pretrained"] is False and spec.recipe["lr_lo"] == spec.recipe["lr"]
     assert "fastai" in spec.versions
     model, loaded = load_model_dir(trained_model_dir)
