@@ -19,8 +19,8 @@ Workloads, because the embedding cache makes a repeated image almost free:
 * ``verify`` — one of four enrolled photos against a photo never seen before (one encoder
   pass per pair: verification against a reference);
 * ``unique`` — two never-seen photos per pair (two encoder passes per pair: the FLOP-bound
-  worst case). Unique photos are the sample photos with a few pixels changed, so their
-  bytes (the cache key) differ while their content and decode cost stay realistic.
+  worst case). A never-seen photo is a sample photo with a numbered JPEG comment: its bytes
+  (the cache key) are new, so the server decodes and encodes it in full.
 
 Run (about 10 minutes on 2 cores)::
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import signal
 import socket
 import statistics
 import sys
@@ -102,15 +103,20 @@ def base_photos() -> list[bytes]:
 
 
 def unique_photos(bases: list[bytes], n: int) -> list[bytes]:
-    """``n`` photos with distinct bytes: the bases with an 8x8 block set from the index."""
-    decoded = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")).copy() for b in bases]
+    """``n`` JPEGs with distinct bytes and the bases' pixels.
+
+    A JPEG comment segment (``FF FE``) holding the index goes right after the start-of-image
+    marker: the server must still decode and encode every one of them (the cache keys on the
+    bytes), while building them costs the client nothing during the run.
+    """
     out = []
     for i in range(n):
-        arr = decoded[i % len(decoded)].copy()
-        arr[:8, :8] = [(i * 37) % 256, (i * 91) % 256, (i // 256) % 256]
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
+        base = bases[i % len(bases)]
+        if base[:2] != b"\xff\xd8":
+            raise ValueError("unique_photos needs JPEG bases")
+        payload = f"twinnet-bench {i}".encode()
+        segment = b"\xff\xfe" + (len(payload) + 2).to_bytes(2, "big") + payload
+        out.append(base[:2] + segment + base[2:])
     return out
 
 
@@ -261,9 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch-delay", type=int, default=10)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--threads", default="auto")
-    p.add_argument("--unique", type=int, default=900, help="never-seen photos per configuration")
+    p.add_argument("--unique", type=int, default=20000, help="never-seen photos per configuration")
     p.add_argument("--json", type=Path, help="also write the results as JSON")
     args = p.parse_args(argv)
+    # SIGTERM (and SIGINT, which shells ignore in background jobs) must still stop the servers.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
     if args.threads != "auto":
         args.threads = int(args.threads)
 

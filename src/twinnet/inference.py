@@ -133,6 +133,14 @@ class Twin:
         h.update(_weights_digest(self.model.encoder).encode())
         self._namespace = h.hexdigest()
 
+    @property
+    def fingerprint(self) -> str:
+        """Identifies encoder weights, preprocessing and precision: the cache keys' namespace.
+
+        The head is not part of it, since the cache holds encoder outputs only.
+        """
+        return self._namespace
+
     # ----------------------------------------------------------------- constructors
     @classmethod
     def load(
@@ -142,6 +150,7 @@ class Twin:
         precision: str = "auto",
         cache_mb: float = 256,
         threads: int | None = None,
+        draft: bool = False,
     ) -> Twin:
         """Load a model directory.
 
@@ -152,10 +161,11 @@ class Twin:
                 or ``fp32`` (exactly the plain PyTorch forward).
             cache_mb: feature-map cache size in MB.
             threads: torch CPU threads (process-wide); default: torch's, capped at usable CPUs.
+            draft: decode large JPEGs at reduced scale (faster, slightly different pixels).
         """
         from .artifacts import load_model_dir
 
-        runtime = resolve_runtime(device, precision, threads)
+        runtime = resolve_runtime(device, precision, threads, draft)
         model, spec = load_model_dir(model_dir, device="cpu")
         return cls(model, spec, runtime, cache_mb=cache_mb)
 
@@ -168,9 +178,11 @@ class Twin:
         precision: str = "auto",
         cache_mb: float = 256,
         threads: int | None = None,
+        draft: bool = False,
     ) -> Twin:
         """Wrap a model already in memory (it is put in eval mode; do not train it meanwhile)."""
-        return cls(model, spec, resolve_runtime(device, precision, threads), cache_mb=cache_mb)
+        runtime = resolve_runtime(device, precision, threads, draft)
+        return cls(model, spec, runtime, cache_mb=cache_mb)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -212,21 +224,20 @@ class Twin:
             exc.field = field
             raise
 
-    def _tensor(self, payload: bytes | Image.Image, label: str) -> torch.Tensor:
+    def _decode(self, payload: bytes | Image.Image, label: str) -> Image.Image:
+        """Decode for the network: at reduced JPEG scale when the runtime allows it."""
         side = math.ceil(self.spec.image_size * DRAFT_OVERSAMPLE)
-        draft = (side, side) if self.runtime.draft else None
-        img = decode_image(payload, label, draft=draft)
-        return self.preprocess(img)
+        return decode_image(payload, label, draft=(side, side) if self.runtime.draft else None)
 
     def _encode(self, batch: torch.Tensor) -> torch.Tensor:
         """Encoder feature maps of a normalised batch, in the runtime's storage dtype, NCHW."""
         x = batch.to(self.device)
         if self.runtime.bf16:
             x = x.to(torch.bfloat16)
-        if self.runtime.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        # fp32 keeps the plain NCHW layout so it is exactly a plain PyTorch forward.
+        fmt = torch.channels_last if self.runtime.channels_last else torch.contiguous_format
         with torch.inference_mode():
-            return self.encoder(x).contiguous()
+            return self.encoder(x.contiguous(memory_format=fmt)).contiguous()
 
     def _features(
         self, sources: Sequence[ImageSource], fields: Sequence[str | None], collect: bool = False
@@ -259,11 +270,11 @@ class Twin:
                 payloads[key] = (payload, label, field)
         keys = list(pending)
         for start in range(0, len(keys), ENCODE_BATCH):
-            chunk, tensors = [], []
+            chunk, images = [], []
             for key in keys[start : start + ENCODE_BATCH]:
                 payload, label, field = payloads[key]
                 try:
-                    tensors.append(self._tensor(payload, label))
+                    images.append(self._decode(payload, label))
                     chunk.append(key)
                 except ImageError as exc:
                     exc.field = field
@@ -273,7 +284,7 @@ class Twin:
                         out[i] = exc
             if not chunk:
                 continue
-            feats = self._encode(torch.stack(tensors))
+            feats = self._encode(self.preprocess.batch(images))
             for key, f in zip(chunk, feats, strict=True):
                 f = f.clone()  # own storage: a slice would pin the whole batch in the cache
                 self.cache.put(key, f)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -240,7 +241,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                 found = learn.lr_find(show_plot=False)
                 return TrainResult(None, spec, {}, lr_suggestion=float(found.valley))
             lo, hi = _lr_range(cfg)
+            started = time.monotonic()
             history = _fit(learn, cfg, dist, lo, hi)
+            seconds = time.monotonic() - started
             if dist.rank != 0:
                 return TrainResult(None, spec, {})
             prob, truth = _valid_scores(learn.model, dls.valid)
@@ -251,13 +254,14 @@ def train(cfg: TrainConfig) -> TrainResult:
             "pair_accuracy": float(np.mean((prob >= spec.threshold) == truth)),
             "pair_auc": roc_auc(truth, prob),
             "valid_pairs": len(truth),
+            "train_seconds": round(seconds, 1),
             "history": history,
         }
         spec.split = split.describe()
         spec.classes = items.counts()
         spec.recipe = {
             **asdict(cfg),
-            "data": str(root),
+            "data": str(Path(root).resolve()),
             "labels": labels,
             "lr_lo": lo,
             "lr_hi": hi,

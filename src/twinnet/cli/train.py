@@ -161,7 +161,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         data, dataset_labels = resolve_dataset(args.dataset)
         labels = labels or dataset_labels
     if not data:
-        raise TwinnetError("no data: give DATA_DIR (or --data DIR), or --dataset digits|pets")
+        from ..spec import ModelSpec
+
+        data = ModelSpec.load(args.model_dir).recipe.get("data")
+        if not data or not Path(data).is_dir():
+            raise TwinnetError("no data: give DATA_DIR (or --data DIR), or --dataset digits|pets")
     if args.pairs < 0 or args.trials < 1:
         raise TwinnetError("--pairs must be >= 0 and --trials >= 1")
     twin = Twin.load(args.model_dir, device=args.device, precision=args.precision)
@@ -195,7 +199,8 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="pair accuracy, ROC AUC and N-way one-shot accuracy of a model",
         description="Evaluate a model directory on a labelled image folder. For a model "
-        "trained with --split classes, use classes it never saw (another folder, or --held-out).",
+        "trained with --split classes, use classes it never saw (another folder, or --held-out). "
+        "DATA_DIR defaults to the folder the model was trained on.",
     )
     p.add_argument("model_dir", metavar="MODEL_DIR")
     _add_data_args(p)
