@@ -7,8 +7,9 @@ launching TorchServe to the first answer).
 
 Configurations compared in the same run:
 
-* ``tuned`` — ``twinnet archive`` defaults: batch size 8, 10 ms batch delay, one worker
-  owning the cores (threads = CPUs / workers), bf16 encoder where the CPU has it;
+* ``tuned`` — ``twinnet archive`` defaults: batch size 8, 10 ms batch delay, one worker per
+  CPU with one torch thread each (threads = CPUs / workers), bf16 encoder where the CPU
+  has it;
 * ``naive`` — batch size 1, fp32, TorchServe's default workers (one per core) and threads
   (torch's default: all cores, in every worker).
 

@@ -3,10 +3,10 @@
 For each configuration the same pre-built batches of pairs go through one optimiser step
 each, once in a fastai ``Learner.fit`` (the callbacks, the default fastai Adam as
 ``twinnet train`` uses it) and once in a hand-written loop with ``torch.optim.Adam``.
-Rounds alternate between the two, after a warm-up of each, and the fastest round of each
-counts, which keeps a shared machine's noise out of the ratio.
+Rounds alternate between the two (in ABBA order), after a warm-up of each, and the fastest
+round of each counts, which keeps a shared machine's noise out of the ratio.
 
-    python bench/train_speed.py [--rounds 2] [--quick]
+    python bench/train_speed.py [--rounds 4] [--quick]
 """
 
 from __future__ import annotations
@@ -97,9 +97,11 @@ def bench(arch: str, size: int, bs: int, n: int, rounds: int) -> dict[str, float
     plain_loop(model, warm)
     fastai_loop(model, warm)
     best = {"plain": float("inf"), "fastai": float("inf")}
-    for _ in range(rounds):
-        best["plain"] = min(best["plain"], plain_loop(model, batches))
-        best["fastai"] = min(best["fastai"], fastai_loop(model, batches))
+    loops = {"plain": plain_loop, "fastai": fastai_loop}
+    for r in range(rounds):
+        order = ("plain", "fastai") if r % 2 == 0 else ("fastai", "plain")  # ABBA: no order bias
+        for name in order:
+            best[name] = min(best[name], loops[name](model, batches))
     images = 2 * bs * n  # two images per pair
     return {
         "plain": images / best["plain"],
@@ -110,7 +112,7 @@ def bench(arch: str, size: int, bs: int, n: int, rounds: int) -> dict[str, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per loop")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per loop")
     parser.add_argument("--quick", action="store_true", help="resnet18 at 64 px only")
     args = parser.parse_args()
     configs = CONFIGS[:1] if args.quick else CONFIGS

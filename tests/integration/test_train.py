@@ -50,6 +50,14 @@ def test_evaluate_held_out_recovers_the_validation_split(trained_model_dir, caps
     assert report["accuracy"] >= 0.8, report
 
 
+def test_evaluate_defaults_to_the_training_folder(trained_model_dir, capsys):
+    argv = ["evaluate", str(trained_model_dir), "--pairs", "64", "--json", "--precision", "fp32"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["data"] == str((trained_model_dir.parent / "data").resolve())
+    assert report["images"] == 240
+
+
 def test_info_prints_the_recipe_and_metrics(trained_model_dir, capsys):
     assert main(["info", str(trained_model_dir)]) == 0
     out = capsys.readouterr().out

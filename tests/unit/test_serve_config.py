@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from twinnet.errors import TwinnetError
-from twinnet.serve.archive import build_archive, model_config, resolve_threads
+from twinnet.serve.archive import build_archive, model_config, resolve_threads, usable_cpus
 from twinnet.serve.server import (
     FRONTEND_MAX_REQUEST_BYTES,
     JAVA_HINT,
@@ -38,12 +38,10 @@ def test_threads_never_outnumber_cores():
 
 def test_model_config_records_the_plan():
     cfg = model_config(batch_size=8, max_batch_delay=10)
-    assert (cfg["minWorkers"], cfg["maxWorkers"], cfg["batchSize"], cfg["maxBatchDelay"]) == (
-        1,
-        1,
-        8,
-        10,
-    )
+    n = usable_cpus()  # one worker per CPU, one torch thread each
+    assert (cfg["minWorkers"], cfg["maxWorkers"]) == (n, n)
+    assert (cfg["batchSize"], cfg["maxBatchDelay"]) == (8, 10)
+    assert resolve_threads(cfg["twinnet"]["threads"], cfg["minWorkers"]) == 1
     assert cfg["responseTimeout"] > 0
     assert cfg["twinnet"]["threads"] == "auto" and "why" in cfg["twinnet"]
     naive = model_config(batch_size=1, precision="fp32", plan="torchserve")

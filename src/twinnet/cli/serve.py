@@ -27,7 +27,7 @@ def _archive_options(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=None,
-        help="worker processes (default 1; threads = CPUs / workers)",
+        help="worker processes (default: one per CPU; torch threads = CPUs / workers)",
     )
     p.add_argument(
         "--precision", choices=("auto", "bf16", "fp32"), default="auto",

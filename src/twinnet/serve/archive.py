@@ -8,11 +8,15 @@ workers run (``pip install 'twinnet[serve]'``, as in the serving image).
 
 Workers and threads. TorchServe's defaults start one worker per CPU core, and each worker's
 torch uses every core, so on a 2-core machine four compute threads fight over two cores and
-throughput collapses under concurrency. The tuned plan written here instead gives the cores
-to one worker (``threads: auto`` = usable CPUs / workers, resolved when the worker starts, so
-the same archive fits the machine it lands on) and lets TorchServe's dynamic batching
-amortise each forward pass over the requests waiting in the queue. One worker also keeps a
-single embedding cache, so an image seen by any client is encoded once.
+throughput collapses under concurrency (measured: 1.65 pairs/s with one client, 0.45 with
+four). The tuned plan written here starts one worker per usable CPU with ``threads: auto``
+(usable CPUs / workers, resolved when the worker starts, so the same archive fits the
+machine it lands on): compute threads never outnumber cores. One thread per worker also
+avoids OpenMP's barrier stalls when another process takes a core for a moment (a resnet50
+encoder ran 4x faster with one thread than with two on a busy 2-core machine), and while
+one worker decodes JPEGs the other computes. TorchServe's dynamic batching amortises each
+forward pass over the requests waiting in the queue, and each worker's embedding cache
+makes a repeated image almost free.
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ def model_config(
     Args:
         batch_size: most requests TorchServe groups into one handler call.
         max_batch_delay: milliseconds TorchServe waits to fill a batch.
-        workers: worker processes; ``None`` means 1 under the tuned plan.
+        workers: worker processes; ``None`` means one per usable CPU under the tuned plan.
         threads: torch threads per worker, or ``auto`` (usable CPUs / workers at start-up).
         response_timeout: seconds before a batch is considered stuck.
         precision: ``auto``, ``bf16`` or ``fp32`` (see :func:`twinnet.runtime.resolve_runtime`).
@@ -116,15 +120,16 @@ def model_config(
     }
     section: dict[str, Any] = {"plan": plan, "precision": precision, "cache_mb": float(cache_mb)}
     if plan == "tuned":
-        n = int(workers or 1)
+        n = int(workers or usable_cpus())
         resolve_threads(threads, n)  # validate now, resolve on the serving machine
         cfg["minWorkers"] = cfg["maxWorkers"] = n
         section["workers"] = n
         section["threads"] = threads if threads is not None else "auto"
         section["why"] = (
-            f"{n} worker(s) x threads={section['threads']} (auto = usable CPUs / workers): "
-            "compute threads never outnumber cores, so concurrency cannot collapse "
-            "throughput; dynamic batching and one shared embedding cache do the rest"
+            f"{n} worker(s) x threads={section['threads']} (auto = usable CPUs / workers, "
+            f"{resolve_threads(section['threads'], n)} here): compute threads never outnumber "
+            "cores, so concurrency cannot collapse throughput; dynamic batching and the "
+            "embedding cache do the rest"
         )
     else:
         if workers is not None:
