@@ -13,7 +13,7 @@ folder is absent). Prints pairs/s for:
 It also measures this CPU's fp32 and bf16 matmul rates and prints each row's useful work
 (16.4 GFLOP per pair, 8.2 per encoded image) as a fraction of the rate it could reach.
 
-    .venv/bin/python bench/inference_speed.py [--seconds 6] [--threads N]
+    .venv/bin/python bench/inference_speed.py [--rounds 15] [--threads N]
 """
 
 from __future__ import annotations
@@ -39,24 +39,36 @@ GFLOP_PAIR = 2 * GFLOP_IMAGE
 GALLERY = 50
 
 
-def timed(fn: Callable[[], object], seconds: float, min_runs: int = 3, warmup: int = 1) -> float:
-    """Median seconds per call, over at least ``min_runs`` calls and about ``seconds`` total."""
-    for _ in range(warmup):
+def round_robin(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed in interleaved rounds so that load
+    from other processes on a shared machine falls on every row alike."""
+    for fn in fns.values():  # warm-up: first-call allocations and oneDNN kernel creation
         fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < seconds:
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def timed(fn: Callable[[], object], seconds: float) -> float:
+    """Minimum seconds per call over about ``seconds``."""
+    fn()
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def matmul_gflops(dtype: torch.dtype, seconds: float) -> float:
     """Sustained square-matmul rate, the practical FLOP limit of this CPU for ``dtype``."""
     n = 2048
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    per_call = timed(lambda: torch.mm(a, b), seconds, warmup=2)
+    per_call = timed(lambda: torch.mm(a, b), seconds)
     return 2 * n**3 / per_call / 1e9
 
 
@@ -108,7 +120,7 @@ class NaiveHandler:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=6.0, help="time per row (median taken)")
+    parser.add_argument("--rounds", type=int, default=15, help="timed calls of each row")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
     args = parser.parse_args(argv)
 
@@ -126,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.TemporaryDirectory()
     model_dir = save_model_dir(model, spec, Path(tmp.name) / "model")
     twin = Twin.load(model_dir, device="cpu", threads=args.threads)
+    twin32 = Twin.load(model_dir, device="cpu", precision="fp32", threads=args.threads)
+    drafty = Twin.load(model_dir, device="cpu", draft=True, threads=args.threads)
     naive = NaiveHandler(model)
 
     pairs_imgs = photos(8)
     gallery = photos(GALLERY, offset=8)
     batch_imgs = gallery[:16]
-    secs = args.seconds
 
     peak32 = matmul_gflops(torch.float32, 2.0)
     peak16 = matmul_gflops(torch.bfloat16, 2.0)
@@ -150,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         twin.cache.clear()  # unseen images: no help from the cache
         twin.compare(*next_pair())
 
+    def run_fp32() -> None:
+        twin32.cache.clear()
+        twin32.compare(*next_pair())
+
+    def run_draft() -> None:
+        drafty.cache.clear()
+        drafty.compare(*next_pair())
+
     def run_batch() -> None:
         twin.cache.clear()
         twin.compare_batch([(batch_imgs[2 * k], batch_imgs[2 * k + 1]) for k in range(8)])
@@ -161,18 +182,32 @@ def main(argv: list[str] | None = None) -> int:
     def run_search_seen() -> None:
         twin.search(pairs_imgs[0], gallery, top_k=5)
 
-    rows: list[tuple[str, float, float, float]] = []  # name, s/call, pairs/call, work GFLOP
-    t_naive = timed(run_naive, secs)
-    rows.append(("1. naive (sample handler, fp32, batch 1)", t_naive, 1, GFLOP_PAIR))
-    t_default = timed(run_default, secs)
-    rows.append((f"2. Twin.compare default ({twin.precision})", t_default, 1, GFLOP_PAIR))
-    t_batch = timed(run_batch, secs)
-    rows.append(("3. compare_batch, 8 pairs", t_batch, 8, 8 * GFLOP_PAIR))
-    t_unseen = timed(run_search_unseen, secs, min_runs=2)
-    rows.append((f"4a. search 1 vs {GALLERY}, unseen", t_unseen, GALLERY, (GALLERY + 1) * GFLOP_IMAGE))
-    run_search_seen()
-    t_seen = timed(run_search_seen, secs)
-    rows.append((f"4b. search 1 vs {GALLERY}, cached", t_seen, GALLERY, 0.0))
+    fns = {
+        "naive": run_naive,
+        "default": run_default,
+        "fp32": run_fp32,
+        "draft": run_draft,
+        "batch": run_batch,
+        "unseen": run_search_unseen,
+        "seen": run_search_seen,
+    }
+    t = round_robin(fns, args.rounds)
+    p = twin.precision
+    rows = [  # name, s/call, pairs/call, GFLOP of encoder work per call, peak
+        ("1. naive: sample handler, fp32, batch 1", t["naive"], 1, GFLOP_PAIR, peak32),
+        (f"2. Twin.compare, default ({p})", t["default"], 1, GFLOP_PAIR, peak_default),
+        ("2a. Twin.compare, precision=fp32", t["fp32"], 1, GFLOP_PAIR, peak32),
+        (f"2b. Twin.compare, {p} + draft=True", t["draft"], 1, GFLOP_PAIR, peak_default),
+        ("3. compare_batch, 8 pairs", t["batch"], 8, 8 * GFLOP_PAIR, peak_default),
+        (
+            f"4a. search 1 vs {GALLERY}, unseen",
+            t["unseen"],
+            GALLERY,
+            (GALLERY + 1) * GFLOP_IMAGE,
+            peak_default,
+        ),
+        (f"4b. search 1 vs {GALLERY}, cached", t["seen"], GALLERY, 0.0, peak_default),
+    ]
 
     print(f"CPU: {torch.get_num_threads()} torch threads; native bf16: {cpu_has_native_bf16()}")
     print(f"matmul limit: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
@@ -180,15 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("| path | ms/call | pairs/s | x naive | fraction of FLOP limit |")
     print("|---|---:|---:|---:|---:|")
-    naive_rate = 1 / t_naive
-    for i, (name, t, n, work) in enumerate(rows):
-        rate = n / t
-        peak = peak32 if i == 0 else peak_default
-        frac = f"{work / t / peak:.2f}" if work else "- (encoder skipped)"
-        print(f"| {name} | {t * 1000:.1f} | {rate:.1f} | {rate / naive_rate:.2f} | {frac} |")
+    naive_rate = 1 / t["naive"]
+    for name, sec, n, work, peak in rows:
+        rate = n / sec
+        frac = f"{work / sec / peak:.2f}" if work else "- (no encoder run)"
+        print(f"| {name} | {sec * 1000:.1f} | {rate:.1f} | {rate / naive_rate:.2f} | {frac} |")
     print()
-    print(f"default vs naive: {t_naive / t_default:.2f}x (target >= 1.8x)")
-    print(f"cached {GALLERY}-image search / single compare: {t_seen / t_default:.2f} (target < 3)")
+    print(f"default vs naive: {t['naive'] / t['default']:.2f}x (target >= 1.8x)")
+    ratio = t["seen"] / t["default"]
+    print(f"cached {GALLERY}-image search / single compare: {ratio:.2f} (target < 3)")
     tmp.cleanup()
     return 0
 

@@ -13,7 +13,9 @@ import hashlib
 import json
 import math
 import os
+import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,21 @@ def _label(src: ImageSource, field: str | None) -> str:
     if field and isinstance(src, (str, os.PathLike)):
         return f"{field} image {os.fspath(src)}"
     return field or source_name(src)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _decode_pool(workers: int) -> ThreadPoolExecutor:
+    """One process-wide pool for decoding, created on first use."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(
+                max_workers=min(workers, 8), thread_name_prefix="twinnet-decode"
+            )
+        return _POOL
 
 
 def _weights_digest(model: torch.nn.Module) -> str:
@@ -229,6 +246,22 @@ class Twin:
         side = math.ceil(self.spec.image_size * DRAFT_OVERSAMPLE)
         return decode_image(payload, label, draft=(side, side) if self.runtime.draft else None)
 
+    def _decode_resized(self, item: tuple[bytes | Image.Image, str]) -> Image.Image | ImageError:
+        try:
+            # Resizing here lets it run in the pool too; Preprocess.batch's own resize is
+            # then a copy, since the image already has the network's size.
+            return self.preprocess.resize(self._decode(*item))
+        except ImageError as exc:
+            return exc
+
+    def _decode_many(
+        self, items: list[tuple[bytes | Image.Image, str]]
+    ) -> list[Image.Image | ImageError]:
+        """Decode and resize several inputs, in parallel threads (PIL releases the GIL)."""
+        if len(items) < 2 or self.runtime.threads < 2:
+            return [self._decode_resized(item) for item in items]
+        return list(_decode_pool(self.runtime.threads).map(self._decode_resized, items))
+
     def _encode(self, batch: torch.Tensor) -> torch.Tensor:
         """Encoder feature maps of a normalised batch, in the runtime's storage dtype, NCHW."""
         x = batch.to(self.device)
@@ -271,17 +304,21 @@ class Twin:
         keys = list(pending)
         for start in range(0, len(keys), ENCODE_BATCH):
             chunk, images = [], []
-            for key in keys[start : start + ENCODE_BATCH]:
-                payload, label, field = payloads[key]
-                try:
-                    images.append(self._decode(payload, label))
-                    chunk.append(key)
-                except ImageError as exc:
-                    exc.field = field
+            batch_keys = keys[start : start + ENCODE_BATCH]
+            decoded = self._decode_many([payloads[k][:2] for k in batch_keys])
+            for key, img in zip(batch_keys, decoded, strict=True):
+                if isinstance(img, ImageError):
+                    img.field = payloads[key][2]
                     if not collect:
-                        raise
-                    for i in pending[key]:
-                        out[i] = exc
+                        raise img
+                    first_label = payloads[key][1]
+                    for i in pending[key]:  # the same bad bytes may sit in several places
+                        label = _label(sources[i], fields[i])
+                        msg = str(img).replace(first_label, label, 1)
+                        out[i] = ImageError(msg, field=fields[i])
+                else:
+                    images.append(img)
+                    chunk.append(key)
             if not chunk:
                 continue
             feats = self._encode(self.preprocess.batch(images))

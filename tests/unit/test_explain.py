@@ -187,7 +187,11 @@ def test_cam_peaks_where_the_two_images_differ():
         base = scene(rng, cell)
         changed = with_disc(base, cell)
         on_right = n % 2 == 0
-        r = twin.compare(base, changed, cam=True) if on_right else twin.compare(changed, base, cam=True)
+        r = (
+            twin.compare(base, changed, cam=True)
+            if on_right
+            else twin.compare(changed, base, cam=True)
+        )
         assert not r.same, f"the detector must see the disc at {cell}"
         cam = r.cam_right if on_right else r.cam_left
         row, col = np.unravel_index(np.argmax(cam), cam.shape)

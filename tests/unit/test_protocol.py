@@ -369,3 +369,15 @@ def test_handler_refuses_decompression_bombs(handler_and_twin):
     error = json.loads(out[0])["error"]
     assert error["code"] == "invalid_image" and error["field"] == "left"
     assert "too large" in error["message"] or "over the limit" in error["message"]
+
+
+def test_handler_reads_sagemaker_custom_attributes(handler_and_twin):
+    """SageMaker passes no query string; ``CustomAttributes: format=list`` travels in a header."""
+    handler, twin = handler_and_twin
+    a, b = _jpeg((10, 20, 30)), _jpeg((200, 100, 0))
+    rows = [{"left": bytearray(a), "right": bytearray(b)}] * 2
+    headers = [{"X-Amzn-SageMaker-Custom-Attributes": "format=list"}, {}]
+    ctx = _batch_context(rows, headers)
+    flat, obj = (json.loads(o) for o in handler.handle(rows, ctx))
+    assert flat == pytest.approx(list(twin.compare(a, b).logits), abs=1e-5)
+    assert obj["logits"] == flat

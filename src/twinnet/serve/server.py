@@ -380,14 +380,14 @@ def describe_model(info: ServerInfo, name: str, timeout: float = 5.0) -> list[di
     return data if isinstance(data, list) else []
 
 
-def _ready_workers(info: ServerInfo, name: str) -> int:
+def _workers_ready(info: ServerInfo, name: str) -> bool:
+    """True when ``name`` has workers and every one of them is READY."""
     try:
         desc = describe_model(info, name, timeout=2.0)
     except OSError:
-        return 0
-    return sum(
-        1 for version in desc for w in version.get("workers", []) if w.get("status") == "READY"
-    )
+        return False
+    states = [w.get("status") for version in desc for w in version.get("workers", [])]
+    return bool(states) and all(s == "READY" for s in states)
 
 
 def _log_tail(info: ServerInfo, lines: int = 15) -> str:
@@ -401,7 +401,7 @@ def _log_tail(info: ServerInfo, lines: int = 15) -> str:
 
 
 def wait_ready(info: ServerInfo, timeout: float = 300.0) -> float:
-    """Block until every model has a READY worker (not just ``/ping``); returns seconds waited."""
+    """Block until every worker of every model is READY (not just ``/ping``); returns seconds."""
     start = time.monotonic()
     while True:
         if not info.alive():
@@ -409,7 +409,7 @@ def wait_ready(info: ServerInfo, timeout: float = 300.0) -> float:
                 f"TorchServe exited during start-up; last log lines:\n{_log_tail(info)}"
             )
         if info.key_file.exists() or not info.auth:
-            if all(_ready_workers(info, m) > 0 for m in info.models):
+            if all(_workers_ready(info, m) for m in info.models):
                 return time.monotonic() - start
         if time.monotonic() - start > timeout:
             raise TwinnetError(
@@ -474,11 +474,16 @@ def _launch(
     instance.mkdir(parents=True, mode=0o700)
     (instance / "logs").mkdir()
     tmp = _short_tmp(instance)
-    store, models = prepare_store(source, instance, name=name, **archive_options)
-    config = write_config(
-        instance / "config.properties", store, models, host, port, management_port,
-        metrics_port, auth, default_workers, _free_loopback_ports(2, avoid={port, management_port, metrics_port}),
-    )  # fmt: skip
+    try:
+        store, models = prepare_store(source, instance, name=name, **archive_options)
+        grpc = _free_loopback_ports(2, avoid={port, management_port, metrics_port})
+        config = write_config(
+            instance / "config.properties", store, models, host, port, management_port,
+            metrics_port, auth, default_workers, grpc,
+        )  # fmt: skip
+    except BaseException:
+        _remove_instance(instance)
+        raise
     cmd = [sys.executable, "-m", "ts.model_server", "--start", "--foreground",
            "--ts-config", str(config), "--model-store", str(store), "--ncs"]  # fmt: skip
     if not auth:
@@ -648,13 +653,20 @@ def _stop_info(info: ServerInfo, timeout: float = 30.0) -> None:
     if child is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=5)
-    instance = Path(info.instance)
+    _remove_instance(Path(info.instance), keep_logs=True)
+
+
+def _remove_instance(instance: Path, keep_logs: bool = False) -> None:
+    """Delete a stopped server's state; with ``keep_logs`` only what a restart must not see."""
     tmp = instance / "tmp"
     if tmp.is_symlink():
         shutil.rmtree(tmp.resolve(), ignore_errors=True)
         tmp.unlink(missing_ok=True)
     else:
         shutil.rmtree(tmp, ignore_errors=True)
+    if not keep_logs:
+        shutil.rmtree(instance, ignore_errors=True)
+        return
     for name in (_KEY_FILE, _SERVER_FILE):
         (instance / name).unlink(missing_ok=True)
 
