@@ -57,8 +57,8 @@ class Runtime:
 
     @property
     def fast(self) -> bool:
-        """True when anything differs from the plain fp32 forward."""
-        return self.bf16 or self.channels_last or self.draft
+        """True when the encoder differs from the plain fp32 forward (its own prepared copy)."""
+        return self.bf16 or self.channels_last
 
 
 @lru_cache(maxsize=1)
