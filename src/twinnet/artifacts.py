@@ -80,7 +80,9 @@ def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: st
         raise SpecError(f"{what} weights do not fit the spec's architecture: {first}") from None
 
 
-def load_model_dir(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[TwinModel, ModelSpec]:
+def load_model_dir(
+    model_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[TwinModel, ModelSpec]:
     """Rebuild the model from ``twinnet.json`` and load its safetensors weights (eval mode)."""
     root = Path(model_dir)
     if not root.is_dir():

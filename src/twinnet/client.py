@@ -56,7 +56,7 @@ def _error_from_body(status: int, raw: bytes, where: str) -> TwinnetError:
             f"{where} refused the request as too large (413): the limit is "
             f"{MAX_REQUEST_BYTES / 2**20:.0f} MiB"
         )
-    text = raw[:200].decode("utf-8", "replace").strip() if raw else "no body"
+    text = " ".join(raw[:200].decode("utf-8", "replace").split()) if raw else "no body"
     if status >= 500:
         return TwinnetError(f"{where} failed with {status}: {text}; see the server's logs")
     return TwinnetError(f"{where} answered {status}: {text}")
@@ -229,9 +229,10 @@ class SageMakerClient:
         endpoint: the endpoint's name.
         region: AWS region; default from the AWS configuration (``AWS_DEFAULT_REGION``...).
             ``AWS_ENDPOINT_URL`` points the client elsewhere (e.g. a moto server).
+        session: a ``boto3.Session`` (e.g. for a named profile); default boto3's own.
     """
 
-    def __init__(self, endpoint: str, region: str | None = None) -> None:
+    def __init__(self, endpoint: str, region: str | None = None, session: Any = None) -> None:
         if not endpoint:
             raise TwinnetError("an endpoint name is required")
         try:
@@ -243,7 +244,8 @@ class SageMakerClient:
             ) from None
         self.endpoint = endpoint
         try:
-            self._client = boto3.client("sagemaker-runtime", region_name=region or None)
+            factory = session.client if session is not None else boto3.client
+            self._client = factory("sagemaker-runtime", region_name=region or None)
         except NoRegionError:
             raise TwinnetError(
                 "no AWS region configured: pass --region or set AWS_DEFAULT_REGION"

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Union
+from typing import IO
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ __all__ = [
     "build_transforms",
 ]
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, IO[bytes]]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | IO[bytes]
 #: Default cap on decoded pixels (about 8000 x 5000), against decompression bombs.
 MAX_PIXELS = 40_000_000
 ImageFile.LOAD_TRUNCATED_IMAGES = False

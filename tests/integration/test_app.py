@@ -116,7 +116,7 @@ def test_upload_then_compare_shows_the_librarys_verdict(
     assert shown["Verdict"] == expected.verdict
     assert shown["Probability of same"] == f"{expected.probability:.1%}"
     assert shown["Threshold"] == f"{twin.spec.threshold:.2f}"
-    assert at.progress[0].value == round(expected.probability * 100)  # percent
+    assert abs(at.progress[0].value - expected.probability * 100) < 1  # whole percent
 
     # Other widget changes redraw from the session's results: still one computed result.
     at.checkbox(key="explain").check().run()

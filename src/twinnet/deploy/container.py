@@ -485,9 +485,9 @@ def serve(
 
     SIGTERM is honoured at any moment, model loading included (SageMaker kills the container
     30 s after it): the signal handler interrupts whatever runs, and
-    :func:`~twinnet.serve.server.stop` ends TorchServe's whole process group. That is why
-    this uses ``start``/``stop`` rather than ``run_foreground``, whose handler only acts once
-    the model is ready. TorchServe's output is copied to stdout.
+    :func:`~twinnet.serve.server.stop` ends TorchServe's whole process group. It uses
+    ``start``/``stop`` rather than ``run_foreground`` because the gateway, not TorchServe,
+    owns the public port. TorchServe's output is copied to stdout.
 
     Returns:
         0 after a requested stop, 1 if TorchServe exited on its own.

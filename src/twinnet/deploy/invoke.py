@@ -75,21 +75,6 @@ def _check_endpoint(session: Any, endpoint: str) -> None:
         )
 
 
-def _sagemaker_client(endpoint: str, session: Any, profile: str | None) -> Any:
-    """The serve stage's SageMaker client, in the session's region and profile.
-
-    ``SageMakerClient`` builds its boto3 client from boto3's default session, so a profile
-    is applied there (``boto3.setup_default_session``, boto3's public way to do that).
-    """
-    import boto3
-
-    from ..client import SageMakerClient
-
-    if profile:
-        boto3.setup_default_session(profile_name=profile, region_name=session.region_name)
-    return SageMakerClient(endpoint, region=session.region_name)
-
-
 def invoke(
     endpoint: str,
     left: str | Path,
@@ -106,7 +91,9 @@ def invoke(
     check_request(left_bytes, right_bytes, cam)
     session = open_session(region=region, profile=profile)
     _check_endpoint(session, endpoint)
-    client = _sagemaker_client(endpoint, session, profile)
+    from ..client import SageMakerClient
+
+    client = SageMakerClient(endpoint, region=session.region_name, session=session)
     try:
         return client.compare(left_bytes, right_bytes, cam=cam)
     except TwinnetError as exc:

@@ -46,7 +46,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -400,10 +400,18 @@ def _log_tail(info: ServerInfo, lines: int = 15) -> str:
     return "(no log output)"
 
 
-def wait_ready(info: ServerInfo, timeout: float = 300.0) -> float:
-    """Block until every worker of every model is READY (not just ``/ping``); returns seconds."""
+def wait_ready(
+    info: ServerInfo, timeout: float = 300.0, should_stop: Callable[[], bool] | None = None
+) -> float:
+    """Block until every worker of every model is READY (not just ``/ping``); returns seconds.
+
+    ``should_stop`` is polled too, so a SIGTERM during a slow model load is honoured at once
+    (SageMaker kills a container that ignores it for 30 s).
+    """
     start = time.monotonic()
     while True:
+        if should_stop is not None and should_stop():
+            raise TwinnetError("stopped before the model was ready")
         if not info.alive():
             raise TwinnetError(
                 f"TorchServe exited during start-up; last log lines:\n{_log_tail(info)}"
@@ -595,7 +603,7 @@ def run_foreground(
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            wait_ready(info, timeout)
+            wait_ready(info, timeout, should_stop=lambda: stopping["flag"])
         except TwinnetError:
             if stopping["flag"]:
                 return 0
