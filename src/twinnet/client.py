@@ -229,7 +229,7 @@ class SageMakerClient:
         endpoint: the endpoint's name.
         region: AWS region; default from the AWS configuration (``AWS_DEFAULT_REGION``...).
             ``AWS_ENDPOINT_URL`` points the client elsewhere (e.g. a moto server).
-        session: a ``boto3.Session`` (e.g. for a named profile); default boto3's own.
+        session: a ``boto3.Session`` (e.g. for a named profile); default a new one.
     """
 
     def __init__(self, endpoint: str, region: str | None = None, session: Any = None) -> None:
@@ -244,8 +244,10 @@ class SageMakerClient:
             ) from None
         self.endpoint = endpoint
         try:
-            factory = session.client if session is not None else boto3.client
-            self._client = factory("sagemaker-runtime", region_name=region or None)
+            # A fresh session per client: credentials are resolved now, from the current
+            # environment, not from whatever boto3's process-wide default session cached.
+            session = session if session is not None else boto3.session.Session()
+            self._client = session.client("sagemaker-runtime", region_name=region or None)
         except NoRegionError:
             raise TwinnetError(
                 "no AWS region configured: pass --region or set AWS_DEFAULT_REGION"
