@@ -25,7 +25,7 @@ check-java:
 # (a real dataset that ships with a dependency), evaluate it on held-out pairs, show it.
 demo: $(STAMP)
 	$(BIN)/twinnet train --dataset digits --out $(RUNS)/digits --arch resnet18 --size 32 \
-		--no-pretrained --frozen-epochs 0 --epochs 6 --lr 3e-3 --bs 32 --split random --seed 0
+		--no-pretrained --frozen-epochs 0 --epochs 10 --lr 3e-3 --bs 32 --split random --seed 0
 	$(BIN)/twinnet evaluate $(RUNS)/digits --dataset digits --held-out --pairs 1000 --way 10 --trials 200
 	$(BIN)/twinnet info $(RUNS)/digits
 	@echo "model directory: $(RUNS)/digits"

@@ -436,6 +436,15 @@ def _on_stop(signum: int, frame: Any) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
+def _bind_description(host: str) -> str:
+    """Say plainly who can reach the port (servers bind to loopback unless told otherwise)."""
+    if host in ("0.0.0.0", "::", ""):
+        return "all interfaces, as SageMaker requires"
+    if host in ("127.0.0.1", "::1", "localhost"):
+        return "loopback only"
+    return "a non-loopback address"
+
+
 def _say(message: str) -> None:
     print(f"twinnet container: {message}", file=sys.stderr, flush=True)
 
@@ -505,8 +514,10 @@ def serve(
     try:
         gateway = Gateway(settings.host, settings.port, settings.invocation_timeout)
         gateway.start()
+        where = _bind_description(settings.host)
         _say(
-            f"listening on {settings.host}:{gateway.port}; /ping answers 503 until the model is ready"
+            f"listening on {settings.host}:{gateway.port} ({where}); "
+            "/ping answers 503 until the model is ready"
         )
         if settings.overrides:
             shown = ", ".join(f"{k}={v}" for k, v in settings.overrides.items())
