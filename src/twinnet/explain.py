@@ -14,10 +14,17 @@ row, or from two threads at once, cannot see each other's state.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import nn
+
+from .errors import TwinnetError
+from .imaging import ImageSource, decode_image
+from .result import CompareResult
 
 __all__ = [
     "grad_cam",
@@ -26,6 +33,7 @@ __all__ = [
     "heatmap",
     "overlay",
     "side_by_side",
+    "save_cam_picture",
 ]
 
 
@@ -155,3 +163,49 @@ def side_by_side(
     if caption:
         ImageDraw.Draw(canvas).text((gap, 8), caption, fill=(0, 0, 0))
     return canvas
+
+
+def save_cam_picture(
+    left: ImageSource,
+    right: ImageSource,
+    result: CompareResult,
+    out: str | os.PathLike,
+    resize_method: str = "squish",
+) -> Path:
+    """Write both images beside their Grad-CAM overlays, captioned with the verdict.
+
+    One picture serves every backend (in process, TorchServe, SageMaker), since the maps
+    travel in the :class:`~twinnet.result.CompareResult`.
+
+    Args:
+        left: the left image (path, bytes, PIL image or file-like).
+        right: the right image.
+        result: a :class:`~twinnet.result.CompareResult` holding both maps.
+        out: the picture's path (PNG, JPEG...).
+        resize_method: how the model framed the images (the spec's ``resize_method``).
+
+    Returns:
+        The path written.
+    """
+    if not result.has_cam:
+        raise TwinnetError("the backend returned no Grad-CAM maps")
+    left_img, right_img = decode_image(left, "left"), decode_image(right, "right")
+    picture = side_by_side(
+        [
+            left_img,
+            overlay(left_img, result.cam_left, resize_method),
+            right_img,
+            overlay(right_img, result.cam_right, resize_method),
+        ],
+        caption=(
+            f"{result.verdict}: p(same) = {result.probability:.3f}, "
+            f"threshold {result.threshold:.2f}"
+        ),
+    )
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        picture.save(path)
+    except (ValueError, OSError) as exc:
+        raise TwinnetError(f"cannot write {path}: {exc}") from None
+    return path

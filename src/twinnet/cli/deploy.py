@@ -242,7 +242,8 @@ def run_deploy(args: argparse.Namespace) -> int:
 
 def run_invoke(args: argparse.Namespace) -> int:
     """``twinnet invoke NAME A B [--cam OUT.png] [--json]``."""
-    from ..deploy.invoke import invoke, write_cam_picture
+    from ..deploy.invoke import invoke
+    from ..explain import save_cam_picture
 
     result = invoke(
         args.endpoint,
@@ -253,7 +254,7 @@ def run_invoke(args: argparse.Namespace) -> int:
         profile=args.profile,
     )
     if args.cam:
-        write_cam_picture(args.left, args.right, result, args.cam)
+        save_cam_picture(args.left, args.right, result, args.cam)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:

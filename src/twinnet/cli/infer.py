@@ -102,11 +102,10 @@ def run_compare(args: argparse.Namespace) -> int:
         backend = open_backend(model=args.model)
     result = backend.compare(Path(args.left), Path(args.right), cam=bool(args.cam))
     if args.cam:
-        if not result.has_cam:
-            raise TwinnetError("the backend returned no Grad-CAM maps")
-        _write_cam_picture(
-            args, result, getattr(getattr(backend, "spec", None), "resize_method", "squish")
-        )
+        from ..explain import save_cam_picture
+
+        resize_method = getattr(getattr(backend, "spec", None), "resize_method", "squish")
+        save_cam_picture(Path(args.left), Path(args.right), result, args.cam, resize_method)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -116,28 +115,6 @@ def run_compare(args: argparse.Namespace) -> int:
         if args.cam:
             print(f"Grad-CAM picture: {args.cam}")
     return 0
-
-
-def _write_cam_picture(args: argparse.Namespace, result, resize_method: str) -> None:
-    from ..explain import overlay, side_by_side
-    from ..imaging import decode_image
-
-    left, right = decode_image(args.left, "left"), decode_image(args.right, "right")
-    picture = side_by_side(
-        [
-            left,
-            overlay(left, result.cam_left, resize_method),
-            right,
-            overlay(right, result.cam_right, resize_method),
-        ],
-        caption=f"{result.verdict}: p(same) = {result.probability:.3f}, threshold {result.threshold:.2f}",
-    )
-    out = Path(args.cam)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        picture.save(out)
-    except (ValueError, OSError) as exc:
-        raise TwinnetError(f"cannot write {out}: {exc}") from None
 
 
 def run_search(args: argparse.Namespace) -> int:

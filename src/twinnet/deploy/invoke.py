@@ -14,7 +14,7 @@ from ..errors import TwinnetError
 from ..protocol import MAX_REQUEST_BYTES, encode_multipart
 from ..result import CompareResult
 
-__all__ = ["read_image_file", "check_request", "invoke", "write_cam_picture"]
+__all__ = ["read_image_file", "check_request", "invoke"]
 
 
 def read_image_file(path: str | Path) -> bytes:
@@ -100,35 +100,3 @@ def invoke(
         if "\n" in str(exc):  # e.g. an HTML error page quoted by a proxy: keep it to one line
             raise TwinnetError(_one_line(str(exc))) from None
         raise
-
-
-def write_cam_picture(
-    left: str | Path,
-    right: str | Path,
-    result: CompareResult,
-    out: str | Path,
-    resize_method: str = "squish",
-) -> Path:
-    """Both images beside their Grad-CAM overlays, captioned with the verdict."""
-    if not result.has_cam:
-        raise TwinnetError("the endpoint returned no Grad-CAM maps")
-    from ..explain import overlay, side_by_side
-    from ..imaging import decode_image
-
-    left_img, right_img = decode_image(left, "left"), decode_image(right, "right")
-    picture = side_by_side(
-        [
-            left_img,
-            overlay(left_img, result.cam_left, resize_method),
-            right_img,
-            overlay(right_img, result.cam_right, resize_method),
-        ],
-        caption=f"{result.verdict}: p(same) = {result.probability:.3f}, threshold {result.threshold:.2f}",
-    )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        picture.save(out)
-    except (ValueError, OSError) as exc:
-        raise TwinnetError(f"cannot write {out}: {exc}") from None
-    return out
