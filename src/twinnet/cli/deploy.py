@@ -244,6 +244,7 @@ def run_invoke(args: argparse.Namespace) -> int:
     """``twinnet invoke NAME A B [--cam OUT.png] [--json]``."""
     from ..deploy.invoke import invoke
     from ..explain import save_cam_picture
+    from .infer import print_compare
 
     result = invoke(
         args.endpoint,
@@ -255,14 +256,7 @@ def run_invoke(args: argparse.Namespace) -> int:
     )
     if args.cam:
         save_cam_picture(args.left, args.right, result, args.cam)
-    if args.json:
-        print(json.dumps(result.to_dict()))
-    else:
-        print(
-            f"{result.verdict}  probability {result.probability:.4f}  (threshold {result.threshold:.2f})"
-        )
-        if args.cam:
-            print(f"Grad-CAM picture: {args.cam}")
+    print_compare(result, args.json, args.cam)
     return 0
 
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from ..errors import TwinnetError
+from ..result import CompareResult
 
 __all__ = ["register", "run_compare", "run_search"]
 
@@ -106,15 +107,20 @@ def run_compare(args: argparse.Namespace) -> int:
 
         resize_method = getattr(getattr(backend, "spec", None), "resize_method", "squish")
         save_cam_picture(Path(args.left), Path(args.right), result, args.cam, resize_method)
-    if args.json:
-        print(json.dumps(result.to_dict()))
-    else:
-        print(
-            f"{result.verdict}  probability {result.probability:.4f}  (threshold {result.threshold:.2f})"
-        )
-        if args.cam:
-            print(f"Grad-CAM picture: {args.cam}")
+    print_compare(result, args.json, args.cam)
     return 0
+
+
+def print_compare(result: CompareResult, as_json: bool, cam: str | None = None) -> None:
+    """Print one verdict: the contract's JSON, or a line people read (shared with ``invoke``)."""
+    if as_json:
+        print(json.dumps(result.to_dict()))
+        return
+    print(
+        f"{result.verdict}  probability {result.probability:.4f}  (threshold {result.threshold:.2f})"
+    )
+    if cam:
+        print(f"Grad-CAM picture: {cam}")
 
 
 def run_search(args: argparse.Namespace) -> int:
