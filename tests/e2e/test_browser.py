@@ -32,12 +32,9 @@ ANSWER_TIMEOUT = 180
 
 
 @pytest.fixture(scope="module")
-def model_dir(request: pytest.FixtureRequest) -> Path:
-    """The trained model when the suite provides one, else the untrained one (plumbing only)."""
-    try:
-        return request.getfixturevalue("trained_model_dir")
-    except pytest.FixtureLookupError:
-        return request.getfixturevalue("random_model_dir")
+def model_dir(trained_model_dir: Path) -> Path:
+    """A model trained on generated shapes (the suite's ``trained_model_dir``)."""
+    return trained_model_dir
 
 
 def free_port() -> int:

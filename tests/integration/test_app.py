@@ -26,12 +26,9 @@ TIMEOUT = 180
 
 
 @pytest.fixture(scope="module")
-def model_dir(request: pytest.FixtureRequest) -> Path:
-    """The trained model when the suite provides one, else the untrained one (plumbing only)."""
-    try:
-        return request.getfixturevalue("trained_model_dir")
-    except pytest.FixtureLookupError:
-        return request.getfixturevalue("random_model_dir")
+def model_dir(trained_model_dir: Path) -> Path:
+    """A model trained on generated shapes (the suite's ``trained_model_dir``)."""
+    return trained_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -269,31 +266,9 @@ def test_a_server_that_does_not_answer_is_an_error(
     assert not metrics(at)
 
 
-def no_aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in (
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_DEFAULT_PROFILE",
-        "AWS_ROLE_ARN",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        "AWS_ENDPOINT_URL",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    empty = tmp_path / "empty-aws-file"
-    empty.write_text("")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-
-
 def test_missing_aws_credentials_are_an_error(
-    monkeypatch: pytest.MonkeyPatch, classes: list[list[Path]], tmp_path: Path
+    no_aws: None, monkeypatch: pytest.MonkeyPatch, classes: list[list[Path]], tmp_path: Path
 ) -> None:
-    no_aws_credentials(monkeypatch, tmp_path)
     at = new_app(monkeypatch, endpoint="twin-prod", region="eu-west-1")
     # The endpoint list could not be fetched: said in the sidebar, the typed name still usable.
     (listing,) = [e.value for e in at.sidebar.error]

@@ -226,10 +226,9 @@ def test_connection_failures_become_advice_and_bugs_do_not() -> None:
 
 
 def test_listing_endpoints_without_credentials_is_a_twinnet_error(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    no_aws: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Real boto3, no credentials anywhere: the sidebar gets advice, not a traceback."""
-    no_credentials(monkeypatch, tmp_path)
     with pytest.raises(TwinnetError, match="no AWS credentials"):
         appkit.list_endpoints("us-east-1")
     with pytest.raises(TwinnetError, match="no AWS credentials"):
@@ -237,9 +236,8 @@ def test_listing_endpoints_without_credentials_is_a_twinnet_error(
 
 
 def test_default_region_comes_from_the_aws_configuration(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    no_aws: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    no_credentials(monkeypatch, tmp_path)
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     assert appkit.default_region() == "us-east-1"
@@ -247,28 +245,6 @@ def test_default_region_comes_from_the_aws_configuration(
     config.write_text("[default]\nregion = ap-southeast-2\n")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
     assert appkit.default_region() == "ap-southeast-2"
-
-
-def no_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Point boto3 at empty configuration and no instance metadata."""
-    for name in (
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_DEFAULT_PROFILE",
-        "AWS_ROLE_ARN",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        "AWS_ENDPOINT_URL",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    empty = tmp_path / "empty-aws-file"
-    empty.write_text("")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 # --------------------------------------------------------------------------- command line

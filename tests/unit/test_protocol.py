@@ -227,15 +227,10 @@ def test_http_client_routes():
         HttpClient("ftp://h/x")
 
 
-def test_sagemaker_client_without_credentials(monkeypatch, tmp_path):
+def test_sagemaker_client_without_credentials(no_aws, monkeypatch):
     pytest.importorskip("boto3")
     from twinnet.client import SageMakerClient
 
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     client = SageMakerClient("twin-endpoint")
     with pytest.raises(TwinnetError, match="no AWS credentials found"):

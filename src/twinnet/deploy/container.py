@@ -38,7 +38,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -185,23 +184,6 @@ def apply_settings(mar: Path, overrides: Mapping[str, Any], store: Path) -> Path
                 with zin.open(info) as src, zout.open(info.filename, "w") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
     return out
-
-
-def _free_loopback_ports(n: int, avoid: int) -> list[int]:
-    """Loopback ports for TorchServe's own APIs (inference, management, metrics)."""
-    socks, ports = [], []
-    try:
-        while len(ports) < n:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            port = s.getsockname()[1]
-            if port != avoid:
-                ports.append(port)
-    finally:
-        for s in socks:
-            s.close()
-    return ports
 
 
 #: Hop-by-hop headers (RFC 9110 7.6.1) are never forwarded.
@@ -523,7 +505,7 @@ def serve(
             shown = ", ".join(f"{k}={v}" for k, v in settings.overrides.items())
             _say(f"settings from the environment: {shown}")
             mar = apply_settings(mar, settings.overrides, home / "store")
-        inference, management, metrics = _free_loopback_ports(3, avoid=settings.port)
+        inference, management, metrics = server.free_loopback_ports(3, avoid={settings.port})
         follower = _Follower(server.instance_dir(inference, root) / "torchserve.out")
         follower.start()
         info = server.start(

@@ -69,6 +69,7 @@ __all__ = [
     "run_foreground",
     "status",
     "stop",
+    "free_loopback_ports",
     "find_token",
     "list_servers",
     "read_keys",
@@ -222,8 +223,8 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def _free_loopback_ports(n: int, avoid: set[int]) -> tuple[int, ...]:
-    """``n`` distinct free loopback ports (for TorchServe's gRPC servers, which twinnet does not use)."""
+def free_loopback_ports(n: int, avoid: set[int]) -> tuple[int, ...]:
+    """``n`` distinct free loopback ports, none in ``avoid`` (TorchServe's gRPC and inner APIs)."""
     socks: list[socket.socket] = []
     ports: list[int] = []
     try:
@@ -484,7 +485,7 @@ def _launch(
     tmp = _short_tmp(instance)
     try:
         store, models = prepare_store(source, instance, name=name, **archive_options)
-        grpc = _free_loopback_ports(2, avoid={port, management_port, metrics_port})
+        grpc = free_loopback_ports(2, avoid={port, management_port, metrics_port})
         config = write_config(
             instance / "config.properties", store, models, host, port, management_port,
             metrics_port, auth, default_workers, grpc,
