@@ -25,15 +25,41 @@ Settings (environment variables; all optional):
 ``TWINNET_PRECISION``           ``auto``, ``bf16`` or ``fp32``
 ``TWINNET_STARTUP_TIMEOUT``     seconds to wait for the model to load (default 600)
 ``TWINNET_INVOCATION_TIMEOUT``  seconds before an invocation is answered 504 (default 55)
+``TWINNET_GATEWAY_THREADS``     requests the gateway answers at once (default 32)
+``TWINNET_MAX_CONNECTIONS``     client connections the gateway keeps open (default 500)
 =============================== ==============================================================
 
 The archive's ``model-config.yaml`` holds the values ``twinnet package`` chose; a setting
 from the environment rewrites that file into a copy of the archive before TorchServe
 starts, so TorchServe itself reads the new values.
+
+The gateway's HTTP server is waitress (3.x), not the standard library's ``http.server``:
+
+* Reading: one event loop reads every connection and hands only complete requests (body
+  buffered, to a temporary file past 512 KiB) to a fixed pool of worker threads, so a
+  client that stalls mid-request holds a socket, never a thread. ``http.server`` gives
+  each connection a thread and has no read timeout.
+* Framing: waitress takes ``Content-Length`` only as digits, decodes chunked bodies
+  strictly, refuses transfer codings other than chunked and caps header and body size
+  (for chunked bodies, framing included, while they are read). What it still accepts, the
+  gateway refuses with 400 and a closed connection before waitress reads the body:
+  ``Content-Length`` together with ``Transfer-Encoding``, ``Transfer-Encoding`` given twice
+  or on HTTP/1.0, and folded header lines (RFC 9112 sections 5.2 and 6). It also holds a
+  chunked body's decoded size to the cap as it arrives (413), and bounds chunk-size lines.
+* Limits: ``connection_limit`` bounds open connections and ``channel_timeout`` closes idle
+  ones; waitress has no deadline for a request that trickles in, so the gateway adds one
+  for the headers (10 s) and one for the body (30 s) and closes the connection past them.
+* Errors: waitress's early answers (400, 413, 431) carry the contract's error object.
+
+uvicorn (h11 or httptools) was the other candidate: it has no deadline for receiving a
+request either (its keep-alive timer restarts with every byte), caps no body size, and
+would bring an ASGI stack for two routes. waitress is pure Python with no dependencies.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import re
 import shutil
@@ -48,7 +74,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser, ParsingError, TransferEncodingNotImplemented
+from waitress.server import TcpWSGIServer
+from waitress.task import ErrorTask, ThreadedTaskDispatcher
+from waitress.utilities import BadRequest, RequestEntityTooLarge
+
 from ..errors import TwinnetError
+from ..protocol import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from .package import find_mar
 
 __all__ = [
@@ -66,6 +100,14 @@ DEFAULT_PORT = 8080
 DEFAULT_STARTUP_TIMEOUT = 600.0
 #: Under SageMaker's 60 s invocation limit, so callers get the container's answer, not a timeout.
 DEFAULT_INVOCATION_TIMEOUT = 55.0
+#: Requests the gateway answers at once (each in-flight invocation holds one thread).
+DEFAULT_GATEWAY_THREADS = 32
+#: Open client connections; a stalled one holds no thread, only a socket.
+DEFAULT_MAX_CONNECTIONS = 500
+#: Read deadlines, in seconds: request headers, request body, idle keep-alive connection.
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
+DEFAULT_IDLE_TIMEOUT = 120.0
 
 #: archive option -> environment variables, first one set wins.
 _OPTION_ENV: dict[str, tuple[str, ...]] = {
@@ -88,6 +130,8 @@ class ContainerSettings:
         host: bind address.
         startup_timeout: seconds to wait for a READY worker before giving up.
         invocation_timeout: seconds one invocation may take before the container answers 504.
+        gateway_threads: requests the gateway answers at once.
+        max_connections: client connections the gateway keeps open at once.
         overrides: archive options to rewrite into ``model-config.yaml``.
     """
 
@@ -95,6 +139,8 @@ class ContainerSettings:
     host: str = "0.0.0.0"
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
     invocation_timeout: float = DEFAULT_INVOCATION_TIMEOUT
+    gateway_threads: int = DEFAULT_GATEWAY_THREADS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,6 +164,10 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ContainerSett
         settings.startup_timeout = float(_int(env, "TWINNET_STARTUP_TIMEOUT", 1))
     if env.get("TWINNET_INVOCATION_TIMEOUT", "").strip():
         settings.invocation_timeout = float(_int(env, "TWINNET_INVOCATION_TIMEOUT", 1))
+    if env.get("TWINNET_GATEWAY_THREADS", "").strip():
+        settings.gateway_threads = _int(env, "TWINNET_GATEWAY_THREADS", 1)
+    if env.get("TWINNET_MAX_CONNECTIONS", "").strip():
+        settings.max_connections = _int(env, "TWINNET_MAX_CONNECTIONS", 1)
     for option, names in _OPTION_ENV.items():
         var = next((n for n in names if env.get(n, "").strip()), None)
         if var is None:
@@ -186,11 +236,179 @@ def apply_settings(mar: Path, overrides: Mapping[str, Any], store: Path) -> Path
     return out
 
 
-#: Hop-by-hop headers (RFC 9110 7.6.1) are never forwarded.
+#: Hop-by-hop headers (RFC 9110 7.6.1), and the framing the gateway sets itself: never forwarded.
 _HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-     "upgrade", "host", "content-length"}
+    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+     "te", "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+     "expect"}
 )  # fmt: skip
+_CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
+_MAX_HEADER_BYTES = 64 * 1024
+_MAX_CHUNK_LINE = 1024
+
+
+def _framing_error(head: bytes) -> str | None:
+    """Why a request head's framing is ambiguous (RFC 9112 section 6), or ``None`` if it is not.
+
+    The body's length must come from exactly one plain decimal ``Content-Length`` or from one
+    ``Transfer-Encoding: chunked`` (HTTP/1.1 only), never both: two parsers reading the same
+    bytes differently is how requests are smuggled. Folded header lines are refused too,
+    since a folded ``Transfer-Encoding`` reads differently to different parsers.
+    """
+    request_line, _, block = head.partition(b"\r\n")
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    for line in block.split(b"\r\n") if block else []:
+        if line[:1] in (b" ", b"\t"):
+            return "folded header lines are not accepted"
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name == b"content-length":
+            lengths.append(value.strip(b" \t"))
+        elif name == b"transfer-encoding":
+            codings.append(value.strip(b" \t"))
+    if codings:
+        if lengths:
+            return "Content-Length and Transfer-Encoding together"
+        if len(codings) > 1 or codings[0].lower() != b"chunked":
+            return "Transfer-Encoding must be one 'chunked'"
+        if not request_line.endswith(b"HTTP/1.1"):
+            return "Transfer-Encoding needs HTTP/1.1"
+    if len(lengths) > 1:
+        return "more than one Content-Length"
+    if lengths and not _CONTENT_LENGTH.fullmatch(lengths[0]):
+        return "Content-Length must be a non-negative decimal number"
+    return None
+
+
+class _Adjustments(Adjustments):
+    """waitress's settings, plus the gateway's own body cap and read deadlines (seconds)."""
+
+    body_limit = MAX_REQUEST_BYTES
+    header_timeout = DEFAULT_HEADER_TIMEOUT
+    body_timeout = DEFAULT_BODY_TIMEOUT
+
+
+class _RequestParser(HTTPRequestParser):
+    """waitress's request parser, strict about framing and clocked for the read deadlines."""
+
+    def __init__(self, adj: _Adjustments) -> None:
+        super().__init__(adj)
+        self.started = time.monotonic()  # the request's first byte
+        self.head_done: float | None = None
+
+    def parse_header(self, header_plus: bytes) -> None:
+        problem = _framing_error(header_plus)
+        try:
+            super().parse_header(header_plus)  # first, so the answer has the request's version
+        except TransferEncodingNotImplemented:
+            problem = problem or "Transfer-Encoding must be one 'chunked'"
+        if problem:
+            raise ParsingError(problem)  # waitress answers 400 and closes the connection
+
+    def received(self, data: bytes) -> int:
+        consumed = super().received(data)
+        if self.headers_finished and self.head_done is None:
+            self.head_done = time.monotonic()
+        if self.error is None and self.headers_finished:
+            self._check_body()
+        return consumed
+
+    def _check_body(self) -> None:
+        """The body cap, on the declared length before any of the body is read, and on the
+        decoded size of a chunked body as it arrives (waitress's own cap counts chunk framing
+        and is only a backstop); chunk-size lines and trailers are bounded too."""
+        receiver = self.body_rcv
+        size = self.content_length
+        if self.chunked and receiver is not None:
+            size = len(receiver)
+            if (
+                len(receiver.control_line) > _MAX_CHUNK_LINE
+                or len(receiver.trailer) > _MAX_HEADER_BYTES
+            ):
+                self.error, self.completed = BadRequest("chunk-size line or trailer too long"), True
+                return
+        if size > self.adj.body_limit:
+            self.error = RequestEntityTooLarge(f"over {self.adj.body_limit} bytes")
+            self.completed = True
+
+
+def _error_json(status: int, detail: str, adj: Any) -> bytes:
+    """The contract's error object for an answer waitress gives before the app runs."""
+    import json
+
+    from ..protocol import error_body
+
+    code = "internal_error" if status >= 500 else "bad_request"
+    message = f"malformed request: {detail}"
+    if status == 413:
+        limit = adj.body_limit
+        shown = f"{limit / 2**20:.0f} MiB" if limit >= 2**20 else f"{limit} byte"
+        code = "payload_too_large"
+        message = (
+            f"request body is over the {shown} limit (SageMaker's real-time limit); "
+            "send smaller images (e.g. JPEG at 1024 px)"
+        )
+    elif status == 431:
+        message = f"request headers over {adj.max_request_header_size} bytes"
+    elif status >= 500:
+        message = "the gateway failed to read the request"
+    return json.dumps(error_body(code, message)).encode()
+
+
+class _ErrorTask(ErrorTask):
+    """waitress's early answers (400, 413, 431) as the contract's error object."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        body = _error_json(error.code, str(error.body), self.channel.adj)
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _Channel(HTTPChannel):
+    """One client connection, with read deadlines on top of waitress's idle timeout."""
+
+    parser_class = _RequestParser
+    error_task_class = _ErrorTask
+    resumed = 0.0  # when the last request's answer was done (reading pauses while it runs)
+
+    def service(self) -> None:
+        try:
+            super().service()
+        finally:
+            self.resumed = time.monotonic()
+
+    def overdue(self, now: float) -> bool:
+        """Past a read deadline: headers slower than ``header_timeout`` (from the request's
+        first byte, or from connecting when nothing came), or a body slower than ``body_timeout``."""
+        if self.requests:
+            return False  # an answer is being made; nothing is read meanwhile
+        adj, request = self.adj, self.request
+        if request is None:
+            fresh = self.last_activity == self.creation_time  # nothing received or sent yet
+            return fresh and time.time() - self.creation_time > adj.header_timeout
+        if request.completed:
+            return False
+        if request.head_done is None:
+            return now - max(request.started, self.resumed) > adj.header_timeout
+        return now - max(request.head_done, self.resumed) > adj.body_timeout
+
+
+class _Server(TcpWSGIServer):
+    """waitress's server with the gateway's channel; checks the deadlines once a second."""
+
+    channel_class = _Channel
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)  # idle keep-alive connections
+        clock = time.monotonic()
+        for channel in list(self.active_channels.values()):
+            if channel.overdue(clock):
+                channel.will_close = True
 
 
 class Gateway:
@@ -203,11 +421,20 @@ class Gateway:
     when no worker is READY any more). It also bounds each invocation by
     ``invocation_timeout`` so callers get an answer inside SageMaker's 60 s limit.
 
+    It runs on waitress (see the module docstring): one event loop reads every connection,
+    and only complete requests reach one of ``threads`` worker threads.
+
     Args:
         host: public bind address.
         port: public port (``SAGEMAKER_BIND_TO_PORT``).
         invocation_timeout: seconds an invocation may take before the gateway answers 504.
-        max_request_bytes: larger bodies get 413 without being read.
+        max_request_bytes: larger bodies get 413 (the contract's 6 MiB unless given).
+        threads: worker threads, so at most this many requests are answered at once.
+        max_connections: open connections; past it, new ones wait in the listen backlog.
+        header_timeout: seconds from a request's first byte (or from connecting) to the end
+            of its headers; a slower client's connection is closed.
+        body_timeout: seconds from the end of the headers to the end of the body.
+        idle_timeout: seconds an idle keep-alive connection stays open.
     """
 
     def __init__(
@@ -216,40 +443,74 @@ class Gateway:
         port: int,
         invocation_timeout: float = 55.0,
         max_request_bytes: int | None = None,
+        *,
+        threads: int = DEFAULT_GATEWAY_THREADS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
-        from http.server import ThreadingHTTPServer
-
-        from ..serve.server import FRONTEND_MAX_REQUEST_BYTES
-
         self.upstream: Any = None  # the ServerInfo, once the model is READY
         self.invocation_timeout = float(invocation_timeout)
-        self.max_request_bytes = int(max_request_bytes or FRONTEND_MAX_REQUEST_BYTES)
+        self.max_request_bytes = int(max_request_bytes or MAX_REQUEST_BYTES)
         self._ready_at = 0.0
         self._ready = False
         self._lock = threading.Lock()
         self._local = threading.local()
-        handler = _gateway_handler(self)
+        self._map: dict[int, Any] = {}
+        dispatcher = ThreadedTaskDispatcher()
         try:
-            self.server = ThreadingHTTPServer((host, int(port)), handler)
-        except OSError as exc:
-            raise TwinnetError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, name="twinnet-gateway", daemon=True
-        )
+            adj = _Adjustments(
+                host=host,
+                port=int(port),
+                ident="twinnet",
+                threads=int(threads),
+                connection_limit=int(max_connections),
+                channel_timeout=max(1, math.ceil(idle_timeout)),
+                cleanup_interval=1,
+                # Raw bytes, chunk framing included: a backstop; _RequestParser holds the
+                # body itself to max_request_bytes.
+                max_request_body_size=2 * self.max_request_bytes + _MAX_HEADER_BYTES,
+                max_request_header_size=_MAX_HEADER_BYTES,
+                # A whole answer fits the output buffer (spilled to a temporary file past
+                # 1 MiB), so a client that reads slowly holds no worker thread.
+                outbuf_high_watermark=MAX_RESPONSE_BYTES + 2**20,
+                asyncore_use_poll=True,  # select() stops at file descriptor 1024
+                clear_untrusted_proxy_headers=False,  # forward headers as they came
+            )
+            adj.body_limit = self.max_request_bytes
+            adj.header_timeout, adj.body_timeout = float(header_timeout), float(body_timeout)
+            self.server = _Server(self._app, map=self._map, dispatcher=dispatcher, adj=adj)
+        except (OSError, ValueError) as exc:
+            self._close_sockets()
+            reason = getattr(exc, "strerror", None) or exc
+            raise TwinnetError(f"cannot listen on {host}:{port}: {reason}") from None
+        dispatcher.set_thread_count(int(threads))
+        self.thread = threading.Thread(target=self.server.run, name="twinnet-gateway", daemon=True)
 
     @property
     def port(self) -> int:
-        return int(self.server.server_address[1])
+        return int(self.server.effective_port)
 
     def start(self) -> None:
         self.thread.start()
 
     def close(self) -> None:
-        """Stop accepting; in-flight requests finish on their own (daemon) threads."""
+        """Stop accepting and close every connection; requests being forwarded get a second."""
         if self.thread.is_alive():
-            self.server.shutdown()
-        self.server.server_close()
+            self.server.trigger.pull_trigger(self._close_sockets)  # on the loop's own thread
+            self.thread.join(timeout=5)
+        else:
+            self._close_sockets()
+        self.server.task_dispatcher.shutdown(timeout=1)
+
+    def _close_sockets(self) -> None:
+        for dispatcher in list(self._map.values()):
+            with contextlib.suppress(OSError):
+                if isinstance(dispatcher, HTTPChannel):
+                    dispatcher.handle_close()  # also frees its buffers
+                else:
+                    dispatcher.close()
 
     def healthy(self) -> bool:
         """A READY worker, as TorchServe's management API reports it (cached for one second)."""
@@ -311,100 +572,87 @@ class Gateway:
                 raise
         raise ConnectionError("unreachable")  # pragma: no cover - the loop returns or raises
 
+    def _app(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        """The WSGI application waitress calls with each complete request."""
+        import http.client
 
-def _gateway_handler(gateway: Gateway) -> type:
-    """The request handler class bound to ``gateway``."""
+        try:
+            status, headers, body = self._answer(environ)
+        except Exception as exc:  # the contract's 500, not waitress's plain-text one
+            _say(f"gateway error: {exc.__class__.__name__}: {exc}")
+            status, headers, body = _error(500, "internal_error", "internal error in the gateway")
+        phrase = http.client.responses.get(status, "Unknown")
+        start_response(f"{status} {phrase}", [*headers, ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _answer(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+        method, route = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        if route == "/ping" and method in ("GET", "HEAD"):
+            if self.healthy():
+                return 200, _JSON, b'{"status": "Healthy"}'
+            return _error(503, "unavailable", "the model is loading or has no ready worker")
+        if route == "/invocations" and method == "POST":
+            return self._invoke(environ)
+        if route in ("/ping", "/invocations"):
+            verb = "GET /ping" if route == "/ping" else "POST /invocations"
+            return _error(405, "bad_request", f"use {verb}")
+        return _error(404, "not_found", f"no route {route}; use GET /ping or POST /invocations")
+
+    def _invoke(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+        import http.client
+
+        length = int(environ.get("CONTENT_LENGTH") or 0)  # checked, or de-chunked and counted
+        body = environ["wsgi.input"].read(length) if length else b""
+        if self.upstream is None:
+            return _error(
+                503, "unavailable", "the model is still loading; retry after /ping answers 200"
+            )
+        query = environ.get("QUERY_STRING", "")
+        path = "/invocations" + (f"?{query}" if query else "")
+        try:
+            status, headers, data = self.forward("POST", path, _request_headers(environ), body)
+        except TimeoutError:
+            return _error(504, "unavailable",
+                          f"no answer within {self.invocation_timeout:.0f} s; retry later")  # fmt: skip
+        except (OSError, http.client.HTTPException):
+            return _error(503, "unavailable", "the model server is not reachable; retry later")
+        return status, _response_headers(headers), data
+
+
+_JSON = [("Content-Type", "application/json")]
+
+
+def _error(status: int, code: str, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
     import json
-    from http.server import BaseHTTPRequestHandler
 
     from ..protocol import error_body
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "twinnet"
-        sys_version = ""
+    return status, _JSON, json.dumps(error_body(code, message)).encode()
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
-            return  # TorchServe's access log already records every invocation
 
-        def _send(self, status: int, body: bytes, headers: list[tuple[str, str]] | None = None,
-                  close: bool = False) -> None:  # fmt: skip
-            self.send_response(status)
-            sent_type = False
-            for key, value in headers or []:
-                if key.lower() in _HOP_BY_HOP:
-                    continue
-                sent_type |= key.lower() == "content-type"
-                self.send_header(key, value)
-            if not sent_type:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            if close:
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+def _connection_tokens(value: str) -> set[str]:
+    """Header names listed in a ``Connection`` header: hop-by-hop too (RFC 9110 7.6.1)."""
+    return {token.strip().lower() for token in value.split(",") if token.strip()}
 
-        def _error(self, status: int, code: str, message: str, close: bool = False) -> None:
-            self._send(status, json.dumps(error_body(code, message)).encode(), close=close)
 
-        def do_GET(self) -> None:
-            route = self.path.split("?", 1)[0]
-            if route == "/ping":
-                if gateway.healthy():
-                    self._send(200, b'{"status": "Healthy"}')
-                else:
-                    self._error(503, "unavailable", "the model is loading or has no ready worker")
-            elif route == "/invocations":
-                self._error(405, "bad_request", "use POST /invocations")
-            else:
-                self._error(
-                    404, "not_found", f"no route {route}; use GET /ping or POST /invocations"
-                )
+def _request_headers(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The client's end-to-end headers, from the WSGI environ, for TorchServe."""
+    dropped = _HOP_BY_HOP | _connection_tokens(environ.get("HTTP_CONNECTION", ""))
+    headers = [("Content-Type", environ["CONTENT_TYPE"])] if environ.get("CONTENT_TYPE") else []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            name = key[5:].replace("_", "-").title()
+            if name.lower() not in dropped:
+                headers.append((name, value))
+    return headers
 
-        do_HEAD = do_GET
 
-        def do_POST(self) -> None:
-            route = self.path.split("?", 1)[0]
-            length_text = self.headers.get("Content-Length")
-            if (
-                self.headers.get("Transfer-Encoding", "").lower() == "chunked"
-                or length_text is None
-            ):
-                self._error(411, "bad_request", "send the body with a Content-Length", close=True)
-                return
-            try:
-                length = int(length_text)
-            except ValueError:
-                self._error(400, "bad_request", "invalid Content-Length", close=True)
-                return
-            if length > gateway.max_request_bytes:
-                self._error(413, "payload_too_large",
-                            f"request of {length / 2**20:.1f} MiB is over the limit", close=True)  # fmt: skip
-                return
-            body = self.rfile.read(length) if length else b""
-            if route != "/invocations":
-                self._error(404, "not_found", f"no route {route}; use POST /invocations")
-                return
-            if gateway.upstream is None:
-                self._error(
-                    503, "unavailable", "the model is still loading; retry after /ping answers 200"
-                )
-                return
-            headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP]
-            try:
-                status, resp_headers, data = gateway.forward("POST", self.path, headers, body)
-            except TimeoutError:
-                self._error(504, "unavailable",
-                            f"no answer within {gateway.invocation_timeout:.0f} s; retry later")  # fmt: skip
-                return
-            except OSError:
-                self._error(503, "unavailable", "the model server is not reachable; retry later")
-                return
-            self._send(status, data, resp_headers)
-
-    return Handler
+def _response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """TorchServe's end-to-end headers for the client, with a JSON type when it named none."""
+    connection = ", ".join(v for k, v in headers if k.lower() == "connection")
+    dropped = _HOP_BY_HOP | _connection_tokens(connection)
+    kept = [(k, v) for k, v in headers if k.lower() not in dropped]
+    return kept if any(k.lower() == "content-type" for k, _ in kept) else kept + _JSON
 
 
 class _Stop(Exception):
@@ -494,7 +742,13 @@ def serve(
     follower: _Follower | None = None
     inference = 0
     try:
-        gateway = Gateway(settings.host, settings.port, settings.invocation_timeout)
+        gateway = Gateway(
+            settings.host,
+            settings.port,
+            settings.invocation_timeout,
+            threads=settings.gateway_threads,
+            max_connections=settings.max_connections,
+        )
         gateway.start()
         where = _bind_description(settings.host)
         _say(
