@@ -465,3 +465,154 @@ def test_unreachable_service_reports_what_is_left(tmp_path, monkeypatch, random_
                  f"S3 object s3://{BUCKET}/twinnet/{ENDPOINT}/"):  # fmt: skip
         assert what in message
     assert message.endswith(f"remove with `twinnet teardown {ENDPOINT} --delete-artifacts`")
+
+
+# ------------------------------------------------------------------------- 3. what stays
+
+
+def _complete_update(sm, EndpointName: str, EndpointConfigName: str) -> dict:  # noqa: N803 - boto3's names
+    """UpdateEndpoint as AWS leaves it once the update is in service; moto 5 lacks the call.
+
+    It is applied to the moto server over HTTP with the calls moto has: the endpoint, same
+    name and tags, now runs the new config.
+    """
+    arn = sm.describe_endpoint(EndpointName=EndpointName)["EndpointArn"]
+    tags = sm.list_tags(ResourceArn=arn)["Tags"]
+    sm.delete_endpoint(EndpointName=EndpointName)
+    sm.create_endpoint(EndpointName=EndpointName, EndpointConfigName=EndpointConfigName, Tags=tags)
+    return {"EndpointArn": arn}
+
+
+class _UpdatingSession:
+    """The boto3 session, with a SageMaker client whose UpdateEndpoint completes (see above)."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.region_name = session.region_name
+
+    def client(self, name: str, **kwargs):
+        client = self.session.client(name, **kwargs)
+        if name == "sagemaker":
+            client.update_endpoint = lambda **kw: _complete_update(client, **kw)
+        return client
+
+
+@pytest.mark.parametrize(
+    "point", ["updating endpoint", f"endpoint {ENDPOINT}: InService", "autoscaling"]
+)
+def test_rollback_after_the_update_keeps_what_the_endpoint_runs(aws, random_model_dir, point):
+    """A failure after UpdateEndpoint took effect deletes nothing the endpoint now runs on.
+
+    The new config, model and artifact (a new one: other packaging options) are kept and
+    named; running the same deploy again finishes it.
+    """
+    first = deploy(
+        random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, autoscale=Autoscale(1, 2), poll_s=0.1
+    )
+    second = dict(count=2, autoscale=Autoscale(2, 4), package_options={"batch_size": 2}, poll_s=0.1)
+    with pytest.raises(TwinnetError) as exc:
+        deploy(
+            random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, session=_UpdatingSession(aws),
+            report=_Interrupt(point), **second,
+        )  # fmt: skip
+    sm = aws.client("sagemaker")
+    config = sm.describe_endpoint(EndpointName=ENDPOINT)["EndpointConfigName"]
+    assert config != first.endpoint_config
+    (variant,) = sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"]
+    model = variant["ModelName"]
+    url = sm.describe_model(ModelName=model)["PrimaryContainer"]["ModelDataUrl"]
+    assert url != first.artifact
+    assert str(exc.value) == (
+        f"deploy of {ENDPOINT} in {REGION} failed: interrupted; rolled back "
+        f"{2 if point == 'autoscaling' else 1} resource(s); KEPT, as endpoint {ENDPOINT} runs "
+        f"on them: endpoint config {config}, model {model}, S3 object {url}; "
+        f"{ENDPOINT} now runs {config}: run deploy again to finish; nothing else left behind"
+    )
+    left = _inventory(aws)
+    assert sorted(left["configs"]) == sorted([first.endpoint_config, config])
+    assert sorted(left["models"]) == sorted([first.model, model])
+    assert sorted(f"s3://{BUCKET}/{k}" for k in left["objects"]) == sorted([first.artifact, url])
+    assert left["targets"] == [f"endpoint/{ENDPOINT}/variant/AllTraffic"]  # the old scaling
+
+    again = deploy(random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, **second)
+    assert (again.action, again.endpoint_config, again.model) == ("unchanged", config, model)
+    left = _inventory(aws)
+    assert left["configs"] == [config] and left["models"] == [model]
+
+
+def _foreign_config(sm, s3, tags: list[dict]) -> None:
+    """Another team's artifact, model and config, in the same bucket (e.g. tagged by them)."""
+    s3.put_object(Bucket=BUCKET, Key="team-x/prod/model.tar.gz", Body=b"their artifact")
+    extra = {"Tags": tags} if tags else {}
+    sm.create_model(
+        ModelName="team-x-model",
+        ExecutionRoleArn=ROLE,
+        PrimaryContainer={
+            "Image": IMAGE,
+            "ModelDataUrl": f"s3://{BUCKET}/team-x/prod/model.tar.gz",
+        },
+        **extra,
+    )
+    sm.create_endpoint_config(
+        EndpointConfigName="team-x-config",
+        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "team-x-model",
+                             "InstanceType": "ml.m5.xlarge", "InitialInstanceCount": 1}],
+        **extra,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [[], [{"Key": "twinnet:managed-by", "Value": "twinnet 0.1.0"},
+          {"Key": "twinnet:endpoint", "Value": f"{ENDPOINT}-2"}]],
+    ids=["untagged", "another-endpoint"],
+)  # fmt: skip
+def test_teardown_leaves_what_twinnet_did_not_create_for_the_endpoint(
+    aws, random_model_dir, capsys, tags
+):
+    """The endpoint was switched by hand to another config: that config, its model and its
+    artifact are named and left; only what deploy made for this endpoint is deleted."""
+    ours = deploy(random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, wait=True, poll_s=0.1)
+    sm, s3 = aws.client("sagemaker"), aws.client("s3")
+    _foreign_config(sm, s3, tags)
+    _complete_update(sm, EndpointName=ENDPOINT, EndpointConfigName="team-x-config")
+
+    assert main(["teardown", ENDPOINT, "--delete-artifacts"]) == 0
+    out = capsys.readouterr().out
+    assert out == (
+        f"deleted 4 resource(s) of {ENDPOINT}:\n"
+        f"  endpoint {ENDPOINT}\n"
+        f"  endpoint config {ours.endpoint_config}\n"
+        f"  model {ours.model}\n"
+        f"  S3 object {ours.artifact}\n"
+        "left 2 resource(s) in place:\n"
+        f"  endpoint config team-x-config (not created by twinnet for {ENDPOINT})\n"
+        "  model team-x-model (used by endpoint config team-x-config, which stays)\n"
+    )
+    assert _inventory(aws) == {
+        **EMPTY,
+        "configs": ["team-x-config"],
+        "models": ["team-x-model"],
+        "objects": ["team-x/prod/model.tar.gz"],
+    }
+
+
+def test_teardown_artifacts_stop_at_the_endpoints_own_layout(aws, random_model_dir, capsys):
+    """Endpoint B's artifacts live under ``x/B/``; another endpoint deployed with prefix
+    ``x/B`` keeps its own under ``x/B/<name>/``, which B's teardown must not delete."""
+    nested = f"{ENDPOINT}-c"
+    outer = deploy(random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, prefix="x")
+    inner = deploy(random_model_dir, nested, BUCKET, ROLE, IMAGE, prefix=f"x/{ENDPOINT}")
+    assert inner.artifact.startswith(f"s3://{BUCKET}/x/{ENDPOINT}/{nested}/")
+
+    assert main(["teardown", ENDPOINT, "--delete-artifacts"]) == 0
+    assert f"S3 object {outer.artifact}\n" in capsys.readouterr().out
+    assert _inventory(aws) == {
+        **EMPTY,
+        "endpoints": [nested],
+        "configs": [inner.endpoint_config],
+        "models": [inner.model],
+        "objects": [inner.artifact.split("/", 3)[3]],
+    }
+    assert main(["teardown", nested, "--delete-artifacts"]) == 0
+    assert _inventory(aws) == EMPTY

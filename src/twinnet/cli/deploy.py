@@ -296,10 +296,22 @@ def run_teardown(args: argparse.Namespace) -> int:
 
     validate_endpoint_name(args.endpoint)
     session = open_session(region=args.region, profile=args.profile)
-    deleted = teardown(args.endpoint, delete_artifacts=args.delete_artifacts, session=session)
+    kept: list[str] = []
+
+    def collect(event: str, message: str) -> None:
+        if event == "kept":
+            kept.append(message)
+
+    deleted = teardown(
+        args.endpoint, delete_artifacts=args.delete_artifacts, session=session, report=collect
+    )
     print(f"deleted {len(deleted)} resource(s) of {args.endpoint}:")
     for what in deleted:
         print(f"  {what}")
+    if kept:
+        print(f"left {len(kept)} resource(s) in place:")
+        for what in kept:
+            print(f"  {what}")
     if not args.delete_artifacts:
         print("  (model.tar.gz kept in S3; add --delete-artifacts to delete it)")
     return 0

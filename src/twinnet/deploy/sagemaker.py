@@ -17,6 +17,12 @@ Why it is shaped this way:
 - Every step that creates something records how to undo it. A failure (or Ctrl-C) half way
   undoes this run's steps in reverse and the error says what was rolled back and, if
   anything could not be, exactly what is left and how to remove it.
+- Nothing a live endpoint runs on is ever deleted. Once CreateEndpoint or UpdateEndpoint has
+  taken effect, rollback keeps the endpoint config, model and artifact the endpoint now
+  references (it asks the endpoint before each deletion) and names them; the next deploy
+  finishes the job. Switching back would be a second update that can itself fail.
+- ``teardown`` deletes only configs and models tagged by twinnet for that endpoint, and only
+  the artifacts in that endpoint's own key layout; anything else it finds is named and left.
 """
 
 from __future__ import annotations
@@ -85,7 +91,8 @@ _NO_CREDENTIALS = (
     "AWS_PROFILE or --profile, or run `aws configure`"
 )
 
-#: Progress callback: ``report(event, message)``; events are ``step``, ``wait``, ``rollback``.
+#: Progress callback: ``report(event, message)``; events are ``step``, ``wait``, ``rollback``,
+#: and ``kept`` (teardown: a resource it leaves, and why).
 Reporter = Callable[[str, str], None]
 
 
@@ -291,19 +298,24 @@ def _owned(sm: Any, endpoint: str) -> _Owned:
     for page in sm.get_paginator("list_endpoint_configs").paginate(NameContains=base):
         for item in page.get("EndpointConfigs", []):
             tags = _tag_dict(sm, item["EndpointConfigArn"])
-            if tags.get(TAG_ENDPOINT) == endpoint and TAG_MANAGED in tags:
+            if _is_ours(tags, endpoint):
                 owned.configs[item["EndpointConfigName"]] = tags
     for page in sm.get_paginator("list_models").paginate(NameContains=base):
         for item in page.get("Models", []):
             tags = _tag_dict(sm, item["ModelArn"])
-            if tags.get(TAG_ENDPOINT) == endpoint and TAG_MANAGED in tags:
+            if _is_ours(tags, endpoint):
                 owned.models[item["ModelName"]] = tags
     return owned
 
 
+def _is_ours(tags: Mapping[str, str], endpoint: str) -> bool:
+    """twinnet's ownership tags for ``endpoint``: the only resources deploy and teardown delete."""
+    return TAG_MANAGED in tags and tags.get(TAG_ENDPOINT) == endpoint
+
+
 def _check_managed(sm: Any, desc: dict[str, Any]) -> dict[str, str]:
     tags = _tag_dict(sm, desc["EndpointArn"])
-    if TAG_MANAGED not in tags:
+    if not _is_ours(tags, desc["EndpointName"]):
         raise TwinnetError(
             f"endpoint {desc['EndpointName']!r} exists but was not created by twinnet; "
             "pick another --endpoint name"
@@ -415,36 +427,124 @@ def _apply_scaling(aas: Any, endpoint: str, autoscale: Autoscale) -> None:
 class _Step:
     what: str
     undo: Callable[[], None]
+    #: ``undo`` deletes something an endpoint can run on (artifact, model, endpoint config).
+    guarded: bool = False
+
+
+@dataclass
+class _Rollback:
+    """What a rollback did: undone, kept because the endpoint runs on it, left by failure."""
+
+    undone: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
 
 
 class _Ledger:
-    """What this run created, undone in reverse order if the run fails."""
+    """What this run created, undone in reverse order if the run fails.
 
-    def __init__(self, report: Reporter) -> None:
+    A guarded step is undone only once ``in_use`` (asked afresh before each such step) shows
+    the endpoint does not run on it: once CreateEndpoint or UpdateEndpoint has taken effect,
+    deleting the endpoint's config, model or artifact would break the live endpoint.
+    """
+
+    def __init__(self, report: Reporter, in_use: Callable[[set[str]], set[str]]) -> None:
         self.steps: list[_Step] = []
         self.report = report
+        self.in_use = in_use
 
-    def add(self, what: str, undo: Callable[[], None]) -> None:
-        self.steps.append(_Step(what, undo))
+    def add(self, what: str, undo: Callable[[], None], guarded: bool = False) -> None:
+        self.steps.append(_Step(what, undo, guarded))
 
-    def rollback(self) -> tuple[list[str], list[str]]:
-        undone, left = [], []
+    def rollback(self) -> _Rollback:
+        out = _Rollback()
+        pending = {step.what for step in self.steps if step.guarded}
         for step in reversed(self.steps):
             try:
+                if step.guarded and step.what in self.in_use(pending):
+                    out.kept.append(step.what)
+                    self.report("rollback", f"kept {step.what}: the endpoint runs on it")
+                    continue
                 step.undo()
+            except _Kept as exc:
+                out.notes.append(str(exc))
             except _Left as exc:
-                left.append(f"{step.what} ({exc})")
+                out.left.append(f"{step.what} ({exc})")
             except Exception as exc:  # noqa: BLE001 - every failure is reported, none hides another
-                left.append(f"{step.what} ({_describe_error('undo', exc)})")
+                out.left.append(f"{step.what} ({_describe_error('undo', exc)})")
             else:
-                undone.append(step.what)
+                out.undone.append(step.what)
                 self.report("rollback", f"removed {step.what}")
         self.steps.clear()
-        return undone, left
+        return out
 
 
 class _Left(Exception):
     """An undo step that cannot run now; its message says why."""
+
+
+class _Kept(Exception):
+    """An undo step that must not run: the endpoint already runs on what it would undo."""
+
+
+_BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack")
+
+
+def _in_use(sm: Any, endpoint: str, pending: set[str]) -> set[str]:
+    """Labels (as the ledger names them) of the config, models and artifacts ``endpoint`` runs on.
+
+    While the endpoint is still being created or updated, this run's own resources
+    (``pending``) count as in use too: the change in flight may be to them.
+    """
+    desc = _describe_endpoint(sm, endpoint)
+    if desc is None or desc["EndpointStatus"] == "Deleting":
+        return set()
+    refs = _config_refs(sm, desc["EndpointConfigName"])
+    if desc["EndpointStatus"] in _BUSY:
+        refs |= pending
+    return refs
+
+
+def _config_refs(sm: Any, config: str) -> set[str]:
+    refs = {f"endpoint config {config}"}
+    for model in _variant_models(sm, config):
+        refs.add(f"model {model}")
+        url = _model_data_url(sm, model)
+        if url:
+            refs.add(f"S3 object {url}")
+    return refs
+
+
+def _model_data_url(sm: Any, model: str) -> str | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        desc = sm.describe_model(ModelName=model)
+    except ClientError as exc:
+        if _not_found(exc):
+            return None
+        raise
+    return desc.get("PrimaryContainer", {}).get("ModelDataUrl")
+
+
+def _rollback_message(endpoint: str, region: str, cause: str, result: _Rollback) -> str:
+    """One line: the cause, what was undone, what the endpoint keeps running on, what is left."""
+    message = f"deploy of {endpoint} in {region} failed: {cause}; rolled back {len(result.undone)} resource(s)"
+    if result.kept:
+        message += f"; KEPT, as endpoint {endpoint} runs on them: {', '.join(result.kept)}"
+    for note in result.notes:
+        message += f"; {note}"
+    if result.left:
+        message += (
+            f"; LEFT BEHIND: {'; '.join(result.left)}; "
+            f"remove with `twinnet teardown {endpoint} --delete-artifacts`"
+        )
+    elif result.kept or result.notes:
+        message += "; nothing else left behind"
+    else:
+        message += ", nothing left behind"
+    return message
 
 
 # ---------------------------------------------------------------------------- deploy
@@ -609,7 +709,9 @@ def deploy(
 
     Raises:
         TwinnetError: bad arguments, missing credentials/bucket, or a failed step (after
-            rolling back what this run created; the message lists anything left).
+            rolling back what this run created; the message lists anything left). If the
+            endpoint already runs this run's new config when the failure comes, that config,
+            its model and its artifact are kept and listed as KEPT, not deleted.
     """
     validate_endpoint_name(endpoint)
     validate_role_arn(role)
@@ -706,7 +808,7 @@ def deploy(
                 report,
             )
 
-    ledger = _Ledger(report)
+    ledger = _Ledger(report, lambda pending: _in_use(sm, endpoint, pending))
     try:
         return _roll_out(
             sm,
@@ -749,13 +851,7 @@ def deploy(
             )
         )
         report("rollback", f"deploy failed ({cause}); rolling back")
-        undone, left = ledger.rollback()
-        message = f"deploy of {endpoint} in {region} failed: {cause}; rolled back {len(undone)} resource(s)"
-        if left:
-            message += f"; LEFT BEHIND: {'; '.join(left)}; remove with `twinnet teardown {endpoint} --delete-artifacts`"
-        else:
-            message += ", nothing left behind"
-        raise TwinnetError(message) from None
+        raise TwinnetError(_rollback_message(endpoint, region, cause, ledger.rollback())) from None
 
 
 def _unchanged(
@@ -866,7 +962,11 @@ def _roll_out(
             report("step", f"uploading {size_mb:.1f} MB to {artifact}")
             with _aws(f"upload {artifact}"):
                 s3.upload_file(str(tarball), bucket, key)
-        ledger.add(f"S3 object {artifact}", lambda: s3.delete_object(Bucket=bucket, Key=key))
+        ledger.add(
+            f"S3 object {artifact}",
+            lambda: s3.delete_object(Bucket=bucket, Key=key),
+            guarded=True,
+        )
 
     # 2. Model and endpoint config, named after the endpoint plus a UTC timestamp.
     name = f"{_base_name(endpoint)}-{_stamp()}"
@@ -880,7 +980,7 @@ def _roll_out(
             PrimaryContainer=container,
             Tags=_tags(endpoint, **{TAG_ARTIFACT: digest, TAG_ARTIFACTS_PREFIX: artifacts_prefix}),
         )
-    ledger.add(f"model {name}", lambda: sm.delete_model(ModelName=name))
+    ledger.add(f"model {name}", lambda: sm.delete_model(ModelName=name), guarded=True)
     report("step", f"created model {name}")
 
     with _aws(f"create endpoint config {name}"):
@@ -898,7 +998,9 @@ def _roll_out(
             Tags=_tags(endpoint, **{TAG_DEPLOYMENT: deployment}),
         )
     ledger.add(
-        f"endpoint config {name}", lambda: sm.delete_endpoint_config(EndpointConfigName=name)
+        f"endpoint config {name}",
+        lambda: sm.delete_endpoint_config(EndpointConfigName=name),
+        guarded=True,
     )
     report("step", f"created endpoint config {name} ({count} x {instance_type})")
 
@@ -973,16 +1075,22 @@ def _drop_scaling(aas: Any, endpoint: str) -> None:
 
 
 def _undo_update(sm: Any, endpoint: str, new_config: str, old_config: str) -> None:
-    """An accepted update cannot be recalled; only a reverted or refused one can be cleaned up."""
+    """An accepted update is not recalled: the endpoint keeps the new deployment.
+
+    Switching back would be a second update that can fail in its own right; keeping what
+    the endpoint runs (the guarded ledger steps skip it) is always safe, and the next
+    deploy finishes the job.
+    """
     desc = sm.describe_endpoint(EndpointName=endpoint)
+    running = desc.get("EndpointConfigName")
     if desc["EndpointStatus"] in ("Updating", "SystemUpdating"):
-        raise _Left(
-            f"{endpoint} is still updating to {new_config}; re-run deploy once it is InService"
+        raise _Kept(
+            f"{endpoint} is still updating to {new_config}: run deploy again once it is InService"
         )
-    if desc.get("EndpointConfigName") == new_config:
-        raise _Left(f"{endpoint} now runs {new_config}")
-    if desc.get("EndpointConfigName") != old_config:
-        raise _Left(f"{endpoint} runs {desc.get('EndpointConfigName')}")
+    if running == new_config:
+        raise _Kept(f"{endpoint} now runs {new_config}: run deploy again to finish")
+    if running != old_config:
+        raise _Left(f"{endpoint} runs {running}")
 
 
 # ---------------------------------------------------------------------------- endpoints, teardown
@@ -1059,6 +1167,167 @@ def _parse_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+#: An artifact key directly under an endpoint's artifact prefix: ``<digest[:16]>/model.tar.gz``.
+#: Anything deeper (``<prefix>/<endpoint>/<other endpoint>/...``) belongs to another endpoint.
+_ARTIFACT_KEY_RE = re.compile(r"^[0-9a-f]{16}/model\.tar\.gz$")
+
+
+def _resource_tags(sm: Any, kind: str, name: str) -> dict[str, str] | None:
+    """Tags of an endpoint config or model; ``None`` if it does not exist."""
+    from botocore.exceptions import ClientError
+
+    try:
+        if kind == "model":
+            arn = sm.describe_model(ModelName=name)["ModelArn"]
+        else:
+            arn = sm.describe_endpoint_config(EndpointConfigName=name)["EndpointConfigArn"]
+    except ClientError as exc:
+        if _not_found(exc):
+            return None
+        raise
+    return _tag_dict(sm, arn)
+
+
+@dataclass
+class _Plan:
+    """What teardown deletes, and what it names and leaves (not twinnet's for this endpoint)."""
+
+    configs: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    prefixes: set[str] = field(default_factory=set)
+    artifacts: set[str] = field(default_factory=set)
+    keep_urls: set[str] = field(default_factory=set)
+    kept: list[str] = field(default_factory=list)
+
+
+def _plan_teardown(sm: Any, endpoint: str, desc: dict[str, Any] | None, owned: _Owned) -> _Plan:
+    """Split the endpoint's configs and models into ours (to delete) and the rest (to leave).
+
+    Ours means tagged by twinnet for this endpoint. The endpoint's current config may have
+    been switched to someone else's by hand; that config, and every model it uses, stay.
+    """
+    plan = _Plan(configs=list(owned.configs))
+    foreign: list[str] = []
+    current = desc["EndpointConfigName"] if desc is not None else None
+    if current is not None and current not in owned.configs:
+        tags = _resource_tags(sm, "config", current)
+        if tags is not None and _is_ours(tags, endpoint):
+            plan.configs.append(current)
+        elif tags is not None:
+            foreign.append(current)
+            plan.kept.append(f"endpoint config {current} (not created by twinnet for {endpoint})")
+    used_by_kept = {m: c for c in foreign for m in _variant_models(sm, c)}
+    candidates = list(owned.models)
+    for config in plan.configs:
+        candidates += [m for m in _variant_models(sm, config) if m not in candidates]
+    candidates += [m for m in used_by_kept if m not in candidates]
+    for model in candidates:
+        _plan_model(sm, endpoint, model, owned.models.get(model), used_by_kept.get(model), plan)
+    return plan
+
+
+def _plan_model(
+    sm: Any,
+    endpoint: str,
+    model: str,
+    tags: dict[str, str] | None,
+    kept_config: str | None,
+    plan: _Plan,
+) -> None:
+    url = _model_data_url(sm, model)
+    tags = tags if tags is not None else _resource_tags(sm, "model", model)
+    if tags is None:  # already gone
+        return
+    if kept_config is not None:
+        why = f"used by endpoint config {kept_config}, which stays"
+    elif not _is_ours(tags, endpoint):
+        why = f"not created by twinnet for {endpoint}"
+    else:
+        plan.models.append(model)
+        if tags.get(TAG_ARTIFACTS_PREFIX):
+            plan.prefixes.add(tags[TAG_ARTIFACTS_PREFIX])
+        if url:
+            plan.artifacts.add(url)
+        return
+    plan.kept.append(f"model {model} ({why})")
+    if url:
+        plan.keep_urls.add(url)
+
+
+class _Deleter:
+    """Runs deletions one by one, and reports every failure at the end instead of stopping."""
+
+    def __init__(self, report: Reporter) -> None:
+        self.report = report
+        self.deleted: list[str] = []
+        self.failed: list[str] = []
+
+    def attempt(self, what: str, call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - keep going, report everything at the end
+            if _not_found(exc):
+                return
+            self.failed.append(f"{what} ({_describe_error('delete', exc)})")
+        else:
+            self.deleted.append(what)
+            self.report("step", f"deleted {what}")
+
+
+def _delete_scaling(aas: Any, endpoint: str, deleter: _Deleter) -> None:
+    try:
+        scaling = _read_scaling(aas, endpoint)
+    except Exception as exc:  # noqa: BLE001
+        raise TwinnetError(_describe_error(f"read scaling of {endpoint}", exc)) from None
+    if scaling is None:
+        return
+    rid = _resource_id(endpoint)
+    for policy in scaling.policies:
+        deleter.attempt(
+            f"scaling policy {policy['PolicyName']}",
+            lambda p=policy: aas.delete_scaling_policy(
+                PolicyName=p["PolicyName"],
+                ServiceNamespace="sagemaker",
+                ResourceId=rid,
+                ScalableDimension=SCALABLE_DIMENSION,
+            ),
+        )
+    deleter.attempt(
+        f"scalable target {rid}",
+        lambda: aas.deregister_scalable_target(
+            ServiceNamespace="sagemaker", ResourceId=rid, ScalableDimension=SCALABLE_DIMENSION
+        ),
+    )
+
+
+def _artifact_keys(s3: Any, plan: _Plan, deleter: _Deleter) -> set[tuple[str, str]]:
+    """This endpoint's artifacts in S3: its own layout under its prefix, and its models' URLs."""
+    keys: set[tuple[str, str]] = set()
+    for uri in plan.prefixes:
+        bucket, key_prefix = _parse_s3(uri)
+        try:
+            for page in s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=key_prefix
+            ):
+                for obj in page.get("Contents", []):
+                    if _ARTIFACT_KEY_RE.match(obj["Key"][len(key_prefix) :]):
+                        keys.add((bucket, obj["Key"]))
+        except Exception as exc:  # noqa: BLE001
+            if not _not_found(exc) and _error_code(exc) != "NoSuchBucket":
+                deleter.failed.append(f"listing {uri} ({_describe_error('list', exc)})")
+    # S3 deletes succeed for absent keys too: only what exists is deleted and reported.
+    for bucket, key in {_parse_s3(url) for url in plan.artifacts} - keys:
+        try:
+            if _object_exists(s3, bucket, key):
+                keys.add((bucket, key))
+        except Exception as exc:  # noqa: BLE001
+            if _error_code(exc) != "NoSuchBucket":
+                deleter.failed.append(
+                    f"S3 object s3://{bucket}/{key} ({_describe_error('check', exc)})"
+                )
+    return keys - {_parse_s3(url) for url in plan.keep_urls}
+
+
 def teardown(
     endpoint: str,
     delete_artifacts: bool = False,
@@ -1068,7 +1337,10 @@ def teardown(
     """Delete the endpoint, its scaling, every endpoint config and model deploy made for it.
 
     Also deletes what a crashed deploy left (found by tag), and with ``delete_artifacts``
-    the S3 objects under the endpoint's artifact prefix. Returns what was deleted.
+    the S3 objects of the endpoint's own artifact layout. Only configs and models tagged by
+    twinnet for this endpoint are deleted, with their artifacts: anything else the endpoint
+    uses (a config switched to by hand, another team's model) is named through
+    ``report("kept", ...)`` and left, with its artifact. Returns what was deleted.
 
     Raises:
         TwinnetError: the endpoint does not exist (and nothing of it is left), it was not
@@ -1088,110 +1360,34 @@ def teardown(
             f"endpoint {endpoint!r} does not exist in {session.region_name}; "
             "`twinnet endpoints` lists the twinnet endpoints there"
         )
-    configs = list(owned.configs)
-    models = list(owned.models)
-    if desc is not None and desc["EndpointConfigName"] not in configs:
-        configs.append(desc["EndpointConfigName"])
-    artifacts: set[str] = set()
-    prefixes: set[str] = set()
     with _aws(f"describe models of {endpoint}"):
-        for config in list(configs):
-            for model in _variant_models(sm, config):
-                if model not in models:
-                    models.append(model)
-        for model in models:
-            tags = owned.models.get(model) or {}
-            if tags.get(TAG_ARTIFACTS_PREFIX):
-                prefixes.add(tags[TAG_ARTIFACTS_PREFIX])
-            try:
-                url = (
-                    sm.describe_model(ModelName=model)
-                    .get("PrimaryContainer", {})
-                    .get("ModelDataUrl")
-                )
-            except Exception as exc:  # noqa: BLE001 - a missing model is simply not there to delete
-                if not _not_found(exc):
-                    raise
-                url = None
-            if url:
-                artifacts.add(url)
+        plan = _plan_teardown(sm, endpoint, desc, owned)
+    for what in plan.kept:
+        report("kept", what)
 
-    deleted: list[str] = []
-    failed: list[str] = []
-
-    def attempt(what: str, call: Callable[[], Any]) -> None:
-        try:
-            call()
-        except Exception as exc:  # noqa: BLE001 - keep going, report everything at the end
-            if _not_found(exc):
-                return
-            failed.append(f"{what} ({_describe_error('delete', exc)})")
-        else:
-            deleted.append(what)
-            report("step", f"deleted {what}")
-
-    try:
-        scaling = _read_scaling(aas, endpoint)
-    except Exception as exc:  # noqa: BLE001
-        raise TwinnetError(_describe_error(f"read scaling of {endpoint}", exc)) from None
-    if scaling is not None:
-        rid = _resource_id(endpoint)
-        for policy in scaling.policies:
-            attempt(
-                f"scaling policy {policy['PolicyName']}",
-                lambda p=policy: aas.delete_scaling_policy(
-                    PolicyName=p["PolicyName"],
-                    ServiceNamespace="sagemaker",
-                    ResourceId=rid,
-                    ScalableDimension=SCALABLE_DIMENSION,
-                ),
-            )
-        attempt(
-            f"scalable target {rid}",
-            lambda: aas.deregister_scalable_target(
-                ServiceNamespace="sagemaker", ResourceId=rid, ScalableDimension=SCALABLE_DIMENSION
-            ),
-        )
+    deleter = _Deleter(report)
+    _delete_scaling(aas, endpoint, deleter)
     if desc is not None:
-        attempt(f"endpoint {endpoint}", lambda: sm.delete_endpoint(EndpointName=endpoint))
-    for config in configs:
-        attempt(
+        deleter.attempt(f"endpoint {endpoint}", lambda: sm.delete_endpoint(EndpointName=endpoint))
+    for config in plan.configs:
+        deleter.attempt(
             f"endpoint config {config}",
             lambda c=config: sm.delete_endpoint_config(EndpointConfigName=c),
         )
-    for model in models:
-        attempt(f"model {model}", lambda m=model: sm.delete_model(ModelName=m))
+    for model in plan.models:
+        deleter.attempt(f"model {model}", lambda m=model: sm.delete_model(ModelName=m))
     if delete_artifacts:
         s3 = session.client("s3")
-        keys: set[tuple[str, str]] = set()
-        for uri in prefixes:
-            bucket, key_prefix = _parse_s3(uri)
-            try:
-                for page in s3.get_paginator("list_objects_v2").paginate(
-                    Bucket=bucket, Prefix=key_prefix
-                ):
-                    keys.update((bucket, obj["Key"]) for obj in page.get("Contents", []))
-            except Exception as exc:  # noqa: BLE001
-                if not _not_found(exc) and _error_code(exc) != "NoSuchBucket":
-                    failed.append(f"listing {uri} ({_describe_error('list', exc)})")
-        # S3 deletes succeed for absent keys too: only what exists is deleted and reported.
-        for bucket, key in {_parse_s3(url) for url in artifacts} - keys:
-            try:
-                if _object_exists(s3, bucket, key):
-                    keys.add((bucket, key))
-            except Exception as exc:  # noqa: BLE001
-                if _error_code(exc) != "NoSuchBucket":
-                    failed.append(
-                        f"S3 object s3://{bucket}/{key} ({_describe_error('check', exc)})"
-                    )
-        for bucket, key in sorted(keys):
-            attempt(
+        for bucket, key in sorted(_artifact_keys(s3, plan, deleter)):
+            deleter.attempt(
                 f"S3 object s3://{bucket}/{key}",
                 lambda b=bucket, k=key: s3.delete_object(Bucket=b, Key=k),
             )
-    if failed:
-        done = f"deleted {len(deleted)} resource(s)" if deleted else "deleted nothing"
-        raise TwinnetError(
-            f"teardown of {endpoint} incomplete: {done}; NOT deleted: {'; '.join(failed)}"
+    if deleter.failed:
+        done = (
+            f"deleted {len(deleter.deleted)} resource(s)" if deleter.deleted else "deleted nothing"
         )
-    return deleted
+        raise TwinnetError(
+            f"teardown of {endpoint} incomplete: {done}; NOT deleted: {'; '.join(deleter.failed)}"
+        )
+    return deleter.deleted
