@@ -78,9 +78,10 @@ def decode_image(
 ) -> Image.Image:
     """Decode an input to an RGB PIL image, or raise :class:`ImageError` naming it.
 
-    EXIF orientation is applied, any mode (grey, palette, RGBA, 16-bit) becomes RGB, and an
-    image whose header claims more than ``max_pixels`` is refused before its pixels are
-    decoded. ``draft`` lets JPEG decode at a reduced scale no smaller than the given size.
+    EXIF orientation is applied, any mode (grey, palette, RGBA, 16-bit, float) becomes RGB
+    (16-bit and float on a fixed scale, see :func:`_to_eight_bit`), and an image whose
+    header claims more than ``max_pixels`` is refused before its pixels are decoded.
+    ``draft`` lets JPEG decode at a reduced scale no smaller than the given size.
 
     Args:
         src: a path, encoded bytes, a binary file object or a PIL image.
@@ -121,10 +122,7 @@ def decode_image(
             img.draft("RGB", draft)
         img.load()
         img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(img, dtype=np.float32)
-            span = max(float(arr.max() - arr.min()), 1.0)
-            img = Image.fromarray(np.rint((arr - arr.min()) * (255.0 / span)).astype(np.uint8))
+        img = _to_eight_bit(img)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             img = img.convert("RGBA")
             background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -137,6 +135,28 @@ def decode_image(
             f"{label}: image data is corrupt or truncated ({exc.__class__.__name__}: {exc})",
             field=name,
         ) from None
+
+
+#: Integer modes holding 16-bit samples (Pillow opens 16-bit grey PNG and TIFF as these).
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+
+def _to_eight_bit(img: Image.Image) -> Image.Image:
+    """Grey 16-bit and float images as 8-bit ``L``, on a fixed scale as image libraries do.
+
+    16-bit samples are divided by 257 (65535 becomes 255) and float samples, taken to lie in
+    [0, 1], are multiplied by 255; both are clipped. A fixed scale keeps a white image white
+    and the same scene equal at any bit depth, where stretching each image to its own
+    range would not. Other modes pass through unchanged.
+    """
+    if img.mode in _SIXTEEN_BIT_MODES:
+        scale = 1.0 / 257.0
+    elif img.mode == "F":
+        scale = 255.0
+    else:
+        return img
+    arr = np.asarray(img, dtype=np.float64) * scale
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
 
 
 @dataclass(frozen=True)

@@ -241,6 +241,7 @@ def test_bad_inputs_get_4xx_and_the_server_keeps_answering(server, twin, images)
         "bomb": ({"files": {"left": _bomb(), "right": good}}, 400, "invalid_image", "left"),
         "oversized": ({"files": {"left": os.urandom(7 * 2**20), "right": good}}, 413, "payload_too_large", None),
         "bad JSON": ({"data": b"{nope", "headers": {"Content-Type": "application/json"}}, 400, "bad_request", None),
+        "nested JSON": ({"data": b"[" * 5000 + b"]" * 5000, "headers": {"Content-Type": "application/json"}}, 400, "bad_request", None),
     }  # fmt: skip
     for name, (kwargs, status, code, field) in cases.items():
         resp = _post(server, **kwargs)

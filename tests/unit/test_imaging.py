@@ -145,9 +145,74 @@ def test_transparent_pixels_become_white():
     assert np.asarray(img).min() == 255
 
 
-def test_sixteen_bit_grey_keeps_its_range():
-    arr = np.asarray(decode_image(_modes()["I;16"]))
-    assert arr.min() == 0 and arr.max() == 255
+def _grey(img: Image.Image) -> np.ndarray:
+    """The one channel of a decoded grey image (all three RGB channels are equal)."""
+    arr = np.asarray(img).astype(int)
+    assert np.array_equal(arr[..., 0], arr[..., 2])
+    return arr[..., 0]
+
+
+@pytest.mark.parametrize(
+    "array, fmt, expected",
+    [
+        (np.full((8, 8), 65535, np.uint16), "PNG", 255),
+        (np.full((8, 8), 128 * 257, np.uint16), "PNG", 128),
+        (np.full((8, 8), 0, np.uint16), "PNG", 0),
+        (np.full((8, 8), 1.0, np.float32), "TIFF", 255),
+        (np.full((8, 8), 0.5, np.float32), "TIFF", 128),
+        (np.full((8, 8), 3.0, np.float32), "TIFF", 255),
+        (np.full((8, 8), -1.0, np.float32), "TIFF", 0),
+    ],
+    ids=["white-16", "mid-16", "black-16", "white-float", "mid-float", "over-float", "under-float"],
+)
+def test_sixteen_bit_and_float_decode_on_a_fixed_scale(array, fmt, expected):
+    # A flat image has no range of its own: only a fixed scale can decode it right.
+    assert (_grey(decode_image(encode(Image.fromarray(array), fmt))) == expected).all()
+
+
+def test_sixteen_bit_ramp_is_divided_by_257():
+    data = _modes()["I;16"]
+    ramp = np.asarray(Image.open(io.BytesIO(data))).astype(float)
+    assert np.array_equal(_grey(decode_image(data)), np.rint(ramp / 257))
+
+
+def _colour_photo_at_16_bit(path) -> tuple[bytes, Image.Image]:
+    """A colour photo's luminance as a 16-bit PNG, and its 8-bit grey original."""
+    rgb = Image.open(path).convert("RGB")
+    lum = np.asarray(rgb, dtype=np.float64) @ np.array([0.299, 0.587, 0.114])
+    return encode(Image.fromarray(np.rint(lum * 257).astype(np.uint16)), "PNG"), rgb.convert("L")
+
+
+def _grey_photo_at_16_bit(path) -> tuple[bytes, Image.Image]:
+    """An 8-bit grey photo widened to 16 bits as image tools do (x 257)."""
+    grey = Image.open(path).convert("L")
+    wide = np.asarray(grey).astype(np.uint16) * 257
+    return encode(Image.fromarray(wide), "PNG"), grey
+
+
+@pytest.mark.parametrize(
+    "rel, make",
+    [
+        ("samples/c4.jpg", _colour_photo_at_16_bit),
+        ("att-faces/s1/1.pgm", _grey_photo_at_16_bit),
+    ],
+    ids=["colour-photo", "grey-face"],
+)
+def test_sixteen_bit_photo_decodes_like_its_eight_bit_original(shared_data, rel, make):
+    # Neither photo spans the full 16-bit range, so stretching it to its own range is wrong.
+    data, original = make(shared_data / rel)
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    decoded = _grey(decode_image(data))
+    reference = _grey(decode_image(encode(original, "PNG")))
+    assert np.abs(decoded - reference).max() <= 1
+
+
+def test_float_photo_decodes_like_its_eight_bit_original(shared_data):
+    grey = Image.open(shared_data / "att-faces/s1/1.pgm").convert("L")
+    unit = np.asarray(grey, dtype=np.float32) / 255.0
+    data = encode(Image.fromarray(unit), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "F"
+    assert np.abs(_grey(decode_image(data)) - np.asarray(grey).astype(int)).max() <= 1
 
 
 def test_all_source_kinds_decode_alike(tmp_path):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import twinnet.protocol as protocol
 from twinnet.errors import ImageError, TwinnetError
 from twinnet.protocol import (
     MAX_REQUEST_BYTES,
@@ -154,6 +155,96 @@ def test_raw_image_body_is_unsupported_media_type():
     with pytest.raises(ProtocolError) as info:
         parse_fields({"body": bytearray(_jpeg((0, 0, 0)))}, "image/jpeg")
     assert info.value.status == 415
+
+
+_NESTED_JSON = b"[" * 5000 + b"]" * 5000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [_NESTED_JSON, b'{"left": ' + _NESTED_JSON + b', "right": "aGk="}'],
+    ids=["nested-list", "nested-in-object"],
+)
+def test_deeply_nested_json_is_a_400_error_object(body):
+    # Both ways a JSON body arrives: raw from a plain HTTP server, and as TorchServe's
+    # undecoded "body" row when its own JSON decoding gave up.
+    for parse in (
+        lambda: parse_body(body, "application/json"),
+        lambda: parse_fields({"body": bytearray(body)}, "application/json"),
+    ):
+        with pytest.raises(ProtocolError) as info:
+            parse()
+        assert (info.value.status, info.value.code) == (400, "bad_request")
+        assert "nested too deeply" in info.value.message
+
+
+def _form(parts: list[tuple[bytes, bytes]], boundary: bytes = b"frontier", nl: bytes = b"\r\n"):
+    """A multipart/form-data body from ``(header block, content)`` pairs, and its type."""
+    body = b"".join(b"--" + boundary + nl + head + nl + nl + data + nl for head, data in parts)
+    return (
+        body + b"--" + boundary + b"--" + nl,
+        f"multipart/form-data; boundary={boundary.decode()}",
+    )
+
+
+def _field(name: str, data: bytes, extra: bytes = b"") -> tuple[bytes, bytes]:
+    head = f'Content-Disposition: form-data; name="{name}"; filename="{name}.bin"'.encode()
+    return head + extra, data
+
+
+def test_multipart_with_too_many_parts_is_a_400_before_parsing():
+    left, right = _jpeg((10, 20, 30)), _jpeg((30, 20, 10))
+    limit = protocol.MAX_PARTS
+    parts = [_field("left", left), _field("right", right)]
+    parts += [_field(f"extra{i}", b"x") for i in range(limit - 2)]
+    assert parse_body(*_form(parts)) == CompareRequest(left, right)  # exactly at the limit
+    too_many = [*parts, _field("one-more", b"x")]
+    empty = b"--b\r\n\r\n\r\n" * 110_000 + b"--b--\r\n"  # the shape that parsed slowly
+    for body, ctype in (_form(too_many), (empty, "multipart/form-data; boundary=b")):
+        with pytest.raises(ProtocolError) as info:
+            parse_body(body, ctype)
+        assert (info.value.status, info.value.code) == (400, "bad_request")
+        assert f"more than {limit} parts" in info.value.message
+
+
+def test_multipart_part_that_is_itself_multipart_is_kept_as_bytes():
+    # A nested multipart is not descended into, however many parts it holds.
+    inner = b"--inner\r\n\r\n\r\n" * 50_000 + b"--inner--"
+    nested = b"\r\nContent-Type: multipart/mixed; boundary=inner"
+    right = _jpeg((1, 1, 1))
+    req = parse_body(*_form([_field("left", inner, nested), _field("right", right)]))
+    assert (req.left, req.right) == (inner, right)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["lf-line-ends", "quoted-boundary", "base64", "quoted-printable", "preamble", "no-close"],
+)
+def test_multipart_forms_clients_send_still_parse(variant):
+    left, right = _jpeg((5, 6, 7)) + b"\r\n--frontie\r\n", bytes(range(256))
+    parts = [
+        _field("left", left),
+        _field("right", right),
+        (b'Content-Disposition: form-data; name="cam"', b"yes"),
+    ]
+    body, ctype = _form(parts)
+    if variant == "lf-line-ends":
+        body, ctype = _form(parts, nl=b"\n")
+    elif variant == "quoted-boundary":
+        body, ctype = _form(parts, boundary=b"a'b (c)")
+        ctype = 'multipart/form-data; boundary="a\'b (c)"'
+    elif variant == "base64":
+        b64 = b"\r\nContent-Transfer-Encoding: base64"
+        body, ctype = _form([_field("left", base64.encodebytes(left), b64), *parts[1:]])
+    elif variant == "quoted-printable":
+        qp = b"\r\nContent-Transfer-Encoding: quoted-printable"
+        body, ctype = _form([_field("left", b"=FF=D8=FF=\r\nab", qp), *parts[1:]])
+        left = b"\xff\xd8\xffab"
+    elif variant == "preamble":
+        body = b"ignored preamble\r\n" + body + b"ignored epilogue"
+    elif variant == "no-close":
+        body = body[: body.rindex(b"--frontier--")]
+    assert parse_body(body, ctype) == CompareRequest(left, right, True)
 
 
 def test_size_limit_is_sagemakers_6mb_and_413():
@@ -364,6 +455,17 @@ def test_handler_refuses_decompression_bombs(handler_and_twin):
     error = json.loads(out[0])["error"]
     assert error["code"] == "invalid_image" and error["field"] == "left"
     assert "too large" in error["message"] or "over the limit" in error["message"]
+
+
+def test_handler_answers_deeply_nested_json_with_400(handler_and_twin):
+    handler, _ = handler_and_twin
+    a = _jpeg((9, 8, 7))
+    rows = [{"body": bytearray(_NESTED_JSON)}, {"left": bytearray(a), "right": bytearray(a)}]
+    headers = [{"Content-Type": "application/json"}, {}]
+    ctx = _batch_context(rows, headers)
+    out = handler.handle(rows, ctx)
+    assert [ctx.get_response_status(i)[0] for i in range(2)] == [400, 200]
+    assert json.loads(out[0])["error"]["code"] == "bad_request"
 
 
 def test_handler_reads_sagemaker_custom_attributes(handler_and_twin):

@@ -5,7 +5,8 @@ Each server is an *instance directory* under the state root (``$TWINNET_HOME/ser
 
     <state root>/<port>/
         config.properties   addresses, size limits, token auth, default workers
-        server.json         pids, ports, model names (what --status and --stop read)
+        server.json         pid and start time, ports, model names (what --status and --stop
+                            read; the pid is signalled only while it is still this server)
         key_file.json       TorchServe's token file (it writes it in its working directory)
         logs/               TorchServe and worker logs
         tmp/                TorchServe's pid file, worker sockets and unpacked archives
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -51,6 +53,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import psutil
 
 from ..errors import TwinnetError
 from ..protocol import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
@@ -91,7 +95,13 @@ JAVA_HINT = (
 )
 _SERVER_FILE = "server.json"
 _KEY_FILE = "key_file.json"
+_CONFIG_FILE = "config.properties"
 _CHILDREN: dict[int, subprocess.Popen] = {}  # servers started by this process, to reap
+#: Seconds a process's start time may differ from the recorded one: psutil derives it from
+#: the boot time, which moves a little with the wall clock.
+_START_SLACK_S = 2.0
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -108,6 +118,9 @@ class ServerInfo:
     store: str
     instance: str
     started: float = field(default_factory=time.time)
+    #: The launcher's start time (psutil's ``create_time``): with the command line, what tells
+    #: this server from another process that got the same pid after a crash or reboot.
+    create_time: float | None = None
 
     @property
     def inference_url(self) -> str:
@@ -129,9 +142,14 @@ class ServerInfo:
     def log_dir(self) -> Path:
         return Path(self.instance) / "logs"
 
+    @property
+    def config_file(self) -> Path:
+        return Path(self.instance) / _CONFIG_FILE
+
     def alive(self) -> bool:
-        """True while any process of the server's process group is running."""
-        return _group_alive(self.pid)
+        """True while the server runs: its process group has a live member and is still this
+        server's, not another program's that got the pid after a crash or reboot."""
+        return _group_alive(self.pid) and _is_this_server(self)
 
 
 def _url_host(host: str) -> str:
@@ -350,6 +368,79 @@ def _group_alive(pgid: int) -> bool:
     return not Path("/proc").is_dir()
 
 
+def _group_processes(pgid: int) -> list[psutil.Process]:
+    """The processes of process group ``pgid`` other than its leader."""
+    procs = []
+    for pid in psutil.pids():
+        with contextlib.suppress(OSError, psutil.Error):
+            if pid != pgid and os.getpgid(pid) == pgid:
+                procs.append(psutil.Process(pid))
+    return procs
+
+
+def _is_server_process(proc: psutil.Process, info: ServerInfo) -> bool:
+    """True when ``proc`` is the recorded server's launcher or its JVM, and not a zombie.
+
+    Both name the instance's config file on their command line; the launcher started when
+    the record says, the JVM after that.
+    """
+    expected = info.create_time if info.create_time is not None else info.started
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = proc.create_time()
+        if proc.pid == info.pid:
+            on_time = abs(started - expected) <= _START_SLACK_S
+        else:
+            on_time = started >= expected - _START_SLACK_S
+        return on_time and str(info.config_file) in proc.cmdline()
+    except psutil.Error:
+        return False
+
+
+def _program(pid: int) -> str | None:
+    """The command line of process ``pid`` (shortened), or None when there is none."""
+    try:
+        proc = psutil.Process(pid)
+        text = " ".join(proc.cmdline()) or proc.name()
+    except psutil.Error:
+        return None
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_this_server(info: ServerInfo) -> bool:
+    """True while process group ``info.pid`` is the recorded server.
+
+    After a crash or a reboot the recorded pid may belong to any program: only a process
+    with this instance's config file on its command line, started when recorded, counts.
+    """
+    with contextlib.suppress(psutil.Error):  # the launcher itself: the usual case, no scan
+        if _is_server_process(psutil.Process(info.pid), info):
+            return True
+    return any(_is_server_process(proc, info) for proc in _group_processes(info.pid))
+
+
+def _stale_reason(info: ServerInfo) -> str | None:
+    """None when the recorded server runs; else why its record is stale."""
+    if _group_alive(info.pid) and _is_this_server(info):
+        return None
+    program = _program(info.pid)
+    if program is None:
+        return f"pid {info.pid} is not running"
+    return f"pid {info.pid} now belongs to another program ({program})"
+
+
+def _forget(info: ServerInfo, reason: str) -> None:
+    """Remove a stale record (logs stay), saying why; its pid is never signalled."""
+    logger.warning(
+        "no twinnet server runs on port %d any more (%s); removed its stale record in %s",
+        info.port,
+        reason,
+        info.instance,
+    )
+    _remove_instance(Path(info.instance), keep_logs=True)
+
+
 def _java_pid(info: ServerInfo) -> int | None:
     pid_file = Path(info.instance) / "tmp" / ".model_server.pid"
     with contextlib.suppress(OSError, ValueError):
@@ -487,7 +578,7 @@ def _launch(
         store, models = prepare_store(source, instance, name=name, **archive_options)
         grpc = free_loopback_ports(2, avoid={port, management_port, metrics_port})
         config = write_config(
-            instance / "config.properties", store, models, host, port, management_port,
+            instance / _CONFIG_FILE, store, models, host, port, management_port,
             metrics_port, auth, default_workers, grpc,
         )  # fmt: skip
     except BaseException:
@@ -515,10 +606,13 @@ def _launch(
         if out is not None:
             out.close()
     _CHILDREN[proc.pid] = proc
+    create_time = None
+    with contextlib.suppress(psutil.Error):  # None if it already exited; `started` stands in
+        create_time = psutil.Process(proc.pid).create_time()
     info = ServerInfo(
         pid=proc.pid, host=host, port=int(port), management_port=int(management_port),
         metrics_port=int(metrics_port), auth=auth, models=models, store=str(store),
-        instance=str(instance),
+        instance=str(instance), create_time=create_time,
     )  # fmt: skip
     (instance / _SERVER_FILE).write_text(json.dumps(asdict(info), indent=2) + "\n")
     return info, proc
@@ -559,7 +653,7 @@ def start(
     try:
         wait_ready(info, timeout)
     except BaseException:
-        stop(port=info.port, root=root)
+        _stop_info(info)
         raise
     return info
 
@@ -621,13 +715,20 @@ def run_foreground(
 
 
 def status(root: str | os.PathLike | None = None, port: int | None = None) -> list[dict[str, Any]]:
-    """One dict per server of ``root`` (optionally only ``port``): alive, URLs, worker states."""
+    """One dict per server of ``root`` (optionally only ``port``): alive, URLs, worker states.
+
+    A record whose server no longer runs (its pid exited, or now belongs to another program
+    after a crash or reboot) is reported not alive and removed, with a logged warning.
+    """
     out = []
-    for info in list_servers(root):
+    for info in list(list_servers(root)):
         if port is not None and info.port != port:
             continue
-        entry: dict[str, Any] = {"info": info, "alive": info.alive(), "models": {}}
-        if entry["alive"]:
+        reason = _stale_reason(info)
+        entry: dict[str, Any] = {"info": info, "alive": reason is None, "models": {}}
+        if reason is not None:
+            _forget(info, reason)
+        else:
             for model in info.models:
                 try:
                     desc = describe_model(info, model, timeout=2.0)
@@ -641,22 +742,26 @@ def status(root: str | os.PathLike | None = None, port: int | None = None) -> li
 
 
 def _stop_info(info: ServerInfo, timeout: float = 30.0) -> None:
-    """SIGTERM TorchServe's JVM (its clean stop), then the group; SIGKILL what remains."""
+    """SIGTERM TorchServe's JVM (its clean stop), then the group; SIGKILL what remains.
+
+    Only for a server this process started or one whose identity was just checked: from
+    here on the whole process group is signalled until no member is left.
+    """
     java = _java_pid(info)
     if java is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if os.getpgid(java) == info.pid:
                 os.kill(java, signal.SIGTERM)
     deadline = time.monotonic() + timeout / 2
-    while info.alive() and time.monotonic() < deadline:
+    while _group_alive(info.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not info.alive():
+        if not _group_alive(info.pid):
             break
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(info.pid, sig)
         deadline = time.monotonic() + (timeout / 4 if sig == signal.SIGTERM else 10)
-        while info.alive() and time.monotonic() < deadline:
+        while _group_alive(info.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
     child = _CHILDREN.pop(info.pid, None)
     if child is not None:
@@ -687,10 +792,16 @@ def stop(
 
     Nothing is left behind: the JVM gets SIGTERM (TorchServe's own ``--stop``), then the
     process group (JVM, launcher, Python workers) is terminated and, if needed, killed.
+    A record whose pid is no longer that server (see :func:`status`) is removed without
+    signalling anything; a server this process started is known to be its own.
     """
     stopped = []
     for info in list(list_servers(root)):
         if port is not None and info.port != port:
+            continue
+        reason = None if info.pid in _CHILDREN else _stale_reason(info)
+        if reason is not None:
+            _forget(info, reason)
             continue
         _stop_info(info, timeout)
         stopped.append(info)
