@@ -41,6 +41,28 @@ def random_model_dir(tmp_path_factory) -> Path:
     return save_model_dir(model, spec, tmp_path_factory.mktemp("random_model"))
 
 
+@pytest.fixture(scope="session")
+def random_cosine_dir(tmp_path_factory) -> Path:
+    """An untrained resnet18 cosine-head model directory at 64 px (fast; for plumbing tests)."""
+    import torch
+
+    from twinnet.artifacts import save_model_dir
+    from twinnet.model import build_model
+    from twinnet.spec import ModelSpec
+
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="resnet18", image_size=64, head="cosine", embedding_dim=64)
+    model = build_model(spec).eval()
+    return save_model_dir(model, spec, tmp_path_factory.mktemp("random_cosine"))
+
+
+@pytest.fixture(scope="session", params=["concat", "cosine"])
+def any_head_model_dir(request) -> Path:
+    """An untrained model directory of each head in turn: serving tests run for both."""
+    name = "random_model_dir" if request.param == "concat" else "random_cosine_dir"
+    return request.getfixturevalue(name)
+
+
 #: The recipe of ``trained_model_dir``: small generated shapes, from scratch, on the CPU.
 TRAINED_RECIPE = [
     "--arch", "resnet18", "--size", "32", "--no-pretrained", "--frozen-epochs", "0",

@@ -1,9 +1,8 @@
-"""Labelled image folders, splits, balanced pair sampling and the fastai DataLoaders.
+"""Labelled image folders, splits, and balanced pair and class-balanced sampling.
 
-The pipeline is the model's own: items are decoded by :func:`~twinnet.imaging.decode_image`
-and resized by ``build_transforms(spec).to_unit_tensor``, and the batch is normalised by the
-same :class:`~twinnet.imaging.Preprocess`, so training sees exactly what inference sees.
-fastai's ``aug_transforms`` run in between, on the training batches only.
+No fastai here: evaluation, search and the servers use these pieces too. The fastai side of
+the data path (datasets as fastai items, DataLoaders, batch transforms) lives in
+:mod:`twinnet.dataloaders`, which imports this module and never the reverse.
 """
 
 from __future__ import annotations
@@ -23,8 +22,7 @@ from .errors import DataError, ImageError
 from .imaging import Preprocess, decode_image
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
-    "quiet_fastai_import",
+    "IMAGE_SUFFIXES",
     "SPLITS",
     "UnreadableImagesWarning",
     "LabelledImages",
@@ -34,25 +32,14 @@ __all__ = [
     "check_images",
     "split_items",
     "draw_pairs",
-    "ImageStore",
-    "PairDataset",
-    "build_dataloaders",
+    "draw_class_batches",
 ]
 
-IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .png .bmp .gif .webp .tif .tiff .pgm .ppm .pbm .pnm".split()
-)
+#: File suffixes read as images, by training, evaluation, search and the app alike.
+IMAGE_SUFFIXES = frozenset(".jpg .jpeg .png .bmp .gif .webp .tif .tiff .pgm .ppm .pbm .pnm".split())
 SPLITS = ("random", "classes")
 #: Images cached in memory as resized uint8 tensors when they fit in this many bytes.
 CACHE_BYTES = 512 * 2**20
-
-
-def quiet_fastai_import() -> None:
-    """Hide the deprecation warning fastai's import triggers in this torch (``torch.jit.script``).
-
-    It says nothing a twinnet user can act on; every other warning stays.
-    """
-    warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
 
 
 class UnreadableImagesWarning(UserWarning):
@@ -136,7 +123,7 @@ def scan_folder(root: str | Path, labels: str = "folder") -> LabelledImages:
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
             continue
         if pattern is None:
-            if path.suffix.lower() not in IMAGE_EXTENSIONS or len(rel.parts) < 2:
+            if path.suffix.lower() not in IMAGE_SUFFIXES or len(rel.parts) < 2:
                 continue
             name = rel.parent.as_posix()
         else:
@@ -323,108 +310,35 @@ def draw_pairs(
     return pairs
 
 
-class ImageStore:
-    """Loads an image as the spec's resized ``[0, 1]`` tensor, from memory when cached."""
+def draw_class_batches(
+    labels: np.ndarray,
+    n_batches: int,
+    per_class: int,
+    classes_per_batch: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Image indices laid out as class-balanced batches: ``classes_per_batch`` blocks of ``per_class``.
 
-    def __init__(
-        self, preprocess: Preprocess, cache: dict[Path, torch.Tensor] | None = None
-    ) -> None:
-        self.preprocess = preprocess
-        self.cache = cache or {}
+    Metric losses learn from the positives and negatives inside a batch, so every batch holds
+    ``per_class`` images of each of ``classes_per_batch`` classes. Classes with fewer images
+    than ``per_class`` repeat some (drawn with replacement); classes with one image are never
+    drawn, since they give no positive. Consecutive blocks keep their structure when a
+    distributed loader hands each process a contiguous slice of whole batches.
 
-    def __call__(self, path: Path) -> torch.Tensor:
-        hit = self.cache.get(path)
-        if hit is not None:
-            return hit.float().div_(255.0)
-        return self.preprocess.to_unit_tensor(decode_image(path))
-
-
-class PairDataset:
-    """Pairs of one image set, as fastai items ``(left, right, same)``.
-
-    Validation pairs are drawn once from the seed. Training pairs are drawn afresh for every
-    pass (:meth:`next_epoch`) from ``(seed, pass)``, so every process of a distributed run
-    draws the same pairs without talking to the others.
+    Returns:
+        a flat int64 array of ``n_batches * per_class * classes_per_batch`` indices.
     """
-
-    def __init__(
-        self,
-        items: LabelledImages,
-        store: ImageStore,
-        n_pairs: int,
-        seed: int,
-        train: bool,
-    ) -> None:
-        self.items, self.store, self.n_pairs, self.seed, self.train = (
-            items,
-            store,
-            n_pairs,
-            seed,
-            train,
-        )
-        self.split_idx = 0 if train else 1
-        self.epoch = -1
-        self.pairs = draw_pairs(items.labels, n_pairs, np.random.default_rng([seed, 0]), swap=False)
-        if train:
-            self.next_epoch()
-
-    def next_epoch(self) -> None:
-        """Draw the next pass's training pairs, with random left/right swaps."""
-        self.epoch += 1
-        rng = np.random.default_rng([self.seed, 1, self.epoch])
-        self.pairs = draw_pairs(self.items.labels, self.n_pairs, rng, swap=True)
-
-    def __len__(self) -> int:
-        return self.n_pairs
-
-    def __getitem__(self, i: int):
-        from fastai.torch_core import TensorCategory, TensorImage
-
-        left, right, same = self.pairs[i]
-        files = self.items.files
-        return (
-            TensorImage(self.store(files[left])),
-            TensorImage(self.store(files[right])),
-            TensorCategory(int(same)),
-        )
-
-
-def build_dataloaders(
-    split: Split,
-    preprocess: Preprocess,
-    *,
-    bs: int = 32,
-    seed: int = 0,
-    epoch_pairs: int | None = None,
-    valid_pairs: int | None = None,
-    augment: bool = True,
-    workers: int = 0,
-    cache: dict[Path, torch.Tensor] | None = None,
-    device: torch.device | str | None = None,
-):
-    """fastai ``DataLoaders`` of training and validation pairs.
-
-    Args:
-        split: the images on each side.
-        preprocess: ``build_transforms(spec)``; resizes items and normalises batches.
-        bs: pairs per batch.
-        seed: draws the pairs.
-        epoch_pairs: training pairs per epoch; default ``max(training images, 1024)``.
-        valid_pairs: validation pairs; default ``max(validation images, 256)``.
-        augment: apply fastai's ``aug_transforms`` to training batches, to each side alone.
-        workers: DataLoader worker processes.
-        cache: resized images from :func:`check_images`.
-        device: where batches go; fastai's default device when None.
-    """
-    from .dataloaders import pair_dataloaders
-
-    store = ImageStore(preprocess, cache)
-    train = PairDataset(
-        split.train, store, epoch_pairs or max(len(split.train), 1024), seed, train=True
-    )
-    valid = PairDataset(
-        split.valid, store, valid_pairs or max(len(split.valid), 256), seed, train=False
-    )
-    return pair_dataloaders(
-        train, valid, preprocess, bs=bs, augment=augment, workers=workers, device=device
-    )
+    labels = np.asarray(labels, dtype=np.int64)
+    members = [
+        np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1 if len(labels) else 0)
+    ]
+    usable = [c for c, m in enumerate(members) if len(m) >= 2]
+    if len(usable) < 2:
+        raise DataError("class-balanced batches need at least 2 classes with 2 or more images")
+    k = min(classes_per_batch, len(usable))
+    out = np.empty((n_batches, k, per_class), np.int64)
+    for b in range(n_batches):
+        for j, c in enumerate(rng.choice(usable, k, replace=False)):
+            m = members[c]
+            out[b, j] = rng.choice(m, per_class, replace=len(m) < per_class)
+    return out.reshape(-1)

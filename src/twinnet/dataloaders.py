@@ -1,33 +1,166 @@
-"""fastai pieces of the data path: pair DataLoaders, batch transforms, a gloo-ready DistributedDL.
+"""fastai pieces of the data path: datasets of pairs or images, DataLoaders, batch transforms.
 
-Kept apart from :mod:`twinnet.data` so that pair sampling and folder scanning (used by
-evaluation) do not import fastai.
+The pipeline is the model's own: items are decoded by :func:`~twinnet.imaging.decode_image`
+and resized by ``build_transforms(spec).to_unit_tensor``, and the batch is normalised by the
+same :class:`~twinnet.imaging.Preprocess`, so training sees exactly what inference sees.
+fastai's ``aug_transforms`` run in between, on the training batches only. Kept apart from
+:mod:`twinnet.data` so that sampling and folder scanning (used by evaluation) do not import
+fastai.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 
-from .data import quiet_fastai_import
+from .data import LabelledImages, Split, draw_class_batches, draw_pairs
+from .fastai_compat import quiet_fastai_import
+from .imaging import decode_image
 
 quiet_fastai_import()
 
 from fastai.data.core import DataLoaders, TfmdDL  # noqa: E402
-from fastai.torch_core import TensorImage  # noqa: E402
+from fastai.torch_core import TensorCategory, TensorImage  # noqa: E402
 from fastai.vision.augment import aug_transforms  # noqa: E402
 from fasttransform import ItemTransform, Pipeline, Transform  # noqa: E402
 
 from .imaging import Preprocess  # noqa: E402
 
-__all__ = ["PairAugment", "SpecNormalize", "PairDL", "pair_dataloaders", "distributed_dl"]
+__all__ = [
+    "ImageStore",
+    "PairDataset",
+    "ImageDataset",
+    "build_dataloaders",
+    "PairAugment",
+    "SpecNormalize",
+    "PairDL",
+    "pair_dataloaders",
+    "image_dataloaders",
+    "distributed_dl",
+]
+
+
+class ImageStore:
+    """Loads an image as the spec's resized ``[0, 1]`` tensor, from memory when cached."""
+
+    def __init__(
+        self, preprocess: Preprocess, cache: dict[Path, torch.Tensor] | None = None
+    ) -> None:
+        self.preprocess = preprocess
+        self.cache = cache or {}
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        hit = self.cache.get(path)
+        if hit is not None:
+            return hit.float().div_(255.0)
+        return self.preprocess.to_unit_tensor(decode_image(path))
+
+
+class PairDataset:
+    """Pairs of one image set, as fastai items ``(left, right, same)``.
+
+    Validation pairs are drawn once from the seed. Training pairs are drawn afresh for every
+    pass (:meth:`next_epoch`) from ``(seed, pass)``, so every process of a distributed run
+    draws the same pairs without talking to the others.
+    """
+
+    def __init__(
+        self,
+        items: LabelledImages,
+        store: ImageStore,
+        n_pairs: int,
+        seed: int,
+        train: bool,
+    ) -> None:
+        self.items, self.store, self.n_pairs, self.seed, self.train = (
+            items,
+            store,
+            n_pairs,
+            seed,
+            train,
+        )
+        self.split_idx = 0 if train else 1
+        self.epoch = -1
+        self.pairs = draw_pairs(items.labels, n_pairs, np.random.default_rng([seed, 0]), swap=False)
+        if train:
+            self.next_epoch()
+
+    def next_epoch(self) -> None:
+        """Draw the next pass's training pairs, with random left/right swaps."""
+        self.epoch += 1
+        rng = np.random.default_rng([self.seed, 1, self.epoch])
+        self.pairs = draw_pairs(self.items.labels, self.n_pairs, rng, swap=True)
+
+    def __len__(self) -> int:
+        return self.n_pairs
+
+    def __getitem__(self, i: int):
+        left, right, same = self.pairs[i]
+        files = self.items.files
+        return (
+            TensorImage(self.store(files[left])),
+            TensorImage(self.store(files[right])),
+            TensorCategory(int(same)),
+        )
+
+
+class ImageDataset:
+    """Single images and their class indices, as fastai items ``(image, label)``.
+
+    Training datasets (``per_class`` set) lay their items out as class-balanced batches,
+    drawn afresh for every pass (:meth:`next_epoch`) from ``(seed, pass)``; other datasets
+    list every image once, in a seeded shuffled order so batches mix classes.
+    """
+
+    def __init__(
+        self,
+        items: LabelledImages,
+        store: ImageStore,
+        seed: int,
+        per_class: int | None = None,
+        batch_size: int = 32,
+        n_batches: int = 0,
+    ) -> None:
+        self.items, self.store, self.seed = items, store, seed
+        self.train = per_class is not None
+        self.split_idx = 0 if self.train else 1
+        self.per_class = per_class or 1
+        self.classes_per_batch = max(2, batch_size // self.per_class)
+        self.n_batches = n_batches
+        self.epoch = -1
+        if self.train:
+            self.next_epoch()
+        else:
+            self.order = np.random.default_rng([seed, 3]).permutation(len(items))
+
+    def next_epoch(self) -> None:
+        """Draw the next pass's class-balanced batches."""
+        self.epoch += 1
+        rng = np.random.default_rng([self.seed, 2, self.epoch])
+        self.order = draw_class_batches(
+            self.items.labels, self.n_batches, self.per_class, self.classes_per_batch, rng
+        )
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int):
+        index = int(self.order[i])
+        return (
+            TensorImage(self.store(self.items.files[index])),
+            TensorCategory(int(self.items.labels[index])),
+        )
 
 
 class PairAugment(ItemTransform):
-    """fastai's ``aug_transforms`` on a batch of pairs, drawn independently for each side.
+    """fastai's ``aug_transforms`` on a batch, drawn independently for every image of an item.
 
     fastai draws one random transform per batch element and applies it to every image of a
-    tuple (right for image + mask, wrong for two photos), so the two sides are stacked into one
-    batch first, augmented, and split again. Training batches only (``split_idx = 0``).
+    tuple (right for image + mask, wrong for two photos), so the image parts of a batch (both
+    sides of a pair, or the one image of a class-labelled item) are stacked into one batch
+    first, augmented, and split again. Training batches only (``split_idx = 0``).
     """
 
     split_idx = 0
@@ -38,10 +171,11 @@ class PairAugment(ItemTransform):
         self.pipe = Pipeline(tfms, split_idx=0)
 
     def encodes(self, batch):
-        left, right, *rest = batch
-        n = left.shape[0]
-        both = self.pipe(TensorImage(torch.cat([left, right])))
-        return (TensorImage(both[:n]), TensorImage(both[n:]), *rest)
+        n_img = sum(isinstance(t, TensorImage) for t in batch)
+        images, rest = batch[:n_img], batch[n_img:]
+        n = images[0].shape[0]
+        both = self.pipe(TensorImage(torch.cat(list(images))))
+        return (*(TensorImage(both[i * n : (i + 1) * n]) for i in range(n_img)), *rest)
 
 
 class SpecNormalize(Transform):
@@ -63,12 +197,19 @@ class SpecNormalize(Transform):
 
 
 class PairDL(TfmdDL):
-    """A ``TfmdDL`` over a :class:`~twinnet.data.PairDataset` that redraws training pairs per pass."""
+    """A ``TfmdDL`` that redraws a training dataset's pairs or class batches for every pass."""
 
     def before_iter(self) -> None:
         if getattr(self.dataset, "train", False):
             self.dataset.next_epoch()
         super().before_iter()
+
+
+def _batch_tfms(preprocess: Preprocess, augment: bool) -> list[Transform]:
+    tfms: list[Transform] = [SpecNormalize(preprocess)]
+    if augment:
+        tfms.insert(0, PairAugment(aug_transforms()))
+    return tfms
 
 
 def pair_dataloaders(
@@ -82,11 +223,37 @@ def pair_dataloaders(
     device: torch.device | str | None = None,
 ) -> DataLoaders:
     """Training (shuffled, augmented, last partial batch dropped) and validation DataLoaders."""
-    tfms: list[Transform] = [SpecNormalize(preprocess)]
-    if augment:
-        tfms.insert(0, PairAugment(aug_transforms()))
-    common = {"num_workers": workers, "device": device, "after_batch": tfms}
+    common = {
+        "num_workers": workers,
+        "device": device,
+        "after_batch": _batch_tfms(preprocess, augment),
+    }
     train_dl = PairDL(train, bs=bs, shuffle=True, drop_last=len(train) > bs, **common)
+    valid_dl = PairDL(valid, bs=bs * 2, shuffle=False, **common)
+    return DataLoaders(train_dl, valid_dl, device=device)
+
+
+def image_dataloaders(
+    train,
+    valid,
+    preprocess: Preprocess,
+    *,
+    bs: int = 32,
+    augment: bool = True,
+    workers: int = 0,
+    device: torch.device | str | None = None,
+) -> DataLoaders:
+    """DataLoaders of ``(image, label)`` items for metric losses.
+
+    The training dataset is already laid out as class-balanced batches of ``bs`` images, so
+    it is read in order (no shuffle), one laid-out batch per loader batch.
+    """
+    common = {
+        "num_workers": workers,
+        "device": device,
+        "after_batch": _batch_tfms(preprocess, augment),
+    }
+    train_dl = PairDL(train, bs=bs, shuffle=False, drop_last=True, **common)
     valid_dl = PairDL(valid, bs=bs * 2, shuffle=False, **common)
     return DataLoaders(train_dl, valid_dl, device=device)
 
@@ -107,3 +274,42 @@ def distributed_dl(dl: TfmdDL, rank: int, world_size: int):
             return t.cpu().tolist()
 
     return _DistributedDL(dl, rank=rank, world_size=world_size)
+
+
+def build_dataloaders(
+    split: Split,
+    preprocess: Preprocess,
+    *,
+    bs: int = 32,
+    seed: int = 0,
+    epoch_pairs: int | None = None,
+    valid_pairs: int | None = None,
+    augment: bool = True,
+    workers: int = 0,
+    cache: dict[Path, torch.Tensor] | None = None,
+    device: torch.device | str | None = None,
+):
+    """fastai ``DataLoaders`` of training and validation pairs.
+
+    Args:
+        split: the images on each side.
+        preprocess: ``build_transforms(spec)``; resizes items and normalises batches.
+        bs: pairs per batch.
+        seed: draws the pairs.
+        epoch_pairs: training pairs per epoch; default ``max(training images, 1024)``.
+        valid_pairs: validation pairs; default ``max(validation images, 256)``.
+        augment: apply fastai's ``aug_transforms`` to training batches, to each side alone.
+        workers: DataLoader worker processes.
+        cache: resized images from :func:`check_images`.
+        device: where batches go; fastai's default device when None.
+    """
+    store = ImageStore(preprocess, cache)
+    train = PairDataset(
+        split.train, store, epoch_pairs or max(len(split.train), 1024), seed, train=True
+    )
+    valid = PairDataset(
+        split.valid, store, valid_pairs or max(len(split.valid), 256), seed, train=False
+    )
+    return pair_dataloaders(
+        train, valid, preprocess, bs=bs, augment=augment, workers=workers, device=device
+    )

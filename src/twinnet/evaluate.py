@@ -1,4 +1,4 @@
-"""Verification metrics: pair accuracy, ROC AUC, and N-way one-shot accuracy.
+"""Verification metrics: pair accuracy, ROC AUC, EER, TAR@FAR, k-fold and N-way one-shot.
 
 Scoring goes through the inference library (:class:`twinnet.inference.Twin`), so the numbers
 describe exactly what ``compare`` and ``search`` return to users. On a model trained with
@@ -14,57 +14,54 @@ import numpy as np
 
 from .data import LabelledImages, check_images, draw_pairs, scan_folder, split_items
 from .errors import DataError
+from .metrics import eer, kfold_accuracy, roc_auc, tar_at_far
 from .spec import ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from .inference import Twin
 
-__all__ = ["roc_auc", "pair_metrics", "way_metrics", "evaluation_items", "evaluate"]
+__all__ = ["roc_auc", "FARS", "pair_metrics", "way_metrics", "evaluation_items", "evaluate"]
 
 #: Pairs per ``compare_batch`` call.
 PAIR_BATCH = 256
-
-
-def roc_auc(targets: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve, as the Mann-Whitney rank statistic (ties count one half).
-
-    Returns NaN when only one kind of target is present.
-    """
-    targets = np.asarray(targets).astype(bool).ravel()
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    n_pos, n_neg = int(targets.sum()), int((~targets).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    # average ranks over runs of equal scores
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(scores)]])
-    for s, e in zip(starts, ends, strict=True):
-        ranks[order[s:e]] = (s + e + 1) / 2.0  # mean of 1-based ranks s+1 .. e
-    return float((ranks[targets].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+#: False accept rates at which the true accept rate is reported.
+FARS = (1e-2, 1e-3)
+#: Folds of the k-fold accuracy (the LFW protocol's ten).
+FOLDS = 10
 
 
 def pair_metrics(
     twin: Twin, items: LabelledImages, pairs: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
-    """Accuracy (at the model's threshold) and ROC AUC over ``pairs`` seeded balanced pairs."""
+    """Verification figures over ``pairs`` seeded balanced pairs.
+
+    Accuracy is at the model's own threshold, fixed before these pairs were seen. EER,
+    TAR at each FAR of :data:`FARS` and ROC AUC describe the whole score range. The k-fold
+    accuracy chooses each fold's threshold on the other folds (the LFW protocol): the
+    figure a threshold fitted on data like this would reach.
+    """
     drawn = draw_pairs(items.labels, pairs, np.random.default_rng([seed, 10]), swap=True)
     files = [str(f) for f in items.files]
-    probs, same = [], []
+    margins, same = [], []
     for start in range(0, len(drawn), PAIR_BATCH):
         chunk = drawn[start : start + PAIR_BATCH]
         results = twin.compare_batch([(files[a], files[b]) for a, b, _ in chunk])
-        probs += [r.probability for r in results]
+        # the log-odds order pairs as the probability does, without rounding ties at 1.0
+        margins += [r.logits[1] - r.logits[0] for r in results]
         same += [r.same for r in results]
     truth = drawn[:, 2].astype(bool)
-    return {
+    scores = np.asarray(margins, dtype=np.float64)
+    report: dict[str, Any] = {
         "accuracy": float(np.mean(np.asarray(same) == truth)),
-        "auc": roc_auc(truth, np.asarray(probs)),
+        "threshold": float(twin.spec.threshold),
+        "auc": roc_auc(truth, scores),
+        "eer": eer(truth, scores)[0],
+        "tar_at_far": {str(far): tar for far, tar in tar_at_far(truth, scores, FARS).items()},
         "pairs": int(len(drawn)),
     }
+    if len(drawn) >= FOLDS:
+        report["kfold_accuracy"], report["kfold_std"] = kfold_accuracy(truth, scores, FOLDS, seed)
+    return report
 
 
 def way_metrics(
@@ -138,6 +135,12 @@ def evaluation_items(
             raise DataError(
                 f"--held-out: {data} is not the data the model was trained on (class counts "
                 "differ), so its random split cannot be recovered"
+            )
+        held = set(split.get("calibration_classes") or [])
+        if held and split.get("calibration_method") == "held-out calibration classes":
+            # the random split was drawn after these classes were set aside for calibration
+            items = items.subset(
+                [i for i, lab in enumerate(items.labels) if items.classes[lab] not in held]
             )
         return split_items(items, "random", float(split["valid_pct"]), int(split["seed"])).valid
     raise DataError("--held-out: the model's spec records no split (was it trained by twinnet?)")

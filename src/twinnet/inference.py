@@ -3,8 +3,10 @@
 Every other way of running a model (the CLI, the TorchServe handler, the SageMaker
 container, the app) calls this class, so decoding, preprocessing and the fast path are
 written once. A comparison is split where the cost is: the encoder (almost all of it) runs
-once per distinct image and its feature maps are cached by the hash of the image's bytes;
-the head (cheap) runs for every pairing.
+once per distinct image and its output is cached by the hash of the image's bytes; the
+head (cheap) runs for every pairing. For a cosine model the cache holds each image's
+embedding (a few hundred bytes) and scoring a gallery is one matrix product; for a concat
+model it holds feature maps, which the pair head needs. Grad-CAM always needs feature maps.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from PIL import Image
 
 from . import explain
 from .cache import EmbeddingCache, content_key
+from .data import IMAGE_SUFFIXES
 from .errors import ImageError, TwinnetError
 from .imaging import ImageSource, build_transforms, decode_image, read_bytes, source_name
 from .model import TwinModel
@@ -35,10 +38,6 @@ from .spec import ModelSpec
 
 __all__ = ["Twin", "Hit", "CompareResult", "IMAGE_SUFFIXES", "list_images"]
 
-#: File suffixes that :func:`list_images` treats as images.
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm"}
-)
 #: Images encoded per forward pass; bounds activation memory for large galleries.
 ENCODE_BATCH = 16
 #: Pairs per head pass in a search.
@@ -100,6 +99,17 @@ def _decode_pool(workers: int) -> ThreadPoolExecutor:
         return _POOL
 
 
+def _margin(logits: torch.Tensor) -> np.ndarray:
+    """``logit_same - logit_different`` per row, float64."""
+    lg = logits.detach().float().cpu().numpy().astype(np.float64)
+    return lg[:, 1] - lg[:, 0]
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """softmax([l0, l1])[1] from the margin ``l1 - l0``, in float64."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
 def _weights_digest(model: torch.nn.Module) -> str:
     h = hashlib.blake2b(digest_size=16)
     for name, t in model.state_dict().items():
@@ -148,13 +158,17 @@ class Twin:
         }
         h = hashlib.blake2b(json.dumps(plan, sort_keys=True).encode(), digest_size=8)
         h.update(_weights_digest(self.model.encoder).encode())
+        if spec.has_embeddings:  # cached embeddings depend on the projection too
+            h.update(_weights_digest(self.model.head).encode())
         self._namespace = h.hexdigest()
 
     @property
     def fingerprint(self) -> str:
-        """Identifies encoder weights, preprocessing and precision: the cache keys' namespace.
+        """Identifies weights, preprocessing and precision: the cache keys' namespace.
 
-        The head is not part of it, since the cache holds encoder outputs only.
+        A concat head is not part of it, since the cache then holds encoder outputs only;
+        a cosine head's projection is, since its embeddings are cached. The calibration is
+        not: it maps scores, not images.
         """
         return self._namespace
 
@@ -224,11 +238,18 @@ class Twin:
 
     # ----------------------------------------------------------------- decoding & encoding
     def _key(self, src: ImageSource, label: str) -> tuple[str, bytes | Image.Image]:
-        """The cache key of an input, and what to decode on a miss."""
+        """The cache key of an input, and what to decode on a miss.
+
+        A PIL image is keyed by its pixels as :func:`decode_image` leaves them (upright,
+        alpha on white, RGB): its raw bytes alone leave out the palette, EXIF orientation
+        and transparency, so different pictures would share an entry. On a miss the decoded
+        image is what goes on to the network (decoding it again is a copy).
+        """
         if isinstance(src, Image.Image):
-            h = hashlib.blake2b(f"pil:{src.mode}:{src.size}".encode(), digest_size=20)
-            h.update(src.tobytes())
-            return f"{self._namespace}:{h.hexdigest()}", src
+            img = decode_image(src, label)
+            h = hashlib.blake2b(f"pil:{img.mode}:{img.size}".encode(), digest_size=20)
+            h.update(img.tobytes())
+            return f"{self._namespace}:{h.hexdigest()}", img
         data = read_bytes(src, label)
         return content_key(self._namespace, data), data
 
@@ -272,12 +293,27 @@ class Twin:
         with torch.inference_mode():
             return self.encoder(x.contiguous(memory_format=fmt)).contiguous()
 
-    def _features(
-        self, sources: Sequence[ImageSource], fields: Sequence[str | None], collect: bool = False
-    ) -> list[torch.Tensor | ImageError]:
-        """Feature maps (C, h, w) of each input, from the cache or encoded in batches.
+    @property
+    def has_embeddings(self) -> bool:
+        """True for cosine models: each image has an embedding, and pairs are scored by cosine."""
+        return self.spec.has_embeddings
 
-        With ``collect``, a bad input yields its ImageError in place instead of raising.
+    def _embed_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings in fp32 of a batch of feature maps: the cosine head's projection."""
+        with torch.inference_mode():
+            return self.head.embed(feats.float())
+
+    def _features(
+        self,
+        sources: Sequence[ImageSource],
+        fields: Sequence[str | None],
+        collect: bool = False,
+        embeddings: bool = False,
+    ) -> list[torch.Tensor | ImageError]:
+        """Feature maps (C, h, w), or with ``embeddings`` embeddings (D,), of each input.
+
+        They come from the cache or are encoded in batches. With ``collect``, a bad input
+        yields its ImageError in place instead of raising.
         """
         out: list[torch.Tensor | ImageError | None] = [None] * len(sources)
         pending: dict[str, list[int]] = {}
@@ -286,6 +322,7 @@ class Twin:
             label = _label(src, field)
             try:
                 key, payload = self._key(src, label)
+                key = key + ":emb" if embeddings else key
             except ImageError as exc:
                 exc.field = field
                 if not collect:
@@ -322,6 +359,8 @@ class Twin:
             if not chunk:
                 continue
             feats = self._encode(self.preprocess.batch(images))
+            if embeddings:
+                feats = self._embed_features(feats)
             for key, f in zip(chunk, feats, strict=True):
                 f = f.clone()  # own storage: a slice would pin the whole batch in the cache
                 self.cache.put(key, f)
@@ -333,32 +372,58 @@ class Twin:
         return out  # type: ignore[return-value]
 
     def _head(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        """Logits (N, 2) in fp32 from two batches of feature maps."""
+        """Logits (N, 2) in fp32 from two batches of feature maps, or of embeddings (cosine)."""
         with torch.inference_mode():
+            if left.dim() == 2:  # embeddings
+                return self.head.logits((left.float() * right.float()).sum(dim=1))
             return self.head(torch.cat([left.float(), right.float()], dim=1))
 
     # ----------------------------------------------------------------- public API
     def embed(self, images: ImageSource | Iterable[ImageSource]) -> torch.Tensor:
+        """Embeddings of one image or a list, fp32 on the CPU; cached.
+
+        A cosine model gives its L2-normalised embeddings (N, D): the cosine of two rows is
+        the pair's score. A concat model has no per-image embedding and gives its encoder
+        feature maps (N, C, h, w), as :meth:`feature_maps` does.
+        """
+        items = self._items(images, "embed")
+        feats = self._features(items, [None] * len(items), embeddings=self.has_embeddings)
+        return torch.stack([f.float() for f in feats]).cpu()  # type: ignore[union-attr]
+
+    def feature_maps(self, images: ImageSource | Iterable[ImageSource]) -> torch.Tensor:
         """Encoder feature maps (N, C, h, w), fp32 on the CPU, of one image or a list; cached."""
-        items = [images] if _is_single(images) else list(images)  # type: ignore[list-item]
-        if not items:
-            raise TwinnetError("embed() needs at least one image")
+        items = self._items(images, "feature_maps")
         feats = self._features(items, [None] * len(items))
         return torch.stack([f.float() for f in feats]).cpu()  # type: ignore[union-attr]
 
-    def compare(self, left: ImageSource, right: ImageSource, cam: bool = False) -> CompareResult:
+    @staticmethod
+    def _items(images: ImageSource | Iterable[ImageSource], what: str) -> list[ImageSource]:
+        items = [images] if _is_single(images) else list(images)  # type: ignore[list-item]
+        if not items:
+            raise TwinnetError(f"{what}() needs at least one image")
+        return items
+
+    def compare(
+        self,
+        left: ImageSource,
+        right: ImageSource,
+        cam: bool = False,
+        threshold: float | None = None,
+    ) -> CompareResult:
         """Are ``left`` and ``right`` the same class? With ``cam``, also their Grad-CAM maps.
 
         Inputs may be paths, encoded bytes, binary file objects or PIL images. Raises
         ImageError (with ``field`` ``left`` or ``right``) for an input that is not an image.
+        ``threshold`` overrides the model's calibrated threshold for this call.
         """
-        return self._compare_pairs([(left, right)], cam, collect=False)[0]  # type: ignore[return-value]
+        return self._compare_pairs([(left, right)], cam, collect=False, threshold=threshold)[0]  # type: ignore[return-value]
 
     def compare_batch(
         self,
         pairs: Sequence[tuple[ImageSource, ImageSource]],
         cam: bool = False,
         return_exceptions: bool = False,
+        threshold: float | None = None,
     ) -> list[CompareResult] | list[CompareResult | ImageError]:
         """Compare many pairs in one pass; the same results as :meth:`compare` on each.
 
@@ -370,19 +435,31 @@ class Twin:
             cam: also compute Grad-CAM maps.
             return_exceptions: put a bad pair's ImageError in its place instead of raising,
                 so one bad request in a server batch fails alone.
+            threshold: overrides the model's calibrated threshold for these pairs.
         """
-        return self._compare_pairs(list(pairs), cam, collect=return_exceptions)
+        return self._compare_pairs(list(pairs), cam, collect=return_exceptions, threshold=threshold)
 
     def _compare_pairs(
-        self, pairs: list[tuple[ImageSource, ImageSource]], cam: bool, collect: bool
+        self,
+        pairs: list[tuple[ImageSource, ImageSource]],
+        cam: bool,
+        collect: bool,
+        threshold: float | None = None,
     ) -> list[CompareResult | ImageError]:
+        if threshold is None:
+            threshold = self.spec.threshold
+        elif not 0.0 < float(threshold) < 1.0:
+            raise TwinnetError(f"threshold must lie strictly between 0 and 1, got {threshold}")
         sources: list[ImageSource] = []
         for n, pair in enumerate(pairs):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise TwinnetError(f"pair {n} must be a (left, right) tuple")
             sources.extend(pair)
         fields = ["left", "right"] * len(pairs)
-        feats = self._features(sources, fields, collect=True)
+        # Grad-CAM needs feature maps; otherwise a cosine model compares cached embeddings.
+        feats = self._features(
+            sources, fields, collect=True, embeddings=self.has_embeddings and not cam
+        )
         if not collect:
             for i, f in enumerate(feats):
                 if isinstance(f, ImageError):
@@ -411,7 +488,7 @@ class Twin:
             for j, n in enumerate(good):
                 results[n] = CompareResult.from_logits(
                     logits[j].tolist(),
-                    threshold=self.spec.threshold,
+                    threshold=float(threshold),
                     model=self.name,
                     cam_left=None if cam_l is None else cam_l[j].astype(np.float32),
                     cam_right=None if cam_r is None else cam_r[j].astype(np.float32),
@@ -426,16 +503,35 @@ class Twin:
         The query is the left image of every pair. This is the scoring that N-way one-shot
         evaluation uses, so evaluation and search share one code path.
         """
+        return _sigmoid(self.margins(query, gallery))
+
+    def margins(
+        self, query: ImageSource, gallery: str | os.PathLike | Sequence[ImageSource]
+    ) -> np.ndarray:
+        """``logit_same - logit_different`` of the query against each gallery image (float64).
+
+        The log-odds behind :meth:`scores`: the same order, but they never round to a tie at
+        probability 1.0, so rankings and ROC figures stay exact for confident models.
+        """
         items = self._gallery(gallery)
+        if not items:
+            return np.zeros(0)
         fields = ["query"] + [None] * len(items)
-        feats = self._features([query, *items], fields)
+        feats = self._features([query, *items], fields, embeddings=self.has_embeddings)
         q = feats[0]
-        probs = []
+        if self.has_embeddings:  # one matrix product over the cached embeddings
+            cos = torch.stack(feats[1:]) @ q  # type: ignore[arg-type,operator]
+            return _margin(self._logits_of_cosine(cos))
+        out = []
         for start in range(0, len(items), HEAD_BATCH):
             right = torch.stack(feats[1 + start : 1 + start + HEAD_BATCH])  # type: ignore[arg-type]
             left = q.unsqueeze(0).expand(right.shape[0], *q.shape)  # type: ignore[union-attr]
-            probs.append(torch.softmax(self._head(left, right), dim=1)[:, 1].cpu())
-        return torch.cat(probs).numpy().astype(np.float64) if probs else np.zeros(0)
+            out.append(_margin(self._head(left, right)))
+        return np.concatenate(out)
+
+    def _logits_of_cosine(self, cos: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.head.logits(cos.float())
 
     def search(
         self,
@@ -450,12 +546,13 @@ class Twin:
             gallery: a folder (searched recursively for images) or a sequence of inputs.
             top_k: how many hits to return; None for all.
         """
+        if top_k is not None and top_k < 1:
+            raise TwinnetError(f"top_k must be at least 1, got {top_k}")
         items = self._gallery(gallery)
-        probs = self.scores(query, items)
-        order = sorted(range(len(items)), key=lambda i: (-probs[i], i))
+        margins = self.margins(query, items)
+        probs = _sigmoid(margins)
+        order = sorted(range(len(items)), key=lambda i: (-margins[i], i))
         if top_k is not None:
-            if top_k < 1:
-                raise TwinnetError(f"top_k must be at least 1, got {top_k}")
             order = order[:top_k]
         return [Hit(index=i, item=items[i], probability=float(probs[i])) for i in order]
 

@@ -1,8 +1,16 @@
-"""The twin network: one shared ResNet encoder, a pooling/MLP head over both feature maps.
+"""The twin network: one shared ResNet encoder and one of two heads.
 
-Parameter names match the original AWS sample for resnet50 (a plain ``Sequential`` of the
-ResNet's children, and a plain ``Sequential`` head), so its ``encoder_weight.pth`` and
-``head_weight.pth`` load as they are.
+- ``concat`` (the original sample's): a pooling/MLP classifier over both feature maps
+  concatenated. Parameter names match the sample for resnet50 (a plain ``Sequential`` of the
+  ResNet's children, and a plain ``Sequential`` head), so its ``encoder_weight.pth`` and
+  ``head_weight.pth`` load as they are.
+- ``cosine``: each image's feature map is pooled and projected to an L2-normalised
+  embedding; a pair's score is the cosine of its two embeddings, which a calibrated affine
+  map turns into the same two logits. A metric space is what carries over to classes the
+  network never saw; a pair classifier can memorise its training classes instead.
+
+Both heads take ``cat([left, right], dim=1)`` of two feature maps and return logits
+``[different, same]``, so Grad-CAM, the inference library and the servers treat them alike.
 """
 
 from __future__ import annotations
@@ -18,12 +26,18 @@ from .spec import ModelSpec
 
 __all__ = [
     "AdaptiveConcatPool2d",
+    "CosineHead",
     "TwinModel",
     "build_encoder",
     "build_head",
     "build_model",
     "PretrainedWeightsError",
+    "DEFAULT_CALIBRATION",
 ]
+
+#: The cosine-to-logit map ``z = scale * cos + bias`` used before calibration has run: it
+#: puts the decision at a cosine of 0.5.
+DEFAULT_CALIBRATION = {"scale": 10.0, "bias": -5.0}
 
 
 class PretrainedWeightsError(TwinnetError):
@@ -80,7 +94,21 @@ def build_encoder(arch: str, pretrained: bool = False) -> nn.Sequential:
     return nn.Sequential(*list(net.children())[:-2])
 
 
-def build_head(spec: ModelSpec) -> nn.Sequential:
+def build_head(spec: ModelSpec) -> nn.Module:
+    """The head the spec names: :func:`concat_head` or a :class:`CosineHead`."""
+    if spec.head == "cosine":
+        cal = spec.calibration or DEFAULT_CALIBRATION
+        return CosineHead(
+            spec.feature_channels,
+            spec.embedding_dim,
+            dropout=spec.dropout[0],
+            scale=float(cal["scale"]),
+            bias=float(cal["bias"]),
+        )
+    return concat_head(spec)
+
+
+def concat_head(spec: ModelSpec) -> nn.Sequential:
     """The sample's head: concat-pool, flatten, BN, dropout, linear, ReLU, BN, dropout, linear."""
     p1, p2 = spec.dropout
     return nn.Sequential(
@@ -96,8 +124,65 @@ def build_head(spec: ModelSpec) -> nn.Sequential:
     )
 
 
+class CosineHead(nn.Module):
+    """One image's feature map to a unit-norm embedding; two embeddings to calibrated logits.
+
+    ``forward`` takes two feature maps concatenated on channels (as the concat head does) and
+    returns ``[-z/2, z/2]`` with ``z = scale * cos + bias``, so ``softmax(logits)[1]`` is
+    ``sigmoid(z)``. ``scale`` and ``bias`` are buffers outside the state dict: they come from
+    the spec's calibration, which ``twinnet calibrate`` can re-fit without touching weights.
+
+    Args:
+        channels: channels of one image's feature map.
+        dim: embedding width.
+        dropout: dropout before the projection (training only).
+        scale: slope of the cosine-to-logit map.
+        bias: offset of the cosine-to-logit map.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        dim: int,
+        dropout: float = 0.05,
+        scale: float = 10.0,
+        bias: float = -5.0,
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.embedding = nn.Sequential(
+            AdaptiveConcatPool2d(1),
+            nn.Flatten(),
+            nn.BatchNorm1d(2 * channels),
+            nn.Dropout(dropout),
+            nn.Linear(2 * channels, dim, bias=False),
+            nn.BatchNorm1d(dim),
+        )
+        self.register_buffer("scale", torch.tensor(float(scale)), persistent=False)
+        self.register_buffer("bias", torch.tensor(float(bias)), persistent=False)
+
+    def set_calibration(self, scale: float, bias: float) -> None:
+        """Replace the cosine-to-logit map (after calibration)."""
+        self.scale.fill_(float(scale))
+        self.bias.fill_(float(bias))
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings (N, dim) of a batch of one-image feature maps."""
+        return nn.functional.normalize(self.embedding(features).float(), dim=1)
+
+    def logits(self, cosine: torch.Tensor) -> torch.Tensor:
+        """Logits ``[different, same]`` (N, 2) of a batch of cosine similarities."""
+        z = self.scale * cosine + self.bias
+        return torch.stack([-z / 2, z / 2], dim=1)
+
+    def forward(self, pair_features: torch.Tensor) -> torch.Tensor:
+        left, right = pair_features.split(self.channels, dim=1)
+        cosine = (self.embed(left) * self.embed(right)).sum(dim=1)
+        return self.logits(cosine)
+
+
 class TwinModel(nn.Module):
-    """Both images through one encoder; feature maps concatenated on channels; head to 2 logits.
+    """Both images through one encoder, then the head to 2 logits.
 
     Logit index 0 means "different", index 1 means "same".
     """
@@ -107,9 +192,23 @@ class TwinModel(nn.Module):
         self.encoder = encoder
         self.head = head
 
+    @property
+    def has_embeddings(self) -> bool:
+        """True when the head maps each image alone to an embedding."""
+        return isinstance(self.head, CosineHead)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder feature maps of a batch of normalised images."""
         return self.encoder(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings (N, dim) of a batch of normalised images (cosine head only)."""
+        if not self.has_embeddings:
+            raise TwinnetError(
+                "this model's head (concat) scores pairs and has no per-image embedding; "
+                "train one with --head cosine"
+            )
+        return self.head.embed(self.encoder(x))
 
     def compare_features(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """Logits from two batches of feature maps: the head alone."""

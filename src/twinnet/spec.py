@@ -8,13 +8,23 @@ restates the architecture or the transforms by hand.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
 
-__all__ = ["ModelSpec", "SPEC_FILE", "FORMAT_VERSION", "ARCHS", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "ModelSpec",
+    "SPEC_FILE",
+    "FORMAT_VERSION",
+    "ARCHS",
+    "HEADS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
 
 SPEC_FILE = "twinnet.json"
 FORMAT_VERSION = 1
@@ -23,6 +33,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Channels of the last feature map of each supported encoder.
 ARCHS: dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 RESIZE_METHODS = ("squish", "crop", "pad")
+#: ``concat``: the original sample's pair classifier; ``cosine``: an L2-normalised embedding
+#: per image, scored by the cosine of two embeddings through a calibrated mapping.
+HEADS = ("concat", "cosine")
 
 
 @dataclass
@@ -36,9 +49,14 @@ class ModelSpec:
             ``crop`` (resize the short side, centre crop) or ``pad``.
         mean: per-channel normalisation mean.
         std: per-channel normalisation standard deviation.
-        head_hidden: width of the head's hidden layer.
+        head: ``concat`` (the original sample's head; what a spec without the key means) or
+            ``cosine`` (an embedding per image; what ``twinnet train`` builds by default).
+        head_hidden: width of the concat head's hidden layer.
+        embedding_dim: width of the cosine head's L2-normalised embedding.
         dropout: the head's two dropout probabilities.
         threshold: probability of "same" at or above which the verdict is "same".
+        calibration: for the cosine head, the fitted cosine-to-logit mapping and how it
+            was fitted (:class:`twinnet.calibrate.Calibration` as a dict); empty until fitted.
         name: model name used by servers (``/predictions/<name>``).
         labels: how classes were read (``folder`` or ``regex:<pattern>``).
         split: split mode, fraction, seed and the classes on each side.
@@ -53,9 +71,12 @@ class ModelSpec:
     resize_method: str = "squish"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    head: str = "concat"
     head_hidden: int = 512
+    embedding_dim: int = 128
     dropout: tuple[float, float] = (0.05, 0.1)
     threshold: float = 0.5
+    calibration: dict[str, Any] = field(default_factory=dict)
     name: str = "twin"
     labels: str = "folder"
     split: dict[str, Any] = field(default_factory=dict)
@@ -70,6 +91,11 @@ class ModelSpec:
             raise SpecError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
         if not 16 <= int(self.image_size) <= 2048:
             raise SpecError(f"image_size must be between 16 and 2048, got {self.image_size}")
+        if self.head not in HEADS:
+            raise SpecError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if not 2 <= int(self.embedding_dim) <= 4096:
+            raise SpecError(f"embedding_dim must be between 2 and 4096, got {self.embedding_dim}")
+        self.embedding_dim = int(self.embedding_dim)
         if self.resize_method not in RESIZE_METHODS:
             raise SpecError(
                 f"unknown resize_method {self.resize_method!r}; choose one of {RESIZE_METHODS}"
@@ -90,8 +116,13 @@ class ModelSpec:
 
     @property
     def head_in(self) -> int:
-        """Head input width: two images, each max- and average-pooled (8192 for resnet50)."""
+        """Concat head input width: two images, each max- and average-pooled (8192 for resnet50)."""
         return 4 * self.feature_channels
+
+    @property
+    def has_embeddings(self) -> bool:
+        """True for heads that map each image alone to an embedding (``cosine``)."""
+        return self.head == "cosine"
 
     @property
     def feature_size(self) -> int:
@@ -128,7 +159,16 @@ class ModelSpec:
         """Write ``twinnet.json`` into ``model_dir`` and return its path."""
         path = Path(model_dir) / SPEC_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        # Atomic: a crash mid-write (or `twinnet calibrate` re-writing a served model's spec)
+        # never leaves a half-written file behind.
+        fd, tmp = tempfile.mkstemp(prefix=".twinnet-", suffix=".json", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod

@@ -1,5 +1,11 @@
 """The fastai training recipe: frozen head first, then the whole network; distributed-ready.
 
+Two objectives share the recipe. The concat head learns the original sample's pair
+cross-entropy over balanced pairs. The cosine head learns an embedding with a metric loss
+(:mod:`twinnet.losses`) over class-balanced batches of single images; its cosine-to-logit
+map and decision threshold are then fitted on classes held out from the gradient
+(:mod:`twinnet.calibrate`), since training classes sit tighter than new ones.
+
 ``torchrun --nproc_per_node N -m twinnet train ...`` runs data-parallel through fastai's
 ``distrib_ctx`` (Hugging Face Accelerate underneath). Without a GPU the processes talk over
 gloo. Every rank draws the same pairs from the seed; only rank 0 writes the model directory.
@@ -19,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import quiet_fastai_import
 from .errors import DataError, TwinnetError
+from .fastai_compat import quiet_fastai_import
 from .spec import ModelSpec
 
-__all__ = ["TrainConfig", "TrainResult", "train", "twin_splitter"]
+__all__ = ["TrainConfig", "TrainResult", "train", "twin_splitter", "training_bf16"]
 
 
 @dataclass
@@ -31,7 +37,10 @@ class TrainConfig:
     """Everything ``twinnet train`` takes; recorded in the spec's ``recipe``.
 
     ``lr_lo``/``lr_hi`` default to 1e-6/1e-4 with pretrained weights and to ``lr`` for every
-    layer group from scratch, where there is nothing to protect in the encoder.
+    layer group from scratch, where there is nothing to protect in the encoder. For the
+    cosine head, ``bs`` counts images (``per_class`` of each of ``bs // per_class`` classes);
+    for the concat head it counts pairs. ``calib_pct`` is the share of classes held out for
+    calibration when ``split`` is ``random``.
     """
 
     out: str
@@ -58,6 +67,12 @@ class TrainConfig:
     lr_find: bool = False
     name: str = "twin"
     threads: int | None = None
+    head: str = "cosine"
+    loss: str | None = None
+    embedding_dim: int = 128
+    per_class: int = 4
+    calib_pct: float = 0.2
+    precision: str = "auto"
 
 
 @dataclass
@@ -143,6 +158,10 @@ def _lr_range(cfg: TrainConfig) -> tuple[float, float]:
 
 
 def _check_config(cfg: TrainConfig) -> None:
+    from .losses import LOSSES, METRIC_LOSSES
+    from .runtime import PRECISIONS
+    from .spec import HEADS
+
     if cfg.frozen_epochs < 0 or cfg.epochs < 0 or cfg.frozen_epochs + cfg.epochs == 0:
         raise TwinnetError("--frozen-epochs and --epochs must be >= 0, and not both 0")
     if cfg.bs < 2:
@@ -152,6 +171,107 @@ def _check_config(cfg: TrainConfig) -> None:
             raise TwinnetError(f"{flag} must be at least 2, got {value}")
     if cfg.lr <= 0 or any(v is not None and v <= 0 for v in (cfg.lr_lo, cfg.lr_hi)):
         raise TwinnetError("learning rates must be positive")
+    if cfg.head not in HEADS:
+        raise TwinnetError(f"--head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
+    if cfg.loss is not None and cfg.loss not in LOSSES:
+        raise TwinnetError(f"--loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    if cfg.head == "concat" and cfg.loss not in (None, "pair-ce"):
+        raise TwinnetError(f"--loss {cfg.loss} trains a cosine head; --head concat uses pair-ce")
+    if cfg.head == "cosine" and cfg.loss == "pair-ce":
+        raise TwinnetError(f"--head cosine trains with one of {', '.join(METRIC_LOSSES)}")
+    if cfg.head == "cosine" and not 2 <= cfg.per_class <= cfg.bs // 2:
+        raise TwinnetError(
+            f"--per-class must be at least 2 and at most --bs/2 ({cfg.bs // 2}), got {cfg.per_class}"
+        )
+    if not 0.0 < cfg.calib_pct < 1.0:
+        raise TwinnetError(f"--calib-pct must lie strictly between 0 and 1, got {cfg.calib_pct}")
+    if cfg.precision not in PRECISIONS:
+        raise TwinnetError(f"--precision must be one of {', '.join(PRECISIONS)}")
+
+
+def training_bf16(precision: str, device: torch.device) -> bool:
+    """Whether training runs under bf16 autocast: on CPUs with native bf16, unless ``fp32``.
+
+    As in inference, bf16 only pays where the CPU computes it natively; elsewhere oneDNN
+    emulates it and fp32 is faster.
+    """
+    from .runtime import cpu_has_native_bf16
+
+    if precision == "fp32" or device.type != "cpu":
+        return False
+    if precision == "bf16":
+        return True
+    return cpu_has_native_bf16()
+
+
+def _bf16_callback():
+    """A fastai callback running the forward pass under CPU bf16 autocast (loss in fp32).
+
+    fastai's own ``MixedPrecision`` is written for CUDA; this is its CPU counterpart, and
+    bf16 needs no gradient scaler since it has fp32's range.
+    """
+    from fastai.callback.core import Callback
+
+    class CPUBF16(Callback):
+        order = 10
+
+        def before_batch(self) -> None:
+            self.ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+            self.ctx.__enter__()
+
+        def after_pred(self) -> None:
+            self.learn.pred = self.pred.float()
+            self._exit()
+
+        def _exit(self) -> None:
+            ctx, self.ctx = getattr(self, "ctx", None), None
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
+
+        def after_cancel_batch(self) -> None:
+            self._exit()
+
+        def after_batch(self) -> None:
+            self._exit()
+
+    return CPUBF16()
+
+
+def _proxy_sync_callback(loss: torch.nn.Module):
+    """Average the loss's own parameters' gradients across processes (class proxies).
+
+    DistributedDataParallel averages the model's gradients, but proxies live in the loss,
+    outside the model's forward pass, so they are averaged here after each backward pass.
+    """
+    from fastai.callback.core import Callback
+
+    class ProxySync(Callback):
+        order = 5
+
+        def after_backward(self) -> None:
+            world = torch.distributed.get_world_size()
+            for p in loss.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+
+    return ProxySync()
+
+
+class _EmbeddingNet(torch.nn.Module):
+    """The twin model seen by a metric loss: images in, unit-norm embeddings out.
+
+    It shares the encoder and head modules with the twin model, so the twin model is what
+    is trained and saved; ``encoder``/``head`` keep :func:`twin_splitter` working.
+    """
+
+    def __init__(self, twin: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = twin.encoder
+        self.head = twin.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head.embed(self.encoder(x))
 
 
 def _history(recorder) -> list[dict[str, Any]]:
@@ -162,6 +282,120 @@ def _history(recorder) -> list[dict[str, Any]]:
     ]
 
 
+@dataclass
+class _Parts:
+    """The images of a run: what trains, what validates each epoch, what calibrates."""
+
+    split: Any
+    calib: Any | None
+    calib_method: str | None
+
+
+def _split_for(cfg: TrainConfig, items) -> _Parts:
+    """The split, and for the cosine head the classes its threshold is fitted on.
+
+    With ``--split classes`` the validation classes calibrate. With ``--split random`` a
+    ``calib_pct`` share of whole classes is held out of training first; with too few classes
+    for that, the random validation images calibrate, with a warning that the threshold
+    will then be optimistic.
+    """
+    from .data import split_items
+
+    split = split_items(items, cfg.split, cfg.valid_pct, cfg.seed)
+    if cfg.head != "cosine":
+        return _Parts(split, None, None)
+    if cfg.split == "classes":
+        return _Parts(split, split.valid, "held-out classes (validation split)")
+    try:
+        held = split_items(items, "classes", cfg.calib_pct, cfg.seed + 1)
+        split = split_items(held.train, "random", cfg.valid_pct, cfg.seed)
+    except DataError:
+        warnings.warn(
+            "too few classes to hold some out for calibration; the threshold is fitted on "
+            "validation images of the training classes and may be optimistic for new classes "
+            "(use --split classes, or more classes)",
+            stacklevel=3,
+        )
+        return _Parts(split, split.valid, "validation images of training classes")
+    print(
+        f"calibration: {len(held.valid.classes)} classes ({len(held.valid)} images) held out "
+        f"of training to fit the threshold: {', '.join(held.valid.classes[:8])}"
+        + (" ..." if len(held.valid.classes) > 8 else "")
+    )
+    return _Parts(split, held.valid, "held-out calibration classes")
+
+
+def _learner(
+    cfg: TrainConfig,
+    spec: ModelSpec,
+    model,
+    parts: _Parts,
+    preprocess,
+    cache,
+    workers,
+    device,
+    scratch,
+    dist,
+):
+    """The fastai Learner of either objective, and the loss object (for the cosine head)."""
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import accuracy
+
+    from .dataloaders import ImageDataset, ImageStore, build_dataloaders
+
+    split = parts.split
+    if spec.head == "concat":
+        dls = build_dataloaders(
+            split,
+            preprocess,
+            bs=cfg.bs,
+            seed=cfg.seed,
+            epoch_pairs=cfg.epoch_pairs,
+            valid_pairs=cfg.valid_pairs,
+            augment=cfg.augment,
+            workers=workers,
+            cache=cache,
+            device=device,
+        )
+        learn = Learner(
+            dls,
+            model,
+            loss_func=CrossEntropyLossFlat(),
+            metrics=accuracy,
+            splitter=twin_splitter,
+            path=scratch,
+        )
+        return learn, None
+
+    from .dataloaders import image_dataloaders
+    from .losses import PairAUC, build_metric_loss, default_loss
+
+    store = ImageStore(preprocess, cache)
+    classes_per_batch = max(2, cfg.bs // cfg.per_class)
+    bs = classes_per_batch * cfg.per_class
+    images = cfg.epoch_pairs or max(len(split.train), 1024)
+    n_batches = -(-images // (bs * dist.world_size)) * dist.world_size
+    train_ds = ImageDataset(split.train, store, cfg.seed, cfg.per_class, bs, n_batches)
+    valid_ds = ImageDataset(split.valid, store, cfg.seed)
+    dls = image_dataloaders(
+        train_ds, valid_ds, preprocess, bs=bs, augment=cfg.augment, workers=workers, device=device
+    )
+    loss = build_metric_loss(
+        cfg.loss or default_loss("cosine"), len(split.train.classes), spec.embedding_dim
+    )
+    net = _EmbeddingNet(model)
+
+    def splitter(m):
+        return [list(m.encoder.parameters()), list(m.head.parameters()) + list(loss.parameters())]
+
+    cbs = [_proxy_sync_callback(loss)] if dist.active and loss.has_proxies else []
+    learn = Learner(
+        dls, net, loss_func=loss, metrics=PairAUC(), splitter=splitter, path=scratch, cbs=cbs
+    )
+    return learn, loss
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Train a twin network with fastai and write its model directory to ``cfg.out``.
 
@@ -170,15 +404,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     """
     quiet_fastai_import()
     from fastai.callback.schedule import fit_one_cycle, lr_find  # noqa: F401  (Learner methods)
-    from fastai.learner import Learner
-    from fastai.losses import CrossEntropyLossFlat
-    from fastai.metrics import accuracy
     from fastai.torch_core import default_device, set_seed
 
     from .artifacts import library_versions, save_model_dir
-    from .data import build_dataloaders, check_images, scan_folder, split_items
-    from .evaluate import roc_auc
+    from .data import check_images, scan_folder
     from .imaging import build_transforms
+    from .losses import default_loss
     from .model import build_model
 
     _check_config(cfg)
@@ -195,6 +426,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             resize_method=cfg.resize,
             name=cfg.name,
             labels=labels,
+            head=cfg.head,
+            embedding_dim=cfg.embedding_dim,
         )
         preprocess = build_transforms(spec)
         items = scan_folder(root, labels)
@@ -204,7 +437,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             if dist.rank:
                 warnings.simplefilter("ignore")  # rank 0 reports unreadable files once
             items, cache = check_images(items, preprocess, workers=min(8, os.cpu_count() or 1))
-        split = split_items(items, cfg.split, cfg.valid_pct, cfg.seed)
+        parts = _split_for(cfg, items)
         workers = (
             cfg.workers
             if cfg.workers is not None
@@ -214,27 +447,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         set_seed(cfg.seed)
         model = build_model(spec, pretrained=cfg.pretrained)
         device = default_device()
-        dls = build_dataloaders(
-            split,
-            preprocess,
-            bs=cfg.bs,
-            seed=cfg.seed,
-            epoch_pairs=cfg.epoch_pairs,
-            valid_pairs=cfg.valid_pairs,
-            augment=cfg.augment,
-            workers=workers,
-            cache=cache,
-            device=device,
-        )
+        bf16 = training_bf16(cfg.precision, torch.device(device))
         with tempfile.TemporaryDirectory(prefix="twinnet-train-") as scratch:
-            learn = Learner(
-                dls,
-                model,
-                loss_func=CrossEntropyLossFlat(),
-                metrics=accuracy,
-                splitter=twin_splitter,
-                path=scratch,
+            learn, _ = _learner(
+                cfg, spec, model, parts, preprocess, cache, workers, device, scratch, dist
             )
+            if bf16:
+                learn.add_cb(_bf16_callback())
             if cfg.lr_find:
                 if cfg.frozen_epochs:
                     learn.freeze()
@@ -246,18 +465,22 @@ def train(cfg: TrainConfig) -> TrainResult:
             seconds = time.monotonic() - started
             if dist.rank != 0:
                 return TrainResult(None, spec, {})
-            prob, truth = _valid_scores(learn.model, dls.valid)
+            model = model.to("cpu").eval()
+            dls = learn.dls
+        if spec.head == "cosine":
+            metrics = _calibrate_and_measure(model, spec, parts)
+        else:
+            prob, truth = _valid_scores(model, dls.valid)
+            metrics = _pair_report(prob, truth, spec.threshold)
         last = history[-1] if history else {}
         spec.metrics = {
             "valid_loss": last.get("valid_loss"),
             "valid_accuracy": last.get("accuracy"),
-            "pair_accuracy": float(np.mean((prob >= spec.threshold) == truth)),
-            "pair_auc": roc_auc(truth, prob),
-            "valid_pairs": len(truth),
+            **metrics,
             "train_seconds": round(seconds, 1),
             "history": history,
         }
-        spec.split = split.describe()
+        spec.split = {**parts.split.describe(), **_calib_description(parts)}
         spec.classes = items.counts()
         spec.recipe = {
             **asdict(cfg),
@@ -266,20 +489,67 @@ def train(cfg: TrainConfig) -> TrainResult:
             "lr_lo": lo,
             "lr_hi": hi,
             "workers": workers,
-            "epoch_pairs": len(dls.train.dataset),
-            "valid_pairs": len(dls.valid.dataset),
+            "epoch_items": len(dls.train.dataset),
+            "valid_items": len(dls.valid.dataset),
             "world_size": dist.world_size,
             "device": str(device),
-            "loss": "CrossEntropyLossFlat",
+            "loss": cfg.loss or default_loss(cfg.head),
+            "precision": "bf16" if bf16 else "fp32",
             "optimizer": "Adam",
             "schedule": "fit_one_cycle",
         }
         spec.versions = library_versions()
-        out = save_model_dir(learn.model.to("cpu").eval(), spec, cfg.out)
+        out = save_model_dir(model, spec, cfg.out)
         return TrainResult(out, spec, spec.metrics)
     finally:
         if dist.owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _calib_description(parts: _Parts) -> dict[str, Any]:
+    if parts.calib is None:
+        return {}
+    return {
+        "calibration_method": parts.calib_method,
+        "calibration_classes": list(parts.calib.classes),
+        "calibration_images": len(parts.calib),
+    }
+
+
+def _pair_report(prob: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, Any]:
+    from .metrics import eer, roc_auc
+
+    return {
+        "pair_accuracy": float(np.mean((prob >= threshold) == truth)),
+        "pair_auc": roc_auc(truth, prob),
+        "pair_eer": eer(truth, prob)[0],
+        "valid_pairs": len(truth),
+    }
+
+
+def _calibrate_and_measure(model, spec: ModelSpec, parts: _Parts) -> dict[str, Any]:
+    """Fit the cosine head's mapping and threshold on the calibration classes; report validation.
+
+    Embeddings come from the inference library at its default precision, so the threshold
+    is fitted on the numbers that ``compare`` will compute.
+    """
+    from .calibrate import apply_calibration, calibration_scores, fit_calibration
+    from .inference import Twin
+
+    twin = Twin.from_model(model, spec, cache_mb=0)
+    cos, same = calibration_scores(twin, parts.calib, seed=int(parts.split.seed))
+    cal = fit_calibration(same, cos, target="accuracy", method=parts.calib_method)
+    apply_calibration(model, spec, cal)
+    print(
+        f"calibration: threshold {cal.threshold:.4f} (cosine {cal.score_threshold:.4f}) on "
+        f"{cal.pairs} pairs of {len(parts.calib.classes)} classes not trained on; "
+        f"EER {cal.eer:.4f}"
+    )
+    if parts.calib is parts.split.valid:
+        v_cos, v_same = cos, same
+    else:
+        v_cos, v_same = calibration_scores(twin, parts.split.valid, seed=int(parts.split.seed))
+    return _pair_report(cal.probability(v_cos), v_same, cal.threshold)
 
 
 def _valid_scores(model: torch.nn.Module, dl) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,8 @@ from twinnet.artifacts import load_model_dir
 pytestmark = pytest.mark.integration
 
 
-def test_two_process_training_writes_a_loadable_model(tmp_path):
+@pytest.mark.parametrize("head", ["cosine", "concat"])
+def test_two_process_training_writes_a_loadable_model(tmp_path, head):
     from twinnet.datasets import make_shapes_dataset
 
     data = make_shapes_dataset(tmp_path / "data", classes=5, per_class=8, size=32)
@@ -23,7 +24,7 @@ def test_two_process_training_writes_a_loadable_model(tmp_path):
         "-m", "twinnet", "train", str(data), "--out", str(out), "--split", "classes",
         "--valid-pct", "0.4", "--arch", "resnet18", "--size", "32", "--no-pretrained",
         "--frozen-epochs", "0", "--epochs", "1", "--bs", "8", "--epoch-pairs", "64",
-        "--valid-pairs", "32", "--workers", "0",
+        "--valid-pairs", "32", "--workers", "0", "--head", head, "--per-class", "2",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
@@ -33,4 +34,9 @@ def test_two_process_training_writes_a_loadable_model(tmp_path):
     assert spec.recipe["world_size"] == 2
     assert not set(spec.split["train_classes"]) & set(spec.split["valid_classes"])
     assert len(spec.split["valid_classes"]) == 2
-    assert spec.metrics["valid_pairs"] == 32
+    assert spec.head == head
+    if head == "concat":
+        assert spec.metrics["valid_pairs"] == 32
+    else:  # fitted on the held-out classes, after training
+        assert spec.calibration["pairs"] > 0 and spec.recipe["loss"] == "cosface"
+        assert spec.split["calibration_classes"] == spec.split["valid_classes"]

@@ -18,16 +18,101 @@ def test_training_learns_same_versus_different(trained_model_dir):
     m = spec.metrics
     assert m["pair_accuracy"] >= 0.85, m
     assert m["pair_auc"] >= 0.9, m
-    assert m["valid_accuracy"] == pytest.approx(m["pair_accuracy"])
     assert len(m["history"]) == 4
     # the corrupt file was skipped; all 240 real images counted
     assert sum(spec.classes.values()) == 240 and len(spec.classes) == 6
     assert spec.split["mode"] == "random" and spec.split["seed"] == 0
-    assert spec.split["train_images"] + spec.split["valid_images"] == 240
     assert spec.recipe["pretrained"] is False and spec.recipe["lr_lo"] == spec.recipe["lr"]
     assert "fastai" in spec.versions
+    if spec.head == "concat":
+        assert m["valid_accuracy"] == pytest.approx(m["pair_accuracy"])
+        assert spec.split["train_images"] + spec.split["valid_images"] == 240
+        assert spec.recipe["loss"] == "pair-ce" and not spec.calibration
+    else:
+        # a random split still calibrates on whole classes held out of training
+        held = spec.split["calibration_classes"]
+        assert len(held) == 2 and not set(held) & set(spec.split["train_classes"])
+        assert spec.split["train_images"] + spec.split["valid_images"] == 240 - 80
+        assert spec.recipe["loss"] == "cosface"
+        assert spec.calibration["method"] == "held-out calibration classes"
+        assert spec.threshold == spec.calibration["threshold"]
     model, loaded = load_model_dir(trained_model_dir)
-    assert loaded.arch == "resnet18" and loaded.image_size == 32
+    assert loaded.arch == "resnet18" and loaded.image_size == 32 and loaded.head == spec.head
+
+
+@pytest.fixture(scope="module")
+def unseen_model(tmp_path_factory):
+    """A cosine model trained on 7 of 10 shape classes; its other 3 calibrate and test it."""
+    from twinnet.datasets import make_shapes_dataset
+
+    base = tmp_path_factory.mktemp("unseen")
+    data = make_shapes_dataset(base / "data", classes=10, per_class=24, size=32)
+    out = base / "model"
+    argv = ["train", str(data), "--out", str(out), "--split", "classes", "--valid-pct", "0.3"]
+    recipe = ["--arch", "resnet18", "--size", "32", "--no-pretrained", "--frozen-epochs", "0",
+              "--epochs", "4", "--lr", "3e-3", "--bs", "32", "--epoch-pairs", "1024"]  # fmt: skip
+    assert main([*argv, *recipe, "--head", "cosine", "--workers", "0"]) == 0
+    return out, data
+
+
+def test_cosine_model_verifies_classes_it_never_saw(unseen_model, capsys):
+    out, data = unseen_model
+    spec = ModelSpec.load(out)
+    assert spec.head == "cosine" and len(spec.split["valid_classes"]) == 3
+    assert spec.calibration["method"] == "held-out classes (validation split)"
+    assert spec.calibration["pairs"] > 1000 and 0 < spec.threshold < 1
+    argv = ["evaluate", str(out), str(data), "--held-out", "--pairs", "1000", "--way", "3"]
+    assert main([*argv, "--trials", "200", "--json", "--precision", "fp32"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["classes"] == 3
+    assert report["accuracy"] >= 0.8, report  # chance 0.5, at the threshold fixed in training
+    assert report["auc"] >= 0.9, report
+    assert report["way_accuracy"] >= 0.6, report  # chance 1/3
+    # the verification keys, with values consistent with one another
+    assert set(report["tar_at_far"]) == {"0.01", "0.001"}
+    assert 0.0 <= report["tar_at_far"]["0.001"] <= report["tar_at_far"]["0.01"] <= 1.0
+    assert 0.0 <= report["eer"] <= 0.5 and report["eer"] <= 1 - report["auc"] + 0.25
+    assert 0.0 <= report["kfold_std"] < 0.2
+    assert abs(report["kfold_accuracy"] - report["accuracy"]) < 0.15
+    assert report["kfold_accuracy"] >= 1 - report["eer"] - 0.05  # the best threshold beats EER's
+
+
+def test_calibrate_refits_the_threshold_and_evaluate_uses_it(unseen_model, tmp_path, capsys):
+    import shutil
+
+    out, data = unseen_model
+    model = tmp_path / "model"
+    shutil.copytree(out, model)
+    held = tmp_path / "held"
+    for name in ModelSpec.load(out).split["valid_classes"]:
+        shutil.copytree(data / name, held / name)
+    weights = (model / "encoder.safetensors").read_bytes()
+    assert (
+        main(["calibrate", str(model), str(held), "--target", "far=0.01", "--pairs", "4000"]) == 0
+    )
+    text = capsys.readouterr().out
+    assert "before" in text and "after" in text and "far=0.01" in text
+    spec = ModelSpec.load(model)
+    assert spec.calibration["target"] == "far=0.01" and spec.calibration["pairs"] == 4000
+    assert spec.threshold == spec.calibration["threshold"]
+    assert (model / "encoder.safetensors").read_bytes() == weights  # no retraining
+    assert not list(model.glob(".twinnet-*"))  # the atomic write left no temporary file
+    argv = ["evaluate", str(model), str(held), "--pairs", "1000", "--json", "--precision", "fp32"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["threshold"] == pytest.approx(spec.threshold)
+    # a threshold for a false accept rate of 1% accepts few different pairs on these classes
+    assert report["accuracy"] >= 0.7, report
+
+
+def test_calibrate_refuses_a_concat_model(shapes_dir, tmp_path, capsys):
+    from twinnet.artifacts import save_model_dir
+    from twinnet.model import build_model
+
+    spec = ModelSpec(arch="resnet18", image_size=32, head="concat")
+    save_model_dir(build_model(spec).eval(), spec, tmp_path / "concat")
+    assert main(["calibrate", str(tmp_path / "concat"), str(shapes_dir)]) == 2
+    assert "--head cosine" in capsys.readouterr().err
 
 
 def test_evaluate_reports_pairs_and_n_way_as_json(trained_model_dir, capsys):

@@ -11,14 +11,15 @@ import pytest
 from PIL import Image
 
 from twinnet.data import (
-    ImageStore,
-    PairDataset,
+    IMAGE_SUFFIXES,
     UnreadableImagesWarning,
     check_images,
+    draw_class_batches,
     draw_pairs,
     scan_folder,
     split_items,
 )
+from twinnet.dataloaders import ImageDataset, ImageStore, PairDataset
 from twinnet.errors import DataError, TwinnetError
 from twinnet.evaluate import roc_auc
 from twinnet.imaging import build_transforms
@@ -34,6 +35,60 @@ def _write(path: Path, size: int = 12, mode: str = "RGB", value: int = 128) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, (size, size), value if mode == "L" else (value, 0, 255 - value)).save(path)
     return path
+
+
+# --------------------------------------------------------------------------- class batches
+def test_class_batches_hold_per_class_images_of_distinct_classes():
+    rng = np.random.default_rng(0)
+    flat = draw_class_batches(LABELS, n_batches=50, per_class=4, classes_per_batch=3, rng=rng)
+    batches = flat.reshape(50, 3, 4)
+    for batch in batches:
+        classes = LABELS[batch]
+        assert (classes == classes[:, :1]).all()  # each block is one class
+        assert len(set(classes[:, 0].tolist())) == 3  # three different classes
+        for block in batch:  # no repeats when a class has enough images
+            if (LABELS == LABELS[block[0]]).sum() >= 4:
+                assert len(set(block.tolist())) == 4
+    # every class with 2+ images is drawn at some point, and the draw is seeded
+    assert set(LABELS[flat].tolist()) == {0, 1, 2, 3}
+    again = draw_class_batches(LABELS, 50, 4, 3, np.random.default_rng(0))
+    assert np.array_equal(flat, again)
+
+
+def test_class_batches_skip_classes_that_give_no_positive():
+    labels = np.array([0, 1, 1, 2, 2, 2])  # class 0 has one image
+    flat = draw_class_batches(labels, 20, 2, 2, np.random.default_rng(1))
+    assert 0 not in set(labels[flat].tolist())
+    with pytest.raises(DataError, match="at least 2 classes"):
+        draw_class_batches(np.array([0, 1, 1]), 2, 2, 2, np.random.default_rng(1))
+
+
+def test_image_dataset_redraws_training_batches_each_pass(tmp_path):
+    files = [_write(tmp_path / f"c{c}" / f"{i}.png") for c in range(4) for i in range(5)]
+    items = scan_folder(tmp_path)
+    assert len(items) == len(files)
+    store = ImageStore(build_transforms(ModelSpec(arch="resnet18", image_size=16)))
+    train = ImageDataset(items, store, seed=3, per_class=2, batch_size=4, n_batches=6)
+    first = train.order.copy()
+    assert len(train) == 24
+    train.next_epoch()
+    assert not np.array_equal(first, train.order)
+    x, y = train[0]
+    assert x.shape == (3, 16, 16) and int(y) == items.labels[train.order[0]]
+    valid = ImageDataset(items, store, seed=3)
+    assert sorted(valid.order.tolist()) == list(range(len(items)))
+
+
+def test_one_list_of_image_suffixes_and_no_fastai_in_the_sampling_module():
+    import subprocess
+    import sys
+
+    from twinnet import inference
+
+    assert inference.IMAGE_SUFFIXES is IMAGE_SUFFIXES and ".pbm" in IMAGE_SUFFIXES
+    code = "import sys, twinnet.data, twinnet.evaluate; print('fastai' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 # --------------------------------------------------------------------------- pairs

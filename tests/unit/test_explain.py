@@ -177,8 +177,39 @@ def with_disc(img: Image.Image, cell: tuple[int, int]) -> Image.Image:
     return out
 
 
-def test_cam_peaks_where_the_two_images_differ():
-    model, spec = local_change_detector()
+def cosine_change_detector() -> tuple[torch.nn.Module, ModelSpec]:
+    """The same local encoder with a cosine head whose embedding is the average-pooled map.
+
+    The calibration puts the decision just below a cosine of 1, so any local change makes
+    the pair "different" and identical images stay "same".
+    """
+    local, _ = local_change_detector()
+    c = 512
+    spec = ModelSpec(
+        arch="resnet18",
+        image_size=SIZE,
+        head="cosine",
+        embedding_dim=c,
+        calibration={"scale": 1e5, "bias": -1e5 * 0.99995},
+    )
+    model = build_model(spec).eval()
+    model.encoder.load_state_dict(local.encoder.state_dict())
+    emb = model.head.embedding  # concat-pool [max, avg], BN, dropout, linear, BN
+    with torch.no_grad():
+        for bn in (emb[2], emb[5]):
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+            bn.weight.fill_(1.0)
+            bn.bias.zero_()
+        w = torch.zeros(c, 2 * c)
+        w[:, c:] = torch.eye(c)  # the average-pooled half
+        emb[4].weight.copy_(w)
+    return model, spec
+
+
+@pytest.mark.parametrize("detector", [local_change_detector, cosine_change_detector])
+def test_cam_peaks_where_the_two_images_differ(detector):
+    model, spec = detector()
     twin = Twin.from_model(model, spec, device="cpu", precision="fp32")
     rng = np.random.default_rng(0)
     cells = [(0, 0), (6, 6), (1, 5), (5, 1), (3, 3), (2, 0), (6, 2), (0, 4), (4, 5), (3, 6)]
@@ -198,7 +229,7 @@ def test_cam_peaks_where_the_two_images_differ():
         assert (col, row) == cell, f"CAM peaks at {(col, row)}, the disc is at {cell}"
         # The identical pair is "same": nothing to explain, so the change is what the map shows.
         assert twin.compare(base, base).same
-        act = twin.embed(changed)[0].sum(0).numpy()
+        act = twin.feature_maps(changed)[0].sum(0).numpy()
         activation_peaks += np.unravel_index(np.argmax(act), act.shape)[::-1] == cell
     # Without the gradient weighting the disc is not where the activations peak: the test
     # depends on Grad-CAM's weighting, not on the disc merely being bright.

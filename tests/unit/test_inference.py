@@ -398,3 +398,50 @@ def test_cli_errors_are_one_line(random_model_dir, files, tmp_path, capsys, monk
     monkeypatch.delenv("TWINNET_MODEL", raising=False)
     assert main(["compare", str(files[0]), str(files[1])]) == 2
     assert "no model" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ cache keys of PIL images
+def _palette_image(seed: int, size: int = 64) -> Image.Image:
+    """Index bytes fixed, palette drawn from ``seed``."""
+    idx = (np.arange(size * size).reshape(size, size) % 256).astype(np.uint8)
+    img = Image.frombytes("P", (size, size), idx.tobytes())
+    img.putpalette(np.random.default_rng(seed).integers(0, 256, 768, np.uint8).tobytes())
+    return img
+
+
+def _oriented(img: Image.Image, orientation: int) -> Image.Image:
+    """``img`` reopened from a PNG whose EXIF says how to turn it for viewing."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, "PNG", exif=exif.tobytes())
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
+def _pil_twins() -> dict[str, tuple[Image.Image, Image.Image]]:
+    """Pairs of PIL images with equal mode, size and raw bytes but different decoded pixels."""
+    rng = np.random.default_rng(7)
+    photo = Image.fromarray(rng.integers(0, 256, (48, 64, 3), np.uint8))
+    transparent = _palette_image(3)
+    transparent.info["transparency"] = 5
+    return {
+        "palette": (_palette_image(1), _palette_image(2)),
+        "exif-orientation": (_oriented(photo, 1), _oriented(photo, 6)),
+        "transparency": (_palette_image(3), transparent),
+    }
+
+
+@pytest.mark.parametrize("case", list(_pil_twins()))
+def test_pil_images_that_decode_differently_do_not_share_a_cache_entry(random_model_dir, case):
+    t = Twin.load(random_model_dir, device="cpu", precision="fp32", threads=1)
+    a, b = _pil_twins()[case]
+    assert (a.mode, a.size, a.tobytes()) == (b.mode, b.size, b.tobytes())
+    ea, eb = t.embed(a), t.embed(b)
+    t.cache.clear()
+    fresh = t.embed(b)
+    assert torch.equal(eb, fresh)  # what the cache gave is what b really encodes to
+    assert not torch.equal(ea, fresh)
+    # Equal pixels still share an entry: the same picture again is a cache hit.
+    hits = t.cache.hits
+    assert torch.equal(t.embed(b.copy()), fresh)
+    assert t.cache.hits == hits + 1

@@ -72,6 +72,12 @@ def _train(args: argparse.Namespace) -> int:
         lr_find=args.lr_find,
         name=args.name,
         threads=args.threads,
+        head=args.head,
+        loss=args.loss,
+        embedding_dim=args.embedding_dim,
+        per_class=args.per_class,
+        calib_pct=args.calib_pct,
+        precision=args.precision,
     )
     result = train(cfg)
     if result.lr_suggestion is not None:
@@ -81,20 +87,27 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     m = result.metrics
     print(
-        f"validation ({result.spec.split['mode']} split): pair accuracy {_fmt(m['pair_accuracy'])}, "
-        f"ROC AUC {_fmt(m['pair_auc'])} on {m['valid_pairs']} pairs"
+        f"validation ({result.spec.split['mode']} split): pair accuracy {_fmt(m['pair_accuracy'])} "
+        f"at threshold {result.spec.threshold:.4f}, ROC AUC {_fmt(m['pair_auc'])}, "
+        f"EER {_fmt(m.get('pair_eer'))} on {m['valid_pairs']} pairs"
     )
     print(f"model directory: {result.model_dir}")
     return 0
 
 
 def _register_train(sub: argparse._SubParsersAction) -> None:
-    from ..spec import ARCHS, RESIZE_METHODS
+    from ..losses import LOSSES
+    from ..runtime import PRECISIONS
+    from ..spec import ARCHS, HEADS, RESIZE_METHODS
 
     p = sub.add_parser(
         "train",
         help="train a twin network on a labelled image folder",
-        description="Train a twin network with fastai and write a model directory.",
+        description=(
+            "Train a twin network with fastai and write a model directory. The default cosine "
+            "head learns an embedding and fits its threshold on classes held out of training, "
+            "so it answers for new classes; --head concat is the original sample's pair head."
+        ),
     )
     _add_data_args(p)
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
@@ -126,7 +139,40 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--lr-hi", type=float, help="unfrozen rate of the head (default 1e-4; from scratch: --lr)"
     )
-    p.add_argument("--bs", type=int, default=32, help="pairs per batch")
+    p.add_argument(
+        "--head",
+        choices=HEADS,
+        default="cosine",
+        help="cosine: embedding + calibrated cosine (default); concat: the sample's pair head",
+    )
+    p.add_argument(
+        "--loss",
+        choices=LOSSES,
+        help="cosine head: cosface (default), arcface, multisimilarity, contrastive; "
+        "concat head: pair-ce",
+    )
+    p.add_argument(
+        "--embedding-dim", type=int, default=128, help="cosine head's embedding width (default 128)"
+    )
+    p.add_argument(
+        "--per-class",
+        type=int,
+        default=4,
+        help="cosine head: images of each class in a batch (default 4)",
+    )
+    p.add_argument(
+        "--calib-pct",
+        type=float,
+        default=0.2,
+        help="cosine head with --split random: share of classes held out to fit the threshold",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 autocast on CPUs with native bf16; fp32 turns it off",
+    )
+    p.add_argument("--bs", type=int, default=32, help="pairs (concat) or images (cosine) per batch")
     p.add_argument(
         "--workers", type=int, help="DataLoader processes (default: 0 when images fit in memory)"
     )
@@ -183,9 +229,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     if "accuracy" in report:
         print(
-            f"pairs: accuracy {_fmt(report['accuracy'])}, ROC AUC {_fmt(report['auc'])} "
+            f"pairs: accuracy {_fmt(report['accuracy'])} at threshold {report['threshold']:.4f}, "
+            f"ROC AUC {_fmt(report['auc'])}, EER {_fmt(report['eer'])} "
             f"over {report['pairs']} balanced pairs (seed {args.seed})"
         )
+        tars = ", ".join(f"{_fmt(t)} at FAR {far}" for far, t in report["tar_at_far"].items())
+        print(f"pairs: TAR {tars}")
+        if "kfold_accuracy" in report:
+            print(
+                f"pairs: 10-fold accuracy {_fmt(report['kfold_accuracy'])} "
+                f"± {_fmt(report['kfold_std'])} (each fold's threshold chosen on the other nine)"
+            )
     if "way_accuracy" in report:
         print(
             f"{report['way']}-way one-shot: accuracy {_fmt(report['way_accuracy'])} "
@@ -197,7 +251,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="pair accuracy, ROC AUC and N-way one-shot accuracy of a model",
+        help="pair accuracy, ROC AUC, EER, TAR@FAR, 10-fold and N-way accuracy of a model",
         description="Evaluate a model directory on a labelled image folder. For a model "
         "trained with --split classes, use classes it never saw (another folder, or --held-out). "
         "DATA_DIR defaults to the folder the model was trained on.",
@@ -219,6 +273,65 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_evaluate)
 
 
+# --------------------------------------------------------------------------- calibrate
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from ..calibrate import recalibrate
+
+    data = _data_dir(args)
+    if args.dataset:
+        from ..datasets import resolve_dataset
+
+        if data:
+            raise TwinnetError("give either DATA_DIR (--data) or --dataset, not both")
+        data, labels = resolve_dataset(args.dataset)
+        args.labels = args.labels or labels
+    if not data:
+        raise TwinnetError("no data: give DATA_DIR (or --data DIR), or --dataset digits|pets")
+    before, after = recalibrate(
+        args.model_dir,
+        data,
+        labels=args.labels,
+        target=args.target,
+        pairs=args.pairs,
+        seed=args.seed,
+    )
+    print(
+        f"calibrating {args.model_dir} on {data} (target {after['target']}, {after['pairs']} pairs)"
+    )
+    print(f"{'':<10}{'threshold':>10}{'accuracy':>10}{'FAR':>8}{'FRR':>8}")
+    for name, row in (("before", before), ("after", after)):
+        print(
+            f"{name:<10}{row['threshold']:>10.4f}{row['accuracy']:>10.4f}"
+            f"{row['far']:>8.4f}{row['frr']:>8.4f}"
+        )
+    print(f"EER {after['eer']:.4f}; wrote {after['spec']} (re-archive a served model to use it)")
+    return 0
+
+
+def _register_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="re-fit a cosine model's threshold (and score mapping) on your own labelled data",
+        description="Fit the cosine-to-probability mapping and the decision threshold of a "
+        "model on a labelled folder, without retraining, and write them into its twinnet.json "
+        "(atomically). Use classes the model was not trained on, like the ones it will meet.",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    _add_data_args(p)
+    p.add_argument(
+        "--target",
+        default="accuracy",
+        help="accuracy (default), eer, or far=X: the threshold with false accept rate <= X",
+    )
+    p.add_argument(
+        "--pairs", type=int, default=20000, help="balanced pairs to draw (default 20000)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_calibrate)
+
+
 # --------------------------------------------------------------------------- info, seed format
 
 
@@ -230,9 +343,20 @@ def _info(args: argparse.Namespace) -> int:
         print(json.dumps(spec.to_dict(), indent=2))
         return 0
     print(f"model      {spec.name} ({args.model_dir})")
-    print(
-        f"network    {spec.arch} at {spec.image_size} px ({spec.resize_method}), threshold {spec.threshold}"
+    head = f"{spec.head} head" + (
+        f", {spec.embedding_dim}-d embedding" if spec.has_embeddings else ""
     )
+    print(
+        f"network    {spec.arch} at {spec.image_size} px ({spec.resize_method}), {head}, "
+        f"threshold {spec.threshold:.4f}"
+    )
+    c = spec.calibration
+    if c:
+        print(
+            f"calibrated on {c.get('pairs')} pairs of {c.get('method')} (target {c.get('target')}): "
+            f"cosine {_fmt(c.get('score_threshold'))} -> threshold, EER {_fmt(c.get('eer'))}, "
+            f"accuracy {_fmt(c.get('accuracy'))}"
+        )
     print(f"labels     {spec.labels}")
     if spec.classes:
         counts = sorted(spec.classes.values())
@@ -295,6 +419,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     _register_train(sub)
     _register_evaluate(sub)
+    _register_calibrate(sub)
 
     p = sub.add_parser("info", help="print a model's spec and training metrics")
     p.add_argument("model_dir", metavar="MODEL_DIR")
