@@ -19,7 +19,12 @@ import streamlit as st
 from PIL import Image
 
 from twinnet import appkit
-from twinnet.appkit import BackendChoice, ImageInput, LruCache, Match
+from twinnet.appkit import ImageInput, Match
+from twinnet.backends import Backend, BackendChoice, resize_method
+from twinnet.cache import LruCache
+from twinnet.deploy.aws import default_region
+from twinnet.deploy.endpoints import EndpointInfo
+from twinnet.deploy.endpoints import list_endpoints as listed_endpoints
 from twinnet.errors import TwinnetError
 from twinnet.explain import overlay
 from twinnet.result import CompareResult
@@ -34,6 +39,8 @@ KIND_LABELS = {
 }
 MODES = ("Compare two images", "Search a gallery")
 NO_SAMPLE = "(none)"
+#: The session cache of computed results (comparisons and searches).
+RESULTS = "_twinnet_results"
 GRID = 5
 #: Display widths in pixels: previews stay small enough to keep the verdict on screen.
 PREVIEW_WIDTH = 260
@@ -45,26 +52,53 @@ THUMB_WIDTH = 180
 
 
 def session_cache(name: str, capacity: int) -> LruCache[str, Any]:
-    """A per-session LRU (results, decoded previews) that survives reruns."""
+    """A per-session LRU (results, decoded previews) that survives reruns.
+
+    Results hold numpy CAM maps and PIL images; keeping them in the session, rather than in
+    ``st.cache_data``, avoids pickling them on every hit and shares nothing between users.
+    """
     if name not in st.session_state:
         st.session_state[name] = LruCache(capacity)
     return st.session_state[name]
 
 
-def attempt(what: str, fn: Callable[[], T], endpoint: str | None = None) -> T | None:
+def failure_message(what: str, exc: Exception) -> str:
+    """The one line the page shows for a failure; an unexpected one also goes to the log."""
+    message = appkit.user_message(exc)
+    if message is None:
+        log.exception("unexpected error while %s", what)
+        message = (
+            f"unexpected error while {what} ({exc.__class__.__name__}: {exc}); "
+            "the app's log has the details"
+        )
+    return message
+
+
+def attempt(what: str, fn: Callable[[], T]) -> T | None:
     """Run ``fn``; show any failure as one line in the page instead of a traceback."""
     try:
         return fn()
     except Exception as exc:
-        message = appkit.user_message(exc, endpoint=endpoint)
-        if message is None:
-            log.exception("unexpected error while %s", what)
-            message = (
-                f"unexpected error while {what} ({exc.__class__.__name__}: {exc}); "
-                "the app's log has the details"
-            )
-        st.error(message)
+        st.error(failure_message(what, exc))
         return None
+
+
+def run_once(key: str, pressed: bool, spinner: str, what: str, fn: Callable[[], T]) -> T | None:
+    """The session's result for ``key``: computed by ``fn`` when the button was pressed."""
+    results = session_cache(RESULTS, 64)
+    if pressed and key not in results:
+        with st.spinner(spinner):
+            found = attempt(what, fn)
+        if found is not None:
+            results.put(key, found)
+    return results.get(key)
+
+
+def can_run(choice: BackendChoice | None, ready: bool) -> bool:
+    """Whether the page has all it needs; says what is missing when it is the backend."""
+    if choice is None:
+        st.info("Choose a backend in the sidebar.")
+    return ready and choice is not None
 
 
 def _stamp(choice: BackendChoice) -> float:
@@ -78,31 +112,21 @@ def _stamp(choice: BackendChoice) -> float:
 
 
 @st.cache_resource(show_spinner="Opening the backend…", max_entries=4)
-def _open_backend(choice: BackendChoice, stamp: float) -> Any:
+def _open_backend(choice: BackendChoice, stamp: float) -> Backend:
     return choice.open()
 
 
-def get_backend(choice: BackendChoice) -> Any:
-    """The (cached) backend; raises TwinnetError when it cannot be opened."""
+def get_backend(choice: BackendChoice) -> Backend:
+    """The (cached) backend; raises TwinnetError when it cannot be opened.
+
+    An endpoint's client checks, before its first request, that the endpoint is InService.
+    """
     return _open_backend(choice, _stamp(choice))
 
 
-def resize_method(backend: Any) -> str:
-    """How the model made images square; remote backends are assumed to use the default."""
-    spec = getattr(backend, "spec", None)
-    return getattr(spec, "resize_method", "squish")
-
-
-def check_endpoint(choice: BackendChoice) -> None:
-    """Refuse early, with advice, when a SageMaker endpoint cannot answer yet."""
-    if choice.kind != "endpoint":
-        return
-    status = appkit.endpoint_status(choice.target, choice.region)
-    if status is not None and status != "InService":
-        raise TwinnetError(
-            f"endpoint {choice.target} is {status}, not InService; wait until it is in "
-            "service (or redeploy it if it Failed), then press the button again"
-        )
+def list_endpoints(region: str) -> list[EndpointInfo]:
+    """The region's twinnet endpoints, newest first (AWS failures become TwinnetError)."""
+    return listed_endpoints(region=region or None)[::-1]
 
 
 # --------------------------------------------------------------------------- sidebar
@@ -110,23 +134,19 @@ def check_endpoint(choice: BackendChoice) -> None:
 
 def endpoint_picker(initial: BackendChoice | None) -> BackendChoice | None:
     """Region, then an endpoint chosen from those the region lists (or typed in)."""
-    default_region = (
-        initial.region if initial and initial.kind == "endpoint" else None
-    ) or appkit.default_region()
-    region = st.sidebar.text_input("AWS region", value=default_region, key="region").strip()
+    region = (initial.region if initial and initial.kind == "endpoint" else None) or (
+        default_region()
+    )
+    region = st.sidebar.text_input("AWS region", value=region, key="region").strip()
     listed_key = f"_twinnet_endpoints|{region}"
     if st.sidebar.button("Refresh endpoint list", key="refresh_endpoints") or (
         listed_key not in st.session_state
     ):
         # Listing costs AWS calls: once per region and session, again on Refresh.
         try:
-            st.session_state[listed_key] = (appkit.list_endpoints(region), None)
+            st.session_state[listed_key] = (list_endpoints(region), None)
         except Exception as exc:
-            message = appkit.user_message(exc)
-            if message is None:
-                log.exception("unexpected error while listing endpoints")
-                message = f"unexpected error while listing endpoints ({exc.__class__.__name__})"
-            st.session_state[listed_key] = (None, message)
+            st.session_state[listed_key] = (None, failure_message("listing endpoints", exc))
     endpoints, problem = st.session_state[listed_key]
     if problem:
         st.sidebar.error(f"cannot list endpoints: {problem}")
@@ -250,7 +270,6 @@ def preview(image: ImageInput | None) -> Image.Image | None:
 def run_compare(
     choice: BackendChoice, left: ImageInput, right: ImageInput, cam: bool
 ) -> CompareResult:
-    check_endpoint(choice)
     backend = get_backend(choice)
     if choice.remote:
         return backend.compare(appkit.remote_payload(left), appkit.remote_payload(right), cam=cam)
@@ -301,35 +320,19 @@ def compare_page(choice: BackendChoice | None, samples: dict[str, Path]) -> None
     explain = st.checkbox("Explain (Grad-CAM heatmaps)", key="explain")
     ready = choice is not None and left_img is not None and right_img is not None
     pressed = st.button("Compare", type="primary", disabled=not ready, key="compare")
-    if not ready:
-        if choice is None:
-            st.info("Choose a backend in the sidebar.")
+    if not can_run(choice, ready):
         return
     assert left is not None and right is not None and choice is not None
-    results = session_cache("_twinnet_results", 64)
     key = appkit.result_key(choice, left, right, explain)
-    if pressed and key not in results:
-        with st.spinner("Comparing…"):
-            found = attempt(
-                "comparing",
-                lambda: run_compare(choice, left, right, explain),
-                endpoint=choice.target if choice.kind == "endpoint" else None,
-            )
-        if found is not None:
-            results.put(key, found)
-    # A result with heatmaps also answers the question without them.
-    result = results.get(key) or (
-        None if explain else results.get(appkit.result_key(choice, left, right, True))
+    result = run_once(
+        key, pressed, "Comparing…", "comparing", lambda: run_compare(choice, left, right, explain)
     )
+    if result is None and not explain:  # a result with heatmaps also answers without them
+        result = session_cache(RESULTS, 64).get(appkit.result_key(choice, left, right, True))
     if result is not None:
         backend = attempt("opening the backend", lambda: get_backend(choice))
-        show_result(
-            result,
-            (left_img, right_img),
-            (left.name, right.name),
-            explain,
-            resize_method(backend),
-        )
+        method = resize_method(backend)
+        show_result(result, (left_img, right_img), (left.name, right.name), explain, method)
 
 
 # --------------------------------------------------------------------------- gallery
@@ -369,7 +372,6 @@ def gallery_inputs(samples: dict[str, Path]) -> list[ImageInput]:
 
 
 def run_search(choice: BackendChoice, query: ImageInput, gallery: list[ImageInput]) -> list[Match]:
-    check_endpoint(choice)
     backend = get_backend(choice)
     bar = st.progress(0.0, text="Comparing the query with each image…") if choice.remote else None
 
@@ -420,23 +422,14 @@ def gallery_page(choice: BackendChoice | None, samples: dict[str, Path]) -> None
     top_k = st.number_input("Matches shown", min_value=1, max_value=100, value=5, key="top_k")
     ready = choice is not None and query_img is not None and bool(readable)
     pressed = st.button("Search", type="primary", disabled=not ready, key="search")
-    if not ready:
-        if choice is None:
-            st.info("Choose a backend in the sidebar.")
+    if not can_run(choice, ready):
         return
     assert query is not None and choice is not None
-    results = session_cache("_twinnet_results", 64)
     key = appkit.gallery_key(choice, query, readable)
-    if pressed and key not in results:
-        with st.spinner("Searching…"):
-            found = attempt(
-                "searching the gallery",
-                lambda: run_search(choice, query, readable),
-                endpoint=choice.target if choice.kind == "endpoint" else None,
-            )
-        if found is not None:
-            results.put(key, found)
-    matches = results.get(key)
+    matches = run_once(
+        key, pressed, "Searching…", "searching the gallery",
+        lambda: run_search(choice, query, readable),
+    )  # fmt: skip
     if matches is not None:
         show_matches(matches, readable, int(top_k))
 

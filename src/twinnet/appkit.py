@@ -1,8 +1,9 @@
-"""The logic behind the Streamlit app, kept free of Streamlit so it can be tested directly.
+"""The app's UI logic, kept free of Streamlit so it can be tested directly.
 
-``app.py`` only lays out widgets; choosing and opening a backend, reading and checking
-images, ranking a gallery, drawing CAM overlays, listing SageMaker endpoints and turning
-failures into one-line messages all live here.
+``app.py`` only lays out widgets. Here: the backend the command line handed over, reading
+and checking images, cache keys for results, ranking a gallery, and turning failures into
+one-line messages for the page. Backends live in :mod:`twinnet.backends`, AWS in
+:mod:`twinnet.deploy` (whose wording of AWS errors the page shows as it is).
 """
 
 from __future__ import annotations
@@ -10,17 +11,14 @@ from __future__ import annotations
 import hashlib
 import io
 import ipaddress
-import logging
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
 
 from PIL import Image
 
-from .backends import Comparer, open_backend
+from .backends import KINDS, Backend, BackendChoice
 from .errors import ImageError, TwinnetError
 from .imaging import decode_image
 
@@ -29,11 +27,8 @@ __all__ = [
     "IMAGE_TYPES",
     "SAMPLES_DIR",
     "MAX_GALLERY",
-    "BackendChoice",
     "ImageInput",
     "Match",
-    "EndpointInfo",
-    "LruCache",
     "choice_from_env",
     "choice_to_env",
     "is_loopback",
@@ -46,13 +41,8 @@ __all__ = [
     "result_key",
     "gallery_key",
     "rank_gallery",
-    "default_region",
-    "list_endpoints",
-    "endpoint_status",
     "user_message",
 ]
-
-log = logging.getLogger(__name__)
 
 #: Environment variables through which ``twinnet app`` hands its choices to the script.
 ENV = {
@@ -72,65 +62,8 @@ MAX_GALLERY = 200
 #: Remote payloads above this are re-encoded; servers refuse requests over 6 MB.
 REMOTE_LIMIT = 5_000_000
 
-Kind = Literal["model", "url", "endpoint"]
-KINDS: tuple[Kind, ...] = ("model", "url", "endpoint")
 
-
-# --------------------------------------------------------------------------- backends
-
-
-@dataclass(frozen=True)
-class BackendChoice:
-    """Where comparisons run; hashable so it can key Streamlit's caches.
-
-    Attributes:
-        kind: ``model`` (in process), ``url`` (TorchServe) or ``endpoint`` (SageMaker).
-        target: the model directory, the server URL or the endpoint name.
-        region: AWS region of an endpoint.
-        token: TorchServe inference token; ``None`` lets the client find a local one.
-    """
-
-    kind: Kind
-    target: str
-    region: str | None = None
-    token: str | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise TwinnetError(f"unknown backend kind {self.kind!r}; choose one of {KINDS}")
-        if not self.target.strip():
-            raise TwinnetError(f"the {self.describe_kind()} is empty")
-
-    def describe_kind(self) -> str:
-        return {"model": "model directory", "url": "TorchServe URL", "endpoint": "endpoint name"}[
-            self.kind
-        ]
-
-    @property
-    def key(self) -> str:
-        """Identifies the backend in result caches (the token does not change answers)."""
-        return f"{self.kind}|{self.target}|{self.region or ''}"
-
-    @property
-    def label(self) -> str:
-        """One line for the page: where answers come from."""
-        if self.kind == "model":
-            return f"in process, model {self.target}"
-        if self.kind == "url":
-            return f"TorchServe at {self.target}"
-        return f"SageMaker endpoint {self.target} ({self.region or 'default region'})"
-
-    @property
-    def remote(self) -> bool:
-        return self.kind != "model"
-
-    def open(self) -> Comparer:
-        """Open the backend: loads the model or builds the client (no request is sent)."""
-        if self.kind == "model":
-            return open_backend(model=self.target)
-        if self.kind == "url":
-            return open_backend(url=self.target, token=self.token)
-        return open_backend(endpoint=self.target, region=self.region)
+# --------------------------------------------------------------------------- backend choice
 
 
 def choice_from_env(env: Mapping[str, str] | None = None) -> BackendChoice | None:
@@ -259,42 +192,6 @@ def remote_payload(image: ImageInput, limit: int = REMOTE_LIMIT, max_side: int =
 
 # --------------------------------------------------------------------------- results
 
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class LruCache(Generic[K, V]):
-    """A small least-recently-used map for per-session results (kept in ``st.session_state``).
-
-    Results hold numpy CAM maps and PIL images; keeping them in the session, rather than
-    ``st.cache_data``, avoids pickling them on every hit.
-    """
-
-    def __init__(self, capacity: int = 32) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
-        self.capacity = capacity
-        self._data: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        if key not in self._data:
-            return None
-        self._data.move_to_end(key)
-        return self._data[key]
-
-    def put(self, key: K, value: V) -> V:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.capacity:
-            self._data.popitem(last=False)
-        return value
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data
-
-    def __len__(self) -> int:
-        return len(self._data)
-
 
 def result_key(choice: BackendChoice, left: ImageInput, right: ImageInput, cam: bool) -> str:
     """Cache key of one comparison: backend, both images' bytes, and whether CAMs were asked for."""
@@ -320,7 +217,7 @@ class Match:
 
 
 def rank_gallery(
-    backend: Any,
+    backend: Backend,
     query: ImageInput,
     gallery: Sequence[ImageInput],
     remote: bool = False,
@@ -329,11 +226,12 @@ def rank_gallery(
     """Every gallery image ranked by the probability that it matches the query, best first.
 
     An in-process model searches with cached embeddings (``Twin.search``); a remote backend
-    has no search, so the query is compared with each image in turn.
+    has no search, so the query is compared with each image in turn (``remote`` shrinks
+    what is sent to what a server accepts).
     """
     if not gallery:
         raise TwinnetError("the gallery is empty; upload images or give a folder")
-    if not remote and hasattr(backend, "search"):
+    if backend.search is not None and backend.spec is not None:
         threshold = float(backend.spec.threshold)
         hits = backend.search(query.data, [g.data for g in gallery], top_k=None)
         matches = [
@@ -351,119 +249,29 @@ def rank_gallery(
     return sorted(matches, key=lambda m: (-m.probability, m.index))
 
 
-# --------------------------------------------------------------------------- SageMaker
-
-
-@dataclass(frozen=True)
-class EndpointInfo:
-    """A SageMaker endpoint as listed for the sidebar."""
-
-    name: str
-    status: str
-
-    @property
-    def in_service(self) -> bool:
-        return self.status == "InService"
-
-    @property
-    def label(self) -> str:
-        return self.name if self.in_service else f"{self.name} ({self.status})"
-
-
-def default_region(fallback: str = "us-east-1") -> str:
-    """The region the AWS configuration names (environment or ``~/.aws/config``), else ``fallback``."""
-    try:
-        import boto3
-
-        return boto3.session.Session().region_name or fallback
-    except Exception:  # no boto3, or an unreadable configuration: the user can type one
-        return fallback
-
-
-def list_endpoints(region: str | None) -> list[EndpointInfo]:
-    """The twinnet endpoints of a region (those ``twinnet deploy`` tagged), newest first.
-
-    Others can still be typed in by name. AWS failures (no credentials, no region, access
-    denied) become TwinnetError.
-    """
-    from .deploy.sagemaker import list_endpoints as listed
-    from .deploy.sagemaker import open_session
-
-    try:
-        found = listed(open_session(region or None))
-    except TwinnetError:
-        raise
-    except Exception as exc:
-        message = user_message(exc)
-        if message is None:
-            raise
-        raise TwinnetError(message) from None
-    return [EndpointInfo(e.name, e.status) for e in reversed(found)]
-
-
-def endpoint_status(name: str, region: str | None) -> str | None:
-    """The status of one endpoint (``InService``, ``Creating``, ...).
-
-    Returns ``None`` when the credentials may invoke but not describe endpoints, so such a
-    role can still compare; other AWS failures become TwinnetError.
-    """
-    from .deploy.sagemaker import open_session
-
-    session = open_session(region or None)
-    try:
-        desc = session.client("sagemaker").describe_endpoint(EndpointName=name)
-        return str(desc["EndpointStatus"])
-    except Exception as exc:
-        error = getattr(exc, "response", None) or {}
-        if error.get("Error", {}).get("Code") in ("AccessDeniedException", "AccessDenied"):
-            return None
-        message = user_message(exc, endpoint=name)
-        if message is None:
-            raise
-        raise TwinnetError(message) from None
-
-
 # --------------------------------------------------------------------------- errors
-
-_AWS_CREDENTIALS = (
-    "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, choose a "
-    "profile with AWS_PROFILE, or run `aws configure`, then press the button again"
-)
 
 
 def _names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 
 
-def user_message(exc: BaseException, endpoint: str | None = None) -> str | None:
+def user_message(exc: BaseException) -> str | None:
     """A one-line message for failures a user can act on, or ``None`` for real bugs.
 
-    Exceptions from botocore and requests are recognised by class name, so neither library
-    has to be installed for the in-process backend.
+    AWS failures are worded by :func:`twinnet.deploy.aws.describe_error`, as everywhere
+    else. Exceptions from botocore and requests are recognised by module, so neither
+    library has to be installed for the in-process backend.
     """
     if isinstance(exc, TwinnetError):
         return str(exc)
-    names = _names(exc)
     module = type(exc).__module__
     if module.startswith("botocore"):
-        if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
-            return _AWS_CREDENTIALS
-        if "NoRegionError" in names:
-            return "no AWS region chosen: pick a region in the sidebar or set AWS_DEFAULT_REGION"
-        if "EndpointConnectionError" in names or "ConnectTimeoutError" in names:
-            return f"cannot reach AWS ({exc}); check the network and the region"
-        if "ClientError" in names:
-            error = getattr(exc, "response", {}).get("Error", {})
-            code, text = error.get("Code", "Error"), error.get("Message", str(exc))
-            if code in ("UnrecognizedClientException", "InvalidClientTokenId", "ExpiredToken"):
-                return f"AWS refused the credentials ({code}: {text}); refresh them and retry"
-            if code == "AccessDeniedException":
-                return f"AWS denied access ({text}); the role needs sagemaker permissions"
-            if endpoint and ("not found" in text.lower() or "could not find" in text.lower()):
-                return f"endpoint {endpoint} does not exist in this region; choose another"
-            return f"AWS error {code}: {text}"
-        return f"AWS error: {exc}"
+        from .deploy.aws import describe_error
+
+        return describe_error("AWS request", exc)
     if module.startswith(("requests", "urllib3")):
+        names = _names(exc)
         if names & {"ConnectionError", "NewConnectionError", "MaxRetryError"}:
             return "the server did not answer; check the URL and that the server is running"
         if names & {"Timeout", "ReadTimeout", "ConnectTimeout"}:

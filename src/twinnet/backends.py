@@ -1,24 +1,70 @@
-"""Pick where comparisons run: in process, a TorchServe URL, or a SageMaker endpoint.
+"""Where comparisons run: in process, a TorchServe URL, or a SageMaker endpoint.
 
-All three expose ``compare(left, right, cam=False) -> CompareResult``, so the CLI and the
-app are written once against :class:`Comparer`.
+Every backend satisfies :class:`Backend`: ``compare`` always; ``spec`` and ``search`` where
+the model runs in process (:class:`~twinnet.inference.Twin`), and ``None`` for a server,
+which neither sends its spec nor holds embeddings to search. Callers read those two
+attributes instead of probing, and the CLI and the app are written once against them.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .errors import TwinnetError
+from .imaging import ImageSource
 from .result import CompareResult
 
-__all__ = ["Comparer", "open_backend"]
+if TYPE_CHECKING:
+    from .spec import ModelSpec
+
+__all__ = ["KINDS", "Backend", "BackendChoice", "Comparer", "open_backend", "resize_method"]
+
+Kind = Literal["model", "url", "endpoint"]
+KINDS: tuple[Kind, ...] = ("model", "url", "endpoint")
+_KIND_NAMES: Mapping[str, str] = {
+    "model": "model directory",
+    "url": "TorchServe URL",
+    "endpoint": "endpoint name",
+}
 
 
 class Comparer(Protocol):
     """Anything that can compare two encoded images."""
 
-    def compare(self, left, right, cam: bool = False) -> CompareResult:  # pragma: no cover
+    def compare(
+        self, left: ImageSource, right: ImageSource, cam: bool = False
+    ) -> CompareResult:  # pragma: no cover
         ...
+
+
+class Backend(Comparer, Protocol):
+    """A backend as the CLI and the app use it.
+
+    Attributes:
+        spec: the model's :class:`~twinnet.spec.ModelSpec` when it runs in process, else
+            ``None`` (a server does not send it).
+        search: ``search(query, gallery, top_k=None) -> list[Hit]`` ranking a gallery with
+            cached embeddings, or ``None`` where there are none (a server: compare each pair).
+    """
+
+    @property
+    def spec(self) -> ModelSpec | None:  # pragma: no cover
+        ...
+
+    @property
+    def search(self) -> Callable[..., list[Any]] | None:  # pragma: no cover
+        ...
+
+
+def resize_method(backend: Backend | None) -> str:
+    """How the model framed images; a server (or no backend) does not say: the spec's default."""
+    if backend is not None and backend.spec is not None:
+        return backend.spec.resize_method
+    from .spec import ModelSpec
+
+    return ModelSpec.resize_method  # the dataclass default
 
 
 def open_backend(
@@ -28,7 +74,8 @@ def open_backend(
     region: str | None = None,
     token: str | None = None,
     model_name: str = "twin",
-) -> Comparer:
+    profile: str | None = None,
+) -> Backend:
     """Open exactly one backend; heavy imports happen only for the one chosen."""
     chosen = [name for name, v in (("model", model), ("url", url), ("endpoint", endpoint)) if v]
     if len(chosen) != 1:
@@ -43,4 +90,56 @@ def open_backend(
         return HttpClient(url, token=token, model_name=model_name)
     from .client import SageMakerClient
 
-    return SageMakerClient(endpoint, region=region)
+    return SageMakerClient(str(endpoint), region=region, profile=profile)
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """Where comparisons run; hashable so it can key Streamlit's caches.
+
+    Attributes:
+        kind: ``model`` (in process), ``url`` (TorchServe) or ``endpoint`` (SageMaker).
+        target: the model directory, the server URL or the endpoint name.
+        region: AWS region of an endpoint.
+        token: TorchServe inference token; ``None`` lets the client find a local one.
+    """
+
+    kind: Kind
+    target: str
+    region: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise TwinnetError(f"unknown backend kind {self.kind!r}; choose one of {KINDS}")
+        if not self.target.strip():
+            raise TwinnetError(f"the {self.describe_kind()} is empty")
+
+    def describe_kind(self) -> str:
+        return _KIND_NAMES[self.kind]
+
+    @property
+    def key(self) -> str:
+        """Identifies the backend in result caches (the token does not change answers)."""
+        return f"{self.kind}|{self.target}|{self.region or ''}"
+
+    @property
+    def label(self) -> str:
+        """One line for the page: where answers come from."""
+        if self.kind == "model":
+            return f"in process, model {self.target}"
+        if self.kind == "url":
+            return f"TorchServe at {self.target}"
+        return f"SageMaker endpoint {self.target} ({self.region or 'default region'})"
+
+    @property
+    def remote(self) -> bool:
+        return self.kind != "model"
+
+    def open(self) -> Backend:
+        """Open the backend: loads the model or builds the client (no request is sent)."""
+        if self.kind == "model":
+            return open_backend(model=self.target)
+        if self.kind == "url":
+            return open_backend(url=self.target, token=self.token)
+        return open_backend(endpoint=self.target, region=self.region)

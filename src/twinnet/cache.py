@@ -1,9 +1,11 @@
-"""A bounded, thread-safe LRU cache of encoder feature maps, sized in megabytes.
+"""Bounded, thread-safe LRU caches: encoder feature maps sized in megabytes, and small result maps.
 
 Encoding an image is almost all of a comparison's cost, while the head is cheap, so a
 gallery searched twice or an image met in several pairs is encoded once. Keys hash the
 image's encoded bytes together with a model fingerprint, so two models (or two precisions
 of one model) never share entries even when they share a cache.
+
+The same :class:`LruCache` also keeps the app's per-session results, counted by entries.
 """
 
 from __future__ import annotations
@@ -11,10 +13,16 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["EmbeddingCache", "content_key", "tensor_nbytes"]
+__all__ = ["EmbeddingCache", "LruCache", "content_key", "tensor_nbytes"]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 def content_key(namespace: str, data: bytes | memoryview) -> str:
@@ -27,7 +35,86 @@ def tensor_nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-class EmbeddingCache:
+def _one(value: object) -> int:
+    return 1
+
+
+class LruCache(Generic[K, V]):
+    """A least-recently-used map whose entries' weights add up to at most ``capacity``.
+
+    Args:
+        capacity: the most total weight kept; 0 keeps nothing.
+        weigh: an entry's weight (default 1: ``capacity`` counts entries). An entry heavier
+            than the whole capacity is not stored.
+    """
+
+    def __init__(self, capacity: int, weigh: Callable[[V], int] = _one) -> None:
+        if capacity < 0:
+            raise ValueError(f"cache capacity must be >= 0, got {capacity}")
+        self.capacity = capacity
+        self._weigh = weigh
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._weight = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: K) -> V | None:
+        """The stored value for ``key`` (marking it recently used), or None."""
+        with self._lock:
+            value = self._items.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: K, value: V) -> V:
+        """Store ``value`` as the most recently used, evicting the least recent; returns it."""
+        size = self._weigh(value)
+        if size > self.capacity:
+            return value
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._weight -= self._weigh(old)
+            self._items[key] = value
+            self._weight += size
+            while self._weight > self.capacity:
+                _, evicted = self._items.popitem(last=False)
+                self._weight -= self._weigh(evicted)
+        return value
+
+    def clear(self) -> None:
+        """Drop every entry and reset the hit counters."""
+        with self._lock:
+            self._items.clear()
+            self._weight = 0
+            self.hits = self.misses = 0
+
+    def keys(self) -> list[K]:
+        """The keys, least recently used first."""
+        with self._lock:
+            return list(self._items)
+
+    @property
+    def weight(self) -> int:
+        """Total weight currently held."""
+        return self._weight
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self.keys())
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._items
+
+
+class EmbeddingCache(LruCache[str, "torch.Tensor"]):
     """LRU map from image key to feature map, evicting the least recently used past ``max_mb``.
 
     Stored tensors are detached and never handed out for writing: :meth:`get` returns the
@@ -40,55 +127,18 @@ class EmbeddingCache:
     def __init__(self, max_mb: float = 256) -> None:
         if max_mb < 0:
             raise ValueError(f"cache size must be >= 0 MB, got {max_mb}")
-        self.max_bytes = int(max_mb * 1024 * 1024)
-        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        super().__init__(int(max_mb * 1024 * 1024), tensor_nbytes)
 
-    def get(self, key: str) -> torch.Tensor | None:
-        """The stored feature map for ``key`` (marking it recently used), or None."""
-        with self._lock:
-            value = self._items.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
-            return value
+    @property
+    def max_bytes(self) -> int:
+        """Capacity in bytes."""
+        return self.capacity
 
-    def put(self, key: str, value: torch.Tensor) -> None:
-        """Store a feature map; one larger than the whole cache is not stored."""
-        size = tensor_nbytes(value)
-        if size > self.max_bytes:
-            return
-        value = value.detach()
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= tensor_nbytes(old)
-            self._items[key] = value
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self._bytes -= tensor_nbytes(evicted)
-
-    def clear(self) -> None:
-        """Drop every entry and reset the hit counters."""
-        with self._lock:
-            self._items.clear()
-            self._bytes = 0
-            self.hits = self.misses = 0
+    def put(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        """Store a feature map (detached); one larger than the whole cache is not stored."""
+        return super().put(key, value.detach())
 
     @property
     def nbytes(self) -> int:
         """Bytes currently held."""
-        return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, key: object) -> bool:
-        with self._lock:
-            return key in self._items
+        return self.weight

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ImageError, TwinnetError
-from .imaging import ImageSource, read_bytes
+from .imaging import ImageSource, read_bytes, source_name
 from .protocol import MAX_REQUEST_BYTES, encode_multipart
 from .result import CompareResult
 
@@ -26,13 +26,25 @@ __all__ = ["HttpClient", "SageMakerClient", "TOKEN_ENV", "prepare_body"]
 TOKEN_ENV = "TWINNET_TOKEN"
 
 
+def _payload(src: ImageSource, field: str) -> bytes:
+    data = read_bytes(src, field)
+    if not data:
+        raise ImageError(f"{source_name(src)}: empty file", field=field)
+    return data
+
+
 def prepare_body(left: ImageSource, right: ImageSource, cam: bool = False) -> tuple[bytes, str]:
-    """Read both inputs and build the multipart body; refuse it locally when over 6 MB."""
-    body, content_type = encode_multipart(read_bytes(left, "left"), read_bytes(right, "right"), cam)
+    """Read both inputs and build the multipart body; refuse it locally when over 6 MB.
+
+    The whole body counts (SageMaker measures the payload, the parts' headers included),
+    so it is measured exactly as it will be sent, before any connection is opened.
+    """
+    body, content_type = encode_multipart(_payload(left, "left"), _payload(right, "right"), cam)
     if len(body) > MAX_REQUEST_BYTES:
         raise TwinnetError(
             f"request of {len(body) / 2**20:.1f} MiB is over the {MAX_REQUEST_BYTES / 2**20:.0f} MiB "
-            "limit of SageMaker and twinnet servers; resize the images (e.g. JPEG at 1024 px)"
+            "limit of SageMaker and twinnet servers; nothing was sent. Resize the images "
+            "(e.g. JPEG, longest side 1024 px)"
         )
     return body, content_type
 
@@ -83,6 +95,10 @@ class HttpClient:
         model_name: the model served at ``/predictions/<model_name>``.
         timeout: seconds to wait for an answer.
     """
+
+    #: A server does not send its spec, and has no embedding search (see ``backends.Backend``).
+    spec = None
+    search = None
 
     def __init__(
         self, url: str, token: str | None = None, model_name: str = "twin", timeout: float = 60.0
@@ -225,50 +241,52 @@ def _local_management_url(base: str) -> str | None:
 class SageMakerClient:
     """Compare images with a SageMaker real-time endpoint (``sagemaker-runtime``).
 
+    Before its first request the client checks that the endpoint exists and is InService,
+    so a typo or an endpoint still being created is one clear line, not a runtime error.
+
     Args:
         endpoint: the endpoint's name.
         region: AWS region; default from the AWS configuration (``AWS_DEFAULT_REGION``...).
             ``AWS_ENDPOINT_URL`` points the client elsewhere (e.g. a moto server).
-        session: a ``boto3.Session`` (e.g. for a named profile); default a new one.
+        session: a ``boto3.Session``; default a new one, for ``profile``.
+        profile: AWS profile from ``~/.aws`` when no session is given.
     """
 
-    def __init__(self, endpoint: str, region: str | None = None, session: Any = None) -> None:
+    #: An endpoint does not send its spec, and has no embedding search (see ``backends.Backend``).
+    spec = None
+    search = None
+
+    def __init__(
+        self,
+        endpoint: str,
+        region: str | None = None,
+        session: Any = None,
+        profile: str | None = None,
+    ) -> None:
+        from .deploy.aws import client, new_session
+        from .deploy.resources import validate_endpoint_name
+
         if not endpoint:
             raise TwinnetError("an endpoint name is required")
-        try:
-            import boto3
-            from botocore.exceptions import NoRegionError
-        except ImportError:
-            raise TwinnetError(
-                "boto3 is not installed; install it with pip install 'twinnet[aws]'"
-            ) from None
-        self.endpoint = endpoint
-        try:
-            # A fresh session per client: credentials are resolved now, from the current
-            # environment, not from whatever boto3's process-wide default session cached.
-            session = session if session is not None else boto3.session.Session()
-            self._client = session.client("sagemaker-runtime", region_name=region or None)
-        except NoRegionError:
-            raise TwinnetError(
-                "no AWS region configured: pass --region or set AWS_DEFAULT_REGION"
-            ) from None
+        self.endpoint = validate_endpoint_name(endpoint)
+        # A fresh session per client: credentials are resolved now, from the current
+        # environment, not from whatever boto3's process-wide default session cached.
+        self._session = session if session is not None else new_session(profile=profile)
+        self._client = client(self._session, "sagemaker-runtime", region)
         self.region = self._client.meta.region_name
+        self._checked = False
 
     def __repr__(self) -> str:
         return f"SageMakerClient({self.endpoint!r}, region={self.region!r})"
 
     def compare(self, left: ImageSource, right: ImageSource, cam: bool = False) -> CompareResult:
         """Invoke the endpoint with one pair; returns its verdict."""
-        from botocore.exceptions import (
-            BotoCoreError,
-            ClientError,
-            EndpointConnectionError,
-            NoCredentialsError,
-            PartialCredentialsError,
-        )
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from .deploy.aws import describe_error
 
         body, content_type = prepare_body(left, right, cam)
-        where = f"endpoint {self.endpoint!r}"
+        self._check_endpoint()
         try:
             resp = self._client.invoke_endpoint(
                 EndpointName=self.endpoint,
@@ -276,46 +294,40 @@ class SageMakerClient:
                 Accept="application/json",
                 Body=body,
             )
-        except (NoCredentialsError, PartialCredentialsError):
-            raise TwinnetError(
-                "no AWS credentials found: run `aws configure`, or set AWS_PROFILE or "
-                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
-            ) from None
-        except EndpointConnectionError as exc:
-            raise TwinnetError(
-                f"cannot reach SageMaker runtime ({exc.kwargs.get('endpoint_url')})"
-            ) from None
         except ClientError as exc:
-            raise _sagemaker_error(exc, where, self.region) from None
+            raise _sagemaker_error(exc, self.endpoint, self.region) from None
         except BotoCoreError as exc:
-            raise TwinnetError(f"{where}: {exc}") from None
-        raw = resp["Body"].read()
-        return _parse_result(raw, where)
+            raise TwinnetError(describe_error(f"invoke endpoint {self.endpoint!r}", exc)) from None
+        return _parse_result(resp["Body"].read(), f"endpoint {self.endpoint!r}")
+
+    def _check_endpoint(self) -> None:
+        """Once per client: the endpoint exists and is InService."""
+        if self._checked:
+            return
+        from .deploy.aws import client
+        from .deploy.endpoints import require_in_service
+
+        require_in_service(
+            client(self._session, "sagemaker", self.region), self.endpoint, self.region
+        )
+        self._checked = True
 
 
-def _sagemaker_error(exc: Any, where: str, region: str | None) -> TwinnetError:
+def _sagemaker_error(exc: Any, endpoint: str, region: str | None) -> TwinnetError:
+    """InvokeEndpoint's refusal: the container's own error object, else AWS's, in twinnet's words."""
+    from .deploy.aws import describe_error
+    from .deploy.endpoints import missing_endpoint, not_in_service
+
+    where = f"endpoint {endpoint!r}"
     err = exc.response.get("Error", {})
-    code, message = err.get("Code", ""), str(err.get("Message", ""))
+    code, message = err.get("Code", ""), " ".join(str(err.get("Message", "")).split())
     if code == "ModelError":  # the container answered non-2xx: its body is our error object
         status = int(exc.response.get("OriginalStatusCode") or 500)
         original = exc.response.get("OriginalMessage") or ""
         return _error_from_body(status, original.encode("utf-8"), where)
     lowered = message.lower()
     if "not found" in lowered or "could not find" in lowered:
-        return TwinnetError(
-            f"{where} not found in region {region}; deploy it with `twinnet deploy` or check "
-            "the name and --region"
-        )
+        return TwinnetError(missing_endpoint(endpoint, region))
     if "not in service" in lowered or "creating" in lowered or "updating" in lowered:
-        return TwinnetError(
-            f"{where} is not in service yet ({message}); wait until it is InService"
-        )
-    if code in (
-        "UnrecognizedClientException",
-        "InvalidSignatureException",
-        "ExpiredTokenException",
-    ):
-        return TwinnetError(f"AWS refused the credentials ({code}): {message}")
-    if code in ("AccessDeniedException", "AccessDenied"):
-        return TwinnetError(f"AWS denied sagemaker:InvokeEndpoint on {where}: {message}")
-    return TwinnetError(f"{where}: {code}: {message}")
+        return TwinnetError(not_in_service(endpoint, message))
+    return TwinnetError(describe_error(f"invoke {where}", exc))

@@ -140,7 +140,7 @@ def test_explain_overlays_heatmaps_on_both_images(
 
 
 def _keys(at) -> list[str]:
-    return list(at.session_state["_twinnet_results"]._data)
+    return at.session_state["_twinnet_results"].keys()
 
 
 def test_samples_in_the_model_directory_can_be_compared(
@@ -327,6 +327,22 @@ def moto_sagemaker(monkeypatch: pytest.MonkeyPatch):
         server.stop()
 
 
+def _queue_result(url: str, probability: float) -> None:
+    """moto's sagemaker-runtime answers InvokeEndpoint from this queue."""
+    import json
+
+    import requests
+
+    body = {"same": probability >= 0.5, "probability": probability, "logits": [0.0, 1.0],
+            "threshold": 0.5, "model": "twin"}  # fmt: skip
+    r = requests.post(
+        f"{url}/moto-api/static/sagemaker/endpoint-results",
+        json={"region": "us-east-1", "results": [{"Body": json.dumps(body)}]},
+        timeout=10,
+    )
+    assert r.status_code == 201
+
+
 def _set_status(name: str, status: str) -> None:
     """What AWS reports while an endpoint is being created (moto makes them InService at once)."""
     from moto.core import DEFAULT_ACCOUNT_ID
@@ -345,7 +361,19 @@ def test_an_endpoint_not_in_service_is_an_error(
     a = classes[0][0].read_bytes()
     compare(at, ("a.png", a), ("b.png", a))
     (message,) = errors(at)
-    assert "twin-staging is Creating, not InService" in message
+    assert message.startswith(
+        "endpoint 'twin-staging' is not in service (Creating); wait until it is InService"
+    )
+    assert not metrics(at)
+    # Once it is in service, the same page (and the same cached client) compares. moto
+    # decodes request bodies as UTF-8: a 4x4 BMP whose every byte is below 128 passes.
+    _set_status("twin-staging", "InService")
+    _queue_result(moto_sagemaker, probability=0.75)
+    bmp = io.BytesIO()
+    Image.fromarray(np.full((4, 4, 3), 100, dtype=np.uint8)).save(bmp, format="BMP", dpi=(1, 1))
+    bmp.getvalue().decode("utf-8")
+    compare(at, ("a.bmp", bmp.getvalue()), ("b.bmp", bmp.getvalue()))
+    assert not errors(at) and metrics(at)["Probability of same"] == "75.0%"
 
 
 def test_an_endpoint_that_does_not_exist_is_an_error(
@@ -356,7 +384,7 @@ def test_an_endpoint_that_does_not_exist_is_an_error(
     a = classes[0][0].read_bytes()
     compare(at, ("a.png", a), ("b.png", a))
     (message,) = errors(at)
-    assert "endpoint twin-gone does not exist" in message
+    assert message.startswith("endpoint 'twin-gone' not found in region us-east-1; ")
 
 
 # --------------------------------------------------------------------------- TorchServe

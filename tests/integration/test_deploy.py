@@ -23,7 +23,8 @@ import requests
 from PIL import Image
 
 from twinnet.cli import main
-from twinnet.deploy.sagemaker import Autoscale, deploy
+from twinnet.deploy.endpoints import missing_endpoint
+from twinnet.deploy.sagemaker import Autoscale, deploy, list_endpoints, teardown
 from twinnet.errors import TwinnetError
 
 pytestmark = pytest.mark.integration
@@ -294,11 +295,7 @@ def test_full_lifecycle(aws, moto_url, random_model_dir, tmp_path, capsys):
     }
     # A second teardown has nothing to delete: a one-line error.
     assert main(["teardown", ENDPOINT]) == 2
-    err = capsys.readouterr().err
-    assert (
-        err
-        == f"error: endpoint '{ENDPOINT}' does not exist in {REGION}; `twinnet endpoints` lists the twinnet endpoints there\n"
-    )
+    assert capsys.readouterr().err == f"error: {missing_endpoint(ENDPOINT, REGION)}\n"
 
 
 def test_teardown_keeps_artifacts_unless_asked(aws, random_model_dir, capsys):
@@ -326,12 +323,16 @@ def test_missing_bucket_is_one_line_and_creates_nothing(aws, random_model_dir, c
     assert _inventory(aws) == EMPTY
 
 
-def test_invoke_missing_endpoint_is_one_line(aws, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["invoke", "compare"])
+def test_invoke_missing_endpoint_is_one_line(aws, tmp_path, capsys, command):
     a, b = _images(tmp_path)
-    assert main(["invoke", "no-such-endpoint", str(a), str(b)]) == 2
+    args = [str(a), str(b), "--endpoint", "no-such-endpoint"]
+    if command == "invoke":
+        args = ["no-such-endpoint", str(a), str(b)]
+    assert main([command, *args]) == 2
     assert capsys.readouterr().err == (
-        f"error: endpoint 'no-such-endpoint' does not exist in {REGION}; "
-        "`twinnet endpoints` lists the twinnet endpoints there\n"
+        f"error: endpoint 'no-such-endpoint' not found in region {REGION}; check the name and "
+        "the region (`twinnet endpoints` lists the twinnet endpoints there)\n"
     )
 
 
@@ -615,4 +616,67 @@ def test_teardown_artifacts_stop_at_the_endpoints_own_layout(aws, random_model_d
         "objects": [inner.artifact.split("/", 3)[3]],
     }
     assert main(["teardown", nested, "--delete-artifacts"]) == 0
+    assert _inventory(aws) == EMPTY
+
+
+# ------------------------------------------------------------------------- 4. what it costs
+
+
+class _Calls:
+    """Counts the AWS operations a boto3 session makes, per service and operation name."""
+
+    def __init__(self, session) -> None:
+        self.seen: list[str] = []
+        session.events.register("before-call", self._count)
+
+    def _count(self, model, **kwargs) -> None:
+        self.seen.append(f"{model.service_model.service_name}:{model.name}")
+
+    def count(self, operation: str) -> int:
+        return sum(1 for call in self.seen if call.endswith(f":{operation}"))
+
+
+def test_listing_asks_nothing_per_foreign_endpoint(aws, random_model_dir):
+    """One tagging query finds twinnet's endpoints; other endpoints cost no call at all."""
+    import boto3
+
+    ours = deploy(random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, wait=True, poll_s=0.1)
+    sm = aws.client("sagemaker")
+    sm.create_model(ModelName="foreign", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE})
+    sm.create_endpoint_config(
+        EndpointConfigName="foreign",
+        ProductionVariants=[{"VariantName": "v", "ModelName": "foreign",
+                             "InitialInstanceCount": 1, "InstanceType": "ml.t2.medium"}],
+    )  # fmt: skip
+    for i in range(5):
+        sm.create_endpoint(EndpointName=f"foreign-{i}", EndpointConfigName="foreign")
+
+    session = boto3.Session(region_name=REGION)
+    calls = _Calls(session)
+    (row,) = list_endpoints(session)
+    assert (row.name, row.status, row.model, row.instance_type, row.instances) == (
+        ENDPOINT, "InService", ours.model, "ml.m5.xlarge", 1,
+    )  # fmt: skip
+    assert sorted(calls.seen) == [
+        "resourcegroupstaggingapi:GetResources",
+        "sagemaker:DescribeEndpoint",
+        "sagemaker:DescribeEndpointConfig",
+    ]
+
+
+def test_teardown_deletes_artifacts_a_thousand_at_a_time(aws, random_model_dir, capsys):
+    """S3 objects go in DeleteObjects batches of 1,000, each key still reported."""
+    import boto3
+
+    ours = deploy(random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE)
+    s3 = aws.client("s3")
+    extra = [f"twinnet/{ENDPOINT}/{i:016x}/model.tar.gz" for i in range(1000)]
+    for key in extra:  # earlier versions of the endpoint's artifact
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"old")
+    session = boto3.Session(region_name=REGION)
+    calls = _Calls(session)
+    deleted = teardown(ENDPOINT, delete_artifacts=True, session=session)
+    assert calls.count("DeleteObjects") == 2 and calls.count("DeleteObject") == 0
+    objects = {f"S3 object s3://{BUCKET}/{key}" for key in extra} | {f"S3 object {ours.artifact}"}
+    assert {d for d in deleted if d.startswith("S3 object")} == objects
     assert _inventory(aws) == EMPTY

@@ -1,4 +1,4 @@
-"""The app's helpers (twinnet.appkit) and the ``twinnet app`` command line, without a server."""
+"""The app's helpers (twinnet.appkit, the backend choice, the result cache) and ``twinnet app``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from twinnet import appkit
-from twinnet.appkit import BackendChoice, ImageInput, LruCache
+from twinnet.appkit import ImageInput
+from twinnet.backends import BackendChoice
+from twinnet.cache import LruCache
 from twinnet.errors import ImageError, TwinnetError
 
 pytestmark = pytest.mark.unit
@@ -167,13 +169,26 @@ def test_image_input_from_a_missing_path_is_an_image_error(tmp_path: Path) -> No
 
 def test_lru_cache_evicts_the_least_recently_used() -> None:
     cache: LruCache[str, int] = LruCache(2)
-    cache.put("a", 1)
+    assert cache.put("a", 1) == 1
     cache.put("b", 2)
     assert cache.get("a") == 1  # "b" is now the oldest
     cache.put("c", 3)
     assert "b" not in cache and cache.get("a") == 1 and cache.get("c") == 3 and len(cache) == 2
+    assert cache.keys() == ["a", "c"]  # least recently used first ("c" was read last)
+    empty: LruCache[str, int] = LruCache(0)
+    assert empty.put("a", 1) == 1 and "a" not in empty  # capacity 0 keeps nothing
     with pytest.raises(ValueError):
-        LruCache(0)
+        LruCache(-1)
+
+
+def test_lru_cache_weighs_entries() -> None:
+    cache: LruCache[str, bytes] = LruCache(10, weigh=len)
+    cache.put("a", b"12345")
+    cache.put("b", b"1234")
+    cache.put("c", b"12")  # 11 > 10: "a" goes
+    assert cache.keys() == ["b", "c"] and cache.weight == 6
+    cache.put("huge", b"x" * 11)  # heavier than the whole cache: not stored, nothing evicted
+    assert cache.keys() == ["b", "c"]
 
 
 def test_result_keys_change_with_images_backend_and_cam_only() -> None:
@@ -202,18 +217,18 @@ def test_missing_aws_credentials_become_advice() -> None:
     assert "region" in appkit.user_message(NoRegionError())
 
 
-def test_aws_client_errors_name_the_endpoint() -> None:
+def test_aws_client_errors_are_worded_as_everywhere_else() -> None:
     from botocore.exceptions import ClientError
 
-    missing = ClientError(
-        {"Error": {"Code": "ValidationException", "Message": 'Could not find endpoint "x".'}},
-        "DescribeEndpoint",
-    )
-    assert "endpoint twin does not exist" in appkit.user_message(missing, endpoint="twin")
+    from twinnet.deploy.aws import describe_error
+
     denied = ClientError(
         {"Error": {"Code": "UnrecognizedClientException", "Message": "bad token"}}, "ListEndpoints"
     )
-    assert "refused the credentials" in appkit.user_message(denied)
+    assert appkit.user_message(denied) == describe_error("AWS request", denied)
+    assert "AWS rejected the credentials (UnrecognizedClientException: bad token)" in (
+        appkit.user_message(denied)
+    )
 
 
 def test_connection_failures_become_advice_and_bugs_do_not() -> None:
@@ -229,22 +244,40 @@ def test_listing_endpoints_without_credentials_is_a_twinnet_error(
     no_aws: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Real boto3, no credentials anywhere: the sidebar gets advice, not a traceback."""
+    from twinnet.client import SageMakerClient
+    from twinnet.deploy.endpoints import list_endpoints
+
     with pytest.raises(TwinnetError, match="no AWS credentials"):
-        appkit.list_endpoints("us-east-1")
+        list_endpoints(region="us-east-1")
+    endpoint = BackendChoice("endpoint", "twin", region="us-east-1").open()
+    assert isinstance(endpoint, SageMakerClient)
     with pytest.raises(TwinnetError, match="no AWS credentials"):
-        appkit.endpoint_status("twin", "us-east-1")
+        endpoint.compare(png(), png())
 
 
 def test_default_region_comes_from_the_aws_configuration(
     no_aws: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    from twinnet.deploy.aws import default_region
+
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
-    assert appkit.default_region() == "us-east-1"
+    assert default_region() == "us-east-1"
     config = tmp_path / "config"
     config.write_text("[default]\nregion = ap-southeast-2\n")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
-    assert appkit.default_region() == "ap-southeast-2"
+    assert default_region() == "ap-southeast-2"
+
+
+def test_remote_backends_say_they_have_no_spec_and_no_search() -> None:
+    """The Backend protocol: callers read ``spec`` and ``search``; they never probe."""
+    from twinnet.backends import resize_method
+    from twinnet.client import HttpClient
+
+    server = BackendChoice("url", "http://127.0.0.1:1", token="t").open()
+    assert isinstance(server, HttpClient)
+    assert server.spec is None and server.search is None
+    assert resize_method(server) == "squish" and resize_method(None) == "squish"
 
 
 # --------------------------------------------------------------------------- command line

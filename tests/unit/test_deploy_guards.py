@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from twinnet.cli import main
-from twinnet.deploy.invoke import check_request
+from twinnet.client import prepare_body
 from twinnet.deploy.package import find_mar
 from twinnet.deploy.sagemaker import (
     Autoscale,
@@ -22,7 +22,7 @@ from twinnet.deploy.sagemaker import (
     validate_endpoint_name,
     validate_role_arn,
 )
-from twinnet.errors import TwinnetError
+from twinnet.errors import ImageError, TwinnetError
 from twinnet.protocol import MAX_REQUEST_BYTES, encode_multipart
 
 pytestmark = pytest.mark.unit
@@ -257,8 +257,8 @@ def _payload(n: int) -> bytes:
 
 def test_guard_counts_the_whole_multipart_body():
     left, right = _payload(1000), _payload(2000)
-    body, _ = encode_multipart(left, right, cam=True)
-    assert check_request(left, right, cam=True) == len(body) > 3000
+    body, _ = prepare_body(left, right, cam=True)
+    assert len(body) == len(encode_multipart(left, right, cam=True)[0]) > 3000
 
 
 def test_guard_boundary_is_exact():
@@ -266,9 +266,17 @@ def test_guard_boundary_is_exact():
     overhead = len(encode_multipart(_payload(10), _payload(10))[0]) - 20
     fits = MAX_REQUEST_BYTES - overhead
     left, right = _payload(fits // 2), _payload(fits - fits // 2)
-    assert check_request(left, right) == MAX_REQUEST_BYTES
-    with pytest.raises(TwinnetError, match="over SageMaker's 6 MiB payload limit"):
-        check_request(left, right + b"\0")
+    assert len(prepare_body(left, right)[0]) == MAX_REQUEST_BYTES
+    with pytest.raises(TwinnetError, match="over the 6 MiB limit .*; nothing was sent"):
+        prepare_body(left, right + b"\0")
+
+
+def test_an_empty_image_is_refused_before_sending(tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError, match="empty.jpg: empty file") as exc:
+        prepare_body(_payload(10), empty)
+    assert exc.value.field == "right"
 
 
 def test_invoke_refuses_oversized_request_before_sending(
@@ -285,8 +293,23 @@ def test_invoke_refuses_oversized_request_before_sending(
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1
-    assert "over SageMaker's 6 MiB payload limit; nothing was sent" in err
+    assert "over the 6 MiB limit of SageMaker and twinnet servers; nothing was sent" in err
     assert hits == []
+
+
+def test_invoke_is_compare_with_an_endpoint():
+    """`twinnet invoke NAME A B` and `twinnet compare --endpoint NAME A B` are one code path."""
+    from twinnet.cli import build_parser
+
+    parser = build_parser()
+    common = ["--cam", "out.png", "--json", "--region", "eu-west-1", "--profile", "p"]
+    invoke = vars(parser.parse_args(["invoke", "twin", "a.jpg", "b.jpg", *common]))
+    compare = vars(parser.parse_args(["compare", "a.jpg", "b.jpg", "--endpoint", "twin", *common]))
+    for args in (invoke, compare):
+        del args["command"]
+        args["model"] = None  # compare's default comes from $TWINNET_MODEL
+    assert invoke == compare
+    assert invoke["func"].__name__ == "run_compare"
 
 
 def test_invoke_missing_file_is_one_line(no_aws, capsys, tmp_path):

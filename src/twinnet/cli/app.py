@@ -76,7 +76,8 @@ def build_command(
 ) -> tuple[list[str], dict[str, str]]:
     """The ``streamlit run`` command line and its environment for parsed ``twinnet app`` args."""
     from .. import app as app_module
-    from ..appkit import ENV, BackendChoice, choice_to_env, is_loopback
+    from ..appkit import ENV, choice_to_env, is_loopback
+    from ..backends import BackendChoice
 
     env = {k: v for k, v in (os.environ if environ is None else environ).items()}
     for name in ENV.values():  # only this command line decides

@@ -1,5 +1,6 @@
-"""Subcommands of the deploy stage: package, deploy, invoke, endpoints, teardown, container.
+"""Subcommands of the deploy stage: package, deploy, endpoints, teardown, container.
 
+(``twinnet invoke`` is ``twinnet compare --endpoint``: see :mod:`twinnet.cli.infer`.)
 Each handler parses, calls :mod:`twinnet.deploy` and prints. AWS settings come from the
 standard places (environment variables, ``~/.aws``, ``AWS_ENDPOINT_URL``), with
 ``--profile`` and ``--region`` on top.
@@ -18,7 +19,6 @@ __all__ = [
     "register",
     "run_package",
     "run_deploy",
-    "run_invoke",
     "run_endpoints",
     "run_teardown",
     "run_container_serve",
@@ -64,7 +64,7 @@ def parse_env(items: list[str] | None) -> dict[str, str]:
 
 def _autoscale(text: str):
     """argparse ``type=`` for ``--autoscale``: parse early so a typo fails before any AWS call."""
-    from ..deploy.sagemaker import parse_autoscale
+    from ..deploy.scaling import parse_autoscale
 
     try:
         return parse_autoscale(text)
@@ -74,6 +74,13 @@ def _autoscale(text: str):
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands to the `twinnet` parser."""
+    _register_package(sub)
+    _register_deploy(sub)
+    _register_endpoints(sub)
+    _register_container(sub)
+
+
+def _register_package(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "package",
         help="build model.tar.gz for SageMaker",
@@ -84,6 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_archive_options(p)
     p.set_defaults(func=run_package)
 
+
+def _register_deploy(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
         "deploy",
         help="deploy a model to a SageMaker real-time endpoint",
@@ -117,19 +126,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_aws_options(d)
     d.set_defaults(func=run_deploy)
 
-    i = sub.add_parser(
-        "invoke",
-        help="compare two images on a SageMaker endpoint",
-        description="Send two images to a SageMaker endpoint (sagemaker-runtime InvokeEndpoint).",
-    )
-    i.add_argument("endpoint", metavar="NAME")
-    i.add_argument("left", metavar="A", help="first image file")
-    i.add_argument("right", metavar="B", help="second image file")
-    i.add_argument("--cam", metavar="OUT.png", help="write both images with their Grad-CAM maps")
-    i.add_argument("--json", action="store_true", help="print the JSON response")
-    _add_aws_options(i)
-    i.set_defaults(func=run_invoke)
 
+def _register_endpoints(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("endpoints", help="list twinnet endpoints and their status")
     e.add_argument("--json", action="store_true", help="print JSON")
     _add_aws_options(e)
@@ -147,6 +145,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_aws_options(t)
     t.set_defaults(func=run_teardown)
 
+
+def _register_container(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser(
         "container",
         help="the serving container's entrypoint",
@@ -207,7 +207,7 @@ class _Progress:
 
 def run_deploy(args: argparse.Namespace) -> int:
     """``twinnet deploy MODEL_DIR --endpoint NAME --bucket B --role ARN --image URI``."""
-    from ..deploy.sagemaker import deploy
+    from ..deploy.rollout import deploy
 
     # deploy() checks every argument before it looks for credentials.
     result = deploy(
@@ -240,29 +240,10 @@ def run_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_invoke(args: argparse.Namespace) -> int:
-    """``twinnet invoke NAME A B [--cam OUT.png] [--json]``."""
-    from ..deploy.invoke import invoke
-    from ..explain import save_cam_picture
-    from .infer import print_compare
-
-    result = invoke(
-        args.endpoint,
-        args.left,
-        args.right,
-        cam=bool(args.cam),
-        region=args.region,
-        profile=args.profile,
-    )
-    if args.cam:
-        save_cam_picture(args.left, args.right, result, args.cam)
-    print_compare(result, args.json, args.cam)
-    return 0
-
-
 def run_endpoints(args: argparse.Namespace) -> int:
     """``twinnet endpoints``: one line per twinnet endpoint."""
-    from ..deploy.sagemaker import list_endpoints, open_session
+    from ..deploy.aws import open_session
+    from ..deploy.endpoints import list_endpoints
 
     session = open_session(region=args.region, profile=args.profile)
     rows = list_endpoints(session)
@@ -292,7 +273,9 @@ def run_endpoints(args: argparse.Namespace) -> int:
 
 def run_teardown(args: argparse.Namespace) -> int:
     """``twinnet teardown NAME [--delete-artifacts]``: say what was deleted."""
-    from ..deploy.sagemaker import open_session, teardown, validate_endpoint_name
+    from ..deploy.aws import open_session
+    from ..deploy.resources import validate_endpoint_name
+    from ..deploy.teardown import teardown
 
     validate_endpoint_name(args.endpoint)
     session = open_session(region=args.region, profile=args.profile)
