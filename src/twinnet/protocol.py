@@ -10,7 +10,9 @@ Request forms accepted (see DESIGN.md, "The HTTP contract"):
 * ``multipart/form-data`` with file fields ``left`` and ``right`` and an optional text field
   ``cam``, the original sample's shape (``curl -F left=@c1.jpg -F right=@c2.jpg -F cam=False``);
 * ``application/json``: ``{"left": "<base64>", "right": "<base64>", "cam": false}``;
-* either one with ``format=list`` (query string or field) for the sample's flat list answer.
+* either one with ``format=list`` (query string or field) for the sample's flat list answer,
+  or ``format=object`` for the JSON object; a request without ``format`` gets the server's
+  default (``object`` unless the archive was built with ``--response-format list``).
 
 Errors are :class:`ProtocolError`, rendered as ``{"error": {"code", "field", "message"}}``.
 """
@@ -66,8 +68,10 @@ MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 MAX_PARTS = 16
 CAM_TRUE = frozenset({"true", "1", "yes"})
 CAM_FALSE = frozenset({"false", "0", "no", ""})
-#: ``dict`` is the contract's JSON object; ``list`` is the original sample's flat list.
-FORMATS = ("dict", "list")
+#: ``object`` is the contract's JSON object; ``list`` is the original sample's flat list.
+FORMATS = ("object", "list")
+#: Words a request may give for ``object`` (``json`` and ``dict`` are older spellings).
+_OBJECT_WORDS = frozenset({"object", "json", "dict"})
 IMAGE_FIELDS = ("left", "right")
 #: SageMaker forwards InvokeEndpoint's ``CustomAttributes`` to the container in this header;
 #: ``format=list`` and ``cam=true`` may travel there (SageMaker passes no query string).
@@ -120,13 +124,13 @@ class CompareRequest:
         left: encoded bytes of the left image (not yet decoded: the library decodes safely).
         right: encoded bytes of the right image.
         cam: whether Grad-CAM maps were asked for.
-        format: ``dict`` (contract JSON object) or ``list`` (the sample's flat list).
+        format: ``object`` (contract JSON object) or ``list`` (the sample's flat list).
     """
 
     left: bytes
     right: bytes
     cam: bool = False
-    format: str = "dict"
+    format: str = "object"
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -182,17 +186,22 @@ def parse_cam(value: Any) -> bool:
     raise ProtocolError("invalid_field", "cam must be true/false/1/0/yes/no", "cam")
 
 
-def parse_format(value: Any) -> str:
-    """``format``: absent/``json``/``dict`` → ``dict``; ``list`` → the sample's flat list."""
+def parse_format(value: Any, default: str = "object") -> str:
+    """``format``: ``object`` (or ``json``, ``dict``) or ``list``; absent or empty → ``default``.
+
+    ``default`` is the server's own choice, so a request that names a format always wins.
+    """
     if value is None:
-        return "dict"
+        return default
     word = _text(value, "format").strip().lower()
-    if word in ("", "json", "dict", "object"):
-        return "dict"
+    if not word:
+        return default
+    if word in _OBJECT_WORDS:
+        return "object"
     if word == "list":
         return "list"
     raise ProtocolError(
-        "invalid_field", f"format must be 'list' or 'json', got {word[:20]!r}", "format"
+        "invalid_field", f"format must be 'object' or 'list', got {word[:20]!r}", "format"
     )
 
 
@@ -233,7 +242,7 @@ def _image_field(value: Any, field: str, b64: bool) -> bytes:
     return data
 
 
-def _from_json_object(obj: Any, extra: Mapping[str, Any]) -> CompareRequest:
+def _from_json_object(obj: Any, extra: Mapping[str, Any], default_format: str) -> CompareRequest:
     if not isinstance(obj, dict):
         raise ProtocolError(
             "bad_request", 'JSON body must be an object {"left": ..., "right": ...}'
@@ -241,7 +250,7 @@ def _from_json_object(obj: Any, extra: Mapping[str, Any]) -> CompareRequest:
     left = _image_field(obj.get("left"), "left", b64=True)
     right = _image_field(obj.get("right"), "right", b64=True)
     cam = parse_cam(obj["cam"] if "cam" in obj else extra.get("cam"))
-    fmt = parse_format(obj["format"] if "format" in obj else extra.get("format"))
+    fmt = parse_format(obj["format"] if "format" in obj else extra.get("format"), default_format)
     return CompareRequest(left, right, cam, fmt)
 
 
@@ -259,23 +268,25 @@ def _json_value(value: Any) -> Any:
         ) from None
 
 
-def parse_fields(fields: Mapping[str, Any], content_type: str | None = None) -> CompareRequest:
+def parse_fields(
+    fields: Mapping[str, Any], content_type: str | None = None, default_format: str = "object"
+) -> CompareRequest:
     """Parse one request as TorchServe hands it to a handler: a mapping of named parameters.
 
     Multipart fields arrive by name (``left``, ``right``, ``cam``), query-string parameters
     (``format``, ``cam``) too, and any other body arrives as ``body`` (already a dict when it
-    was JSON and TorchServe decoded it).
+    was JSON and TorchServe decoded it). ``default_format`` is the answer's form when the
+    request names none.
     """
     if "left" in fields or "right" in fields:
         left = _image_field(fields.get("left"), "left", b64=False)
         right = _image_field(fields.get("right"), "right", b64=False)
-        return CompareRequest(
-            left, right, parse_cam(fields.get("cam")), parse_format(fields.get("format"))
-        )
+        cam = parse_cam(fields.get("cam"))
+        return CompareRequest(left, right, cam, parse_format(fields.get("format"), default_format))
     if "body" in fields:
         body = fields["body"]
         if isinstance(body, (dict, list)):
-            return _from_json_object(body, fields)
+            return _from_json_object(body, fields, default_format)
         ctype = (content_type or "").split(";", 1)[0].strip().lower()
         raw = body if isinstance(body, (bytes, bytearray)) else _text(body, "body").encode("utf-8")
         if not raw:
@@ -283,7 +294,7 @@ def parse_fields(fields: Mapping[str, Any], content_type: str | None = None) -> 
                 "missing_field", "empty request: send fields 'left' and 'right'", "left"
             )
         if ctype in ("", "application/json", "text/json") or raw.lstrip()[:1] == b"{":
-            return _from_json_object(_json_value(bytes(raw)), fields)
+            return _from_json_object(_json_value(bytes(raw)), fields, default_format)
         raise ProtocolError(
             "unsupported_media_type",
             f"unsupported content type {ctype!r}: send multipart/form-data with files 'left' "
@@ -409,20 +420,24 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, bytes]:
     return out
 
 
-def parse_body(body: bytes, content_type: str | None, query: str = "") -> CompareRequest:
+def parse_body(
+    body: bytes, content_type: str | None, query: str = "", default_format: str = "object"
+) -> CompareRequest:
     """Parse a raw HTTP request body (for servers that are not TorchServe, and for tests).
 
     Args:
         body: the request body.
         content_type: the ``Content-Type`` header.
         query: the URL's query string, e.g. ``format=list``.
+        default_format: the answer's form when the request names none.
     """
     check_size(len(body))
     extra = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
     ctype = (content_type or "").split(";", 1)[0].strip().lower()
     if ctype == "multipart/form-data":
-        return parse_fields({**extra, **parse_multipart(body, content_type or "")})
-    return parse_fields({**extra, "body": body}, content_type)
+        fields = {**extra, **parse_multipart(body, content_type or "")}
+        return parse_fields(fields, default_format=default_format)
+    return parse_fields({**extra, "body": body}, content_type, default_format)
 
 
 def _sniff_type(data: bytes) -> str:
@@ -435,10 +450,14 @@ def _sniff_type(data: bytes) -> str:
     return "application/octet-stream"
 
 
-def encode_multipart(left: bytes, right: bytes, cam: bool = False) -> tuple[bytes, str]:
+def encode_multipart(
+    left: bytes, right: bytes, cam: bool = False, format: str | None = "object"
+) -> tuple[bytes, str]:
     """The request body both clients send: ``(body, content_type)``.
 
     Image parts always carry a filename, so servers treat them as files (bytes kept as is).
+    The body names ``format`` (``object`` unless told otherwise; ``None`` leaves it out):
+    the clients parse the JSON object, whatever default response format the server has.
     """
     boundary = f"twinnet-{uuid.uuid4().hex}"
     chunks: list[bytes] = []
@@ -452,24 +471,31 @@ def encode_multipart(left: bytes, right: bytes, cam: bool = False) -> tuple[byte
             + bytes(data)
             + b"\r\n"
         )
-    chunks.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="cam"\r\n\r\n'
-        f"{'true' if cam else 'false'}\r\n--{boundary}--\r\n".encode("ascii")
-    )
+    options = [("cam", "true" if cam else "false")] + ([("format", format)] if format else [])
+    for name, value in options:
+        chunks.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+            f"{value}\r\n".encode("ascii")
+        )
+    chunks.append(f"--{boundary}--\r\n".encode("ascii"))
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
 
-def encode_json(left: bytes, right: bytes, cam: bool = False) -> tuple[bytes, str]:
-    """The JSON-body variant: ``(body, "application/json")``."""
-    obj = {
+def encode_json(
+    left: bytes, right: bytes, cam: bool = False, format: str | None = "object"
+) -> tuple[bytes, str]:
+    """The JSON-body variant: ``(body, "application/json")``; ``format`` as in multipart."""
+    obj: dict[str, Any] = {
         "left": base64.b64encode(left).decode("ascii"),
         "right": base64.b64encode(right).decode("ascii"),
         "cam": bool(cam),
     }
+    if format:
+        obj["format"] = format
     return json.dumps(obj).encode("utf-8"), "application/json"
 
 
-def render_result(result: Any, fmt: str = "dict") -> str:
+def render_result(result: Any, fmt: str = "object") -> str:
     """A :class:`~twinnet.result.CompareResult` as the contract's JSON text."""
     payload = result.to_list() if fmt == "list" else result.to_dict()
     return json.dumps(payload, separators=(",", ":"))

@@ -4,10 +4,13 @@
 on a directory laid out like ``/opt/ml/model`` (the unpacked ``model.tar.gz``), with
 ``SAGEMAKER_BIND_TO_PORT`` set. The test then behaves like SageMaker: polls ``/ping``,
 sends ``/invocations`` the bytes ``twinnet invoke`` sends, and stops it with SIGTERM.
+The contract tests run once per model head; one more container serves a model packaged
+with ``response_format="list"`` to the original sample's client.
 """
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import signal
@@ -74,41 +77,30 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.fixture(scope="module")
-def sagemaker_model_dir(random_model_dir, tmp_path_factory) -> Path:
+def _unpacked(model_dir: Path, work: Path, **options) -> Path:
     """``/opt/ml/model`` as SageMaker leaves it: ``model.tar.gz`` unpacked."""
-    work = tmp_path_factory.mktemp("container")
-    tarball = package(random_model_dir, work / "model.tar.gz", batch_size=4, max_batch_delay=20)
-    model_dir = work / "opt" / "ml" / "model"
-    model_dir.mkdir(parents=True)
+    tarball = package(model_dir, work / "model.tar.gz", batch_size=4, max_batch_delay=20, **options)
+    unpacked = work / "opt" / "ml" / "model"
+    unpacked.mkdir(parents=True)
     with tarfile.open(tarball) as tar:
-        tar.extractall(model_dir, filter="data")
-    return model_dir
+        tar.extractall(unpacked, filter="data")
+    return unpacked
 
 
 @pytest.fixture(scope="module")
-def container(sagemaker_model_dir, tmp_path_factory):
-    """The entrypoint as a subprocess, watched from its first instant until ``/ping`` is 200."""
+def sagemaker_model_dir(any_head_model_dir, tmp_path_factory) -> Path:
+    """The model of each head in turn, packaged and unpacked."""
+    return _unpacked(any_head_model_dir, tmp_path_factory.mktemp("container"))
+
+
+def _run_container(model_dir: Path, log: Path, **env_settings: str):
+    """The entrypoint as a subprocess, watched from its first instant until ``/ping`` is 200;
+    yields what a test needs, then stops it with SIGTERM if it still runs."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("container-log") / "container.log"
-    env = {
-        **os.environ,
-        "SAGEMAKER_BIND_TO_PORT": str(port),
-        "TWINNET_HOST": "127.0.0.1",
-        "TWINNET_BATCH_SIZE": "2",
-        "TWINNET_THREADS": "1",
-        "TWINNET_PRECISION": "fp32",
-    }
+    env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "TWINNET_HOST": "127.0.0.1",
+           **env_settings}  # fmt: skip
     out = log.open("wb")
-    cmd = [
-        sys.executable,
-        "-m",
-        "twinnet",
-        "container",
-        "serve",
-        "--model-dir",
-        str(sagemaker_model_dir),
-    ]
+    cmd = [sys.executable, "-m", "twinnet", "container", "serve", "--model-dir", str(model_dir)]
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     history: list[tuple[float, object]] = []
@@ -150,6 +142,16 @@ def container(sagemaker_model_dir, tmp_path_factory):
         out.close()
 
 
+@pytest.fixture(scope="module")
+def container(sagemaker_model_dir, tmp_path_factory):
+    """The container of each head in turn, with settings from the environment."""
+    log = tmp_path_factory.mktemp("container-log") / "container.log"
+    yield from _run_container(
+        sagemaker_model_dir, log,
+        TWINNET_BATCH_SIZE="2", TWINNET_THREADS="1", TWINNET_PRECISION="fp32",
+    )  # fmt: skip
+
+
 def test_ping_is_200_only_once_the_model_is_ready(container):
     history = container["history"]
     statuses = [s for _, s in history]
@@ -168,7 +170,7 @@ def test_ping_is_200_only_once_the_model_is_ready(container):
 
 
 @pytest.mark.parametrize("cam", [False, True])
-def test_invocations_answers_what_invoke_sends(container, random_model_dir, cam):
+def test_invocations_answers_what_invoke_sends(container, any_head_model_dir, cam):
     from twinnet.inference import Twin
 
     left, right = _png(3, (64, 48)), _png(4, (50, 50))
@@ -186,7 +188,7 @@ def test_invocations_answers_what_invoke_sends(container, random_model_dir, cam)
         {"cam"} if cam else set()
     )
     # The container's answer is the model's answer.
-    expected = Twin.load(random_model_dir, precision="fp32").compare(left, right)
+    expected = Twin.load(any_head_model_dir, precision="fp32").compare(left, right)
     assert answer["logits"] == pytest.approx(list(expected.logits), abs=1e-3)
     assert answer["same"] == (answer["probability"] >= answer["threshold"])
     if cam:
@@ -272,8 +274,9 @@ def test_sigterm_stops_cleanly_and_promptly(container):
         requests.get(f"{container['url']}/ping", timeout=2)
 
 
-def test_sigterm_while_the_model_loads(sagemaker_model_dir, tmp_path):
+def test_sigterm_while_the_model_loads(random_model_dir, tmp_path):
     """SageMaker may stop a container that never became healthy: that must be clean too."""
+    sagemaker_model_dir = _unpacked(random_model_dir, tmp_path / "package")
     port = _free_port()
     env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "TWINNET_HOST": "127.0.0.1"}
     cmd = [
@@ -312,3 +315,50 @@ def test_sigterm_while_the_model_loads(sagemaker_model_dir, tmp_path):
     while any(_alive(p) for p in family) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in family if _alive(p)], (tmp_path / "log").read_text()[-2000:]
+
+
+# ------------------------------------------------------------------------ the original sample's client
+@pytest.fixture(scope="module")
+def list_container(random_model_dir, tmp_path_factory):
+    """``twinnet package --response-format list``, with environment settings that rewrite
+    the archive's config (the recorded format must survive that)."""
+    work = tmp_path_factory.mktemp("list-container")
+    model_dir = _unpacked(random_model_dir, work, response_format="list")
+    yield from _run_container(
+        model_dir, work / "container.log",
+        TWINNET_WORKERS="1", TWINNET_THREADS="1", TWINNET_PRECISION="fp32",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("cam", [False, True])
+def test_the_sample_client_gets_its_list_from_invocations(list_container, random_model_dir, cam):
+    """The request built exactly as the sample's app and notebook build it, its body sent as
+    is (as ``invoke_endpoint(ContentType=..., Body=req.body)`` sends it), and the answer read
+    as a Python literal, as the sample reads it (``ast.literal_eval``, never ``eval``)."""
+    from twinnet.inference import Twin
+
+    left, right = _png(8, (64, 48)), _png(9, (50, 50))
+    url = f"{list_container['url']}/invocations"
+    files = {"left": io.BytesIO(left), "right": io.BytesIO(right)}
+    req = requests.Request("POST", url, data={"cam": str(cam)}, files=files).prepare()
+    r = requests.post(
+        url, data=req.body, headers={"Content-Type": req.headers["Content-Type"]}, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    flat = ast.literal_eval(r.text)
+    expected = Twin.load(random_model_dir, precision="fp32").compare(left, right, cam=cam)
+    assert isinstance(flat, list) and len(flat) == (2 + 2 * 2 if cam else 2)
+    assert flat[:2] == pytest.approx(list(expected.logits), abs=1e-3)
+    if cam:
+        maps = np.concatenate([expected.cam_left, expected.cam_right])
+        assert np.allclose(np.asarray(flat[2:]), maps, atol=1e-3)
+    # A caller that names the format (a field, or SageMaker's CustomAttributes) gets that.
+    named = requests.post(
+        url, data=req.body, timeout=60,
+        headers={"Content-Type": req.headers["Content-Type"],
+                 "X-Amzn-SageMaker-Custom-Attributes": "format=object"},
+    )  # fmt: skip
+    assert named.json()["logits"] == flat[:2]
+    body, ctype = encode_multipart(left, right, cam=cam)  # what twinnet's own clients send
+    ours = requests.post(url, data=body, headers={"Content-Type": ctype}, timeout=60)
+    assert ours.json()["logits"] == flat[:2]

@@ -1,6 +1,6 @@
 """The SageMaker container's HTTP gateway, in front of a stub model server on loopback.
 
-The gateway is the unit under test: a real :class:`~twinnet.deploy.container.Gateway` on a
+The gateway is the unit under test: a real :class:`~twinnet.deploy.gateway.Gateway` on a
 loopback port, in front of a tiny HTTP server that answers like TorchServe's inference
 API (``POST /invocations``) and management API (``GET /models/<name>``). Bad framing is
 sent byte for byte over raw sockets, as an attacker or a broken client would send it.
@@ -8,6 +8,7 @@ sent byte for byte over raw sockets, as an attacker or a broken client would sen
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import re
@@ -19,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from twinnet.deploy.container import Gateway
+from twinnet.deploy.gateway import Gateway
 from twinnet.protocol import MAX_REQUEST_BYTES
 from twinnet.serve.server import ServerInfo
 
@@ -29,10 +30,16 @@ STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ", re.MULTILINE)
 
 
 class _Backend:
-    """A model server stub: records each request that reaches it and answers 201 with its size."""
+    """A model server stub: records each request that reaches it and answers 201 with its size.
+
+    ``workers`` is what its management API reports; with ``drop_idle`` set it closes each
+    connection right after answering, without saying so (a keep-alive connection gone stale).
+    """
 
     def __init__(self) -> None:
         self.requests: list[dict] = []
+        self.workers = ["READY"]
+        self.drop_idle = False
         backend = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,8 +58,8 @@ class _Backend:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_GET(self) -> None:  # the management API: one READY worker
-                self._reply(200, [{"workers": [{"status": "READY"}]}])
+            def do_GET(self) -> None:  # the management API
+                self._reply(200, [{"workers": [{"status": s} for s in backend.workers]}])
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -65,6 +72,8 @@ class _Backend:
                     [("Connection", "keep-alive, X-Backend-Hop"), ("X-Backend-Hop", "1"),
                      ("X-Backend-Id", "stub")],
                 )  # fmt: skip
+                if backend.drop_idle:
+                    self.close_connection = True
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -336,5 +345,73 @@ def test_stalled_connections_are_closed_after_the_read_deadlines(backend):
         idle.close()
         for sock in (silent, mid_headers, mid_body):
             sock.close()
+    finally:
+        gateway.close()
+
+
+def _invoke(port: int, body: bytes = b"{}", headers: dict | None = None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.request("POST", "/invocations", body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_connections_the_model_server_closed_are_replaced(gateway, backend):
+    """A pooled keep-alive connection that the model server has closed costs no request."""
+    backend.drop_idle = True
+    for i in range(4):
+        body = b'{"n": %d}' % i
+        assert _invoke(gateway.port, body) == (201, {"bytes": len(body), "path": "/invocations"})
+    assert [r["body"] for r in backend.requests] == [b'{"n": %d}' % i for i in range(4)]
+
+
+def test_a_slow_model_gets_one_request_and_the_caller_a_504(backend):
+    gateway = _gateway(backend, invocation_timeout=1)
+    try:
+        t0 = time.monotonic()
+        status, answer = _invoke(gateway.port, headers={"X-Delay": "2.5"})
+        took = time.monotonic() - t0
+        assert (status, answer["error"]["code"]) == (504, "unavailable")
+        assert took < 2.0, took  # one wait of invocation_timeout, not a second try
+        time.sleep(2)
+        assert len(backend.requests) == 1  # the request was not sent again
+    finally:
+        gateway.close()
+
+
+def test_an_unreachable_model_server_is_503(backend):
+    gateway = _gateway(backend)
+    try:
+        backend.close()
+        status, answer = _invoke(gateway.port)
+        assert (status, answer["error"]["code"]) == (503, "unavailable")
+    finally:
+        gateway.close()
+
+
+def test_ready_means_a_ready_worker_for_ping_and_for_the_launcher(backend):
+    """One definition: the gateway's /ping and ``twinnet serve`` both ask ``model_ready``."""
+    from twinnet.serve.health import describe_model, model_ready
+
+    gateway = _gateway(backend)
+    try:
+        cases = [(["READY", "STARTING"], True), (["STARTING", "UNLOADING"], False), ([], False)]
+        for workers, ready in cases:
+            backend.workers = workers
+            assert model_ready(backend.info, "twin") is ready, workers
+            gateway._ready_at = 0.0  # past the one-second cache
+            conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+            conn.request("GET", "/ping")
+            assert conn.getresponse().status == (200 if ready else 503), workers
+            conn.close()
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            nobody = dataclasses.replace(backend.info, management_port=free.getsockname()[1])
+        assert model_ready(nobody, "twin") is False
+        with pytest.raises(OSError):
+            describe_model(nobody, "twin", timeout=2)
     finally:
         gateway.close()

@@ -1,12 +1,16 @@
 """Real TorchServe on free loopback ports: archive → serve → requests, batching, bad inputs,
-worker restarts, token auth, and `twinnet serve --stop` leaving no process behind.
+worker restarts, token auth, the original sample's client, and `twinnet serve --stop`
+leaving no process behind.
 
-One server is started per module (resnet18 at 64 px, fp32 so answers can be compared with
-the in-process library to 1e-4) and always stopped in teardown.
+One server is started per model head (resnet18 at 64 px, fp32 so answers can be compared
+with the in-process library to 1e-4), so every contract test runs for the concat and the
+cosine head; one more serves an archive built with ``response_format="list"`` for the
+sample's client. Each is stopped in teardown.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import io
 import json
@@ -69,15 +73,12 @@ def state(tmp_path_factory):
         yield home
 
 
-@pytest.fixture(scope="module")
-def server(random_model_dir, state, tmp_path_factory):
+def _serve(model_dir: Path, state: Path, store: Path, **options):
+    """Archive ``model_dir`` into ``store``, start TorchServe on it; yield it, then stop it."""
     from twinnet.serve.archive import build_archive
     from twinnet.serve.server import start, stop
 
-    store = tmp_path_factory.mktemp("store")
-    mar = build_archive(
-        random_model_dir, store, batch_size=4, max_batch_delay=300, workers=1, precision="fp32"
-    )
+    mar = build_archive(model_dir, store, workers=1, precision="fp32", **options)
     assert mar == store / "twin.mar"
     port, mport, metport = _free_ports(3)
     info = start(
@@ -91,15 +92,22 @@ def server(random_model_dir, state, tmp_path_factory):
     try:
         yield info
     finally:
-        stop(root=state / "serve")
+        stop(port=info.port, root=state / "serve")
         assert not info.alive()
 
 
 @pytest.fixture(scope="module")
-def twin(random_model_dir):
+def server(any_head_model_dir, state, tmp_path_factory):
+    """TorchServe with the model of each head in turn, the JSON object as default answer."""
+    store = tmp_path_factory.mktemp("store")
+    yield from _serve(any_head_model_dir, state, store, batch_size=4, max_batch_delay=300)
+
+
+@pytest.fixture(scope="module")
+def twin(any_head_model_dir):
     from twinnet.inference import Twin
 
-    return Twin.load(random_model_dir, precision="fp32")
+    return Twin.load(any_head_model_dir, precision="fp32")
 
 
 def _token(info) -> str:
@@ -255,14 +263,28 @@ def test_bad_inputs_get_4xx_and_the_server_keeps_answering(server, twin, images)
 
 
 def test_body_over_the_frontend_cap_is_413(server, images):
+    """TorchServe answers 413 from the declared length, before the body: read that answer.
+
+    The body is not sent in full (TorchServe closes the connection once it has answered,
+    and a client still sending would see only a reset), so the status is always checked.
+    """
     from twinnet.serve.server import FRONTEND_MAX_REQUEST_BYTES
 
-    big = os.urandom(FRONTEND_MAX_REQUEST_BYTES + 2**20)
-    try:
-        resp = _post(server, files={"left": big, "right": images[0]})
-        assert resp.status_code == 413
-    except requests.ConnectionError:
-        pass  # TorchServe may close the connection before the whole body is sent
+    head = (
+        f"POST /predictions/twin HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Authorization: Bearer {_token(server)}\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\n"
+        f"Content-Length: {FRONTEND_MAX_REQUEST_BYTES + 2**20}\r\n\r\n"
+    )
+    reply = b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(head.encode() + b"--x\r\n" + os.urandom(64 * 1024))
+        while b"\r\n" not in reply:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
     assert _post(server, files={"left": images[0], "right": images[1]}).status_code == 200
 
 
@@ -392,3 +414,70 @@ def test_cli_serve_status_busy_port_and_stop_leaves_nothing(random_model_dir, tm
     assert _cmdlines_mentioning(str(home)) == []
     assert not (home / "serve" / str(port) / "key_file.json").exists()
     assert run("serve", "--status").returncode == 1
+
+
+# ------------------------------------------------------------------------ 7. the original sample's client
+@pytest.fixture(scope="module")
+def list_server(random_model_dir, state, tmp_path_factory):
+    """An archive built with ``response_format="list"``, as a team moving from the sample builds it."""
+    store = tmp_path_factory.mktemp("list-store")
+    yield from _serve(random_model_dir, state, store, response_format="list")
+
+
+def sample_request(url: str, left: bytes, right: bytes, cam: bool) -> tuple[bytes, str]:
+    """The body and content type exactly as the original sample's app and notebook build them."""
+    files = {"left": io.BytesIO(left), "right": io.BytesIO(right)}
+    req = requests.Request("POST", url, data={"cam": str(cam)}, files=files).prepare()
+    return req.body, req.headers["Content-Type"]
+
+
+def check_sample_answer(text: str, expected, side: int) -> None:
+    """The sample reads the answer as a Python literal: the flat ``[neg, pos, *maps]``."""
+    flat = ast.literal_eval(text)
+    assert isinstance(flat, list)
+    assert flat[:2] == pytest.approx(list(expected.logits), abs=1e-4)
+    if expected.has_cam:
+        assert len(flat) == 2 + 2 * side and all(len(row) == side for row in flat[2:])
+        maps = np.concatenate([expected.cam_left, expected.cam_right])
+        assert np.allclose(np.asarray(flat[2:]), maps, atol=1e-4)
+    else:
+        assert len(flat) == 2
+
+
+@pytest.mark.parametrize("cam", [False, True])
+def test_the_sample_client_gets_its_list_from_a_list_archive(
+    list_server, random_model_dir, images, cam
+):
+    from twinnet.inference import Twin
+
+    url = list_server.inference_url + "/predictions/twin"
+    body, ctype = sample_request(url, images[0], images[1], cam)
+    headers = {"Content-Type": ctype, "Authorization": f"Bearer {_token(list_server)}"}
+    resp = requests.post(url, data=body, headers=headers, timeout=TIMEOUT)  # the body as is
+    assert resp.status_code == 200, resp.text
+    twin = Twin.load(random_model_dir, precision="fp32")
+    check_sample_answer(
+        resp.text, twin.compare(images[0], images[1], cam=cam), twin.spec.feature_size
+    )
+    # A request that names its format still gets it, and twinnet's own client its object.
+    named = _post(
+        list_server, files={"left": images[0], "right": images[1]}, data={"format": "object"}
+    )
+    assert named.json()["logits"] == pytest.approx(
+        list(twin.compare(images[0], images[1]).logits), abs=1e-4
+    )
+    from twinnet.client import HttpClient
+
+    with HttpClient(list_server.inference_url) as client:
+        result = client.compare(images[0], images[1])
+    assert result.logits == pytest.approx(twin.compare(images[0], images[1]).logits, abs=1e-4)
+
+
+def test_an_object_archive_answers_the_sample_request_with_the_object(server, twin, images):
+    """Without ``--response-format list`` the default stays the contract's JSON object."""
+    url = server.inference_url + "/predictions/twin"
+    body, ctype = sample_request(url, images[0], images[1], False)
+    headers = {"Content-Type": ctype, "Authorization": f"Bearer {_token(server)}"}
+    resp = requests.post(url, data=body, headers=headers, timeout=TIMEOUT)
+    assert resp.status_code == 200, resp.text
+    _check(resp.json(), twin.compare(images[0], images[1]))

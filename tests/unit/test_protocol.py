@@ -76,12 +76,36 @@ def test_parse_cam_refuses_anything_else_with_400(value):
 
 
 def test_parse_format():
-    assert parse_format(None) == "dict"
+    assert parse_format(None) == "object"
     assert parse_format(b"list") == "list"
-    assert parse_format("JSON") == "dict"
+    for word in ("JSON", "dict", "Object"):
+        assert parse_format(word) == "object"
     with pytest.raises(ProtocolError) as info:
         parse_format("xml")
     assert info.value.field == "format"
+
+
+def test_server_default_format_applies_only_when_the_request_names_none():
+    """``--response-format list``: the sample's clients get the list, a named format wins."""
+    assert parse_format(None, default="list") == "list"
+    assert parse_format(b"", default="list") == "list"
+    assert parse_format("json", default="list") == "object"
+    assert parse_format("list", default="object") == "list"
+    left, right = _jpeg((1, 1, 1)), _jpeg((2, 2, 2))
+    row = {"left": bytearray(left), "right": bytearray(right), "cam": bytearray(b"False")}
+    assert parse_fields(row, default_format="list").format == "list"
+    assert parse_fields({**row, "format": b"object"}, default_format="list").format == "object"
+    payload = {"left": base64.b64encode(left).decode(), "right": base64.b64encode(right).decode()}
+    assert parse_fields({"body": payload}, default_format="list").format == "list"
+    named = {"body": {**payload, "format": "object"}}
+    assert parse_fields(named, default_format="list").format == "object"
+    raw = json.dumps(payload).encode()
+    assert parse_body(raw, "application/json", default_format="list").format == "list"
+    assert parse_body(raw, "application/json", "format=json", "list").format == "object"
+    # twinnet's own clients name the format, so a server's default never changes their answer.
+    for encode in (encode_multipart, encode_json):
+        body, ctype = encode(left, right)
+        assert parse_body(body, ctype, default_format="list").format == "object"
 
 
 # ------------------------------------------------------------------------ multipart / JSON
@@ -93,7 +117,7 @@ def test_multipart_round_trip_keeps_bytes_exact():
         body, ctype = encode_multipart(left, right, cam)
         assert ctype.startswith("multipart/form-data; boundary=")
         req = parse_body(body, ctype)
-        assert req == CompareRequest(left, right, cam, "dict")
+        assert req == CompareRequest(left, right, cam, "object")
 
 
 def test_multipart_marks_images_as_files_with_their_type():
@@ -109,7 +133,7 @@ def test_the_original_sample_request_shape():
         "right": bytearray(b"R-bytes"),
         "cam": bytearray(b"False"),
     }
-    assert parse_fields(row) == CompareRequest(b"L-bytes", b"R-bytes", False, "dict")
+    assert parse_fields(row) == CompareRequest(b"L-bytes", b"R-bytes", False, "object")
     row["format"] = bytearray(b"list")
     assert parse_fields(row).format == "list"
 
@@ -117,8 +141,9 @@ def test_the_original_sample_request_shape():
 def test_json_body_forms():
     left, right = _jpeg((1, 2, 3)), _jpeg((4, 5, 6))
     body, ctype = encode_json(left, right, cam=True)
-    assert parse_body(body, ctype) == CompareRequest(left, right, True, "dict")
+    assert parse_body(body, ctype) == CompareRequest(left, right, True, "object")
     # query string options, and TorchServe's already-decoded JSON body
+    body, ctype = encode_json(left, right, cam=True, format=None)
     assert parse_body(body, ctype, query="format=list").format == "list"
     obj = json.loads(body)
     assert parse_fields({"body": obj, "format": bytearray(b"list")}).format == "list"
@@ -478,3 +503,41 @@ def test_handler_reads_sagemaker_custom_attributes(handler_and_twin):
     flat, obj = (json.loads(o) for o in handler.handle(rows, ctx))
     assert flat == pytest.approx(list(twin.compare(a, b).logits), abs=1e-5)
     assert obj["logits"] == flat
+
+
+def test_handler_answers_in_the_archives_default_format(any_head_model_dir):
+    """An archive built with ``--response-format list`` answers the sample's request with the
+    flat list; a request that names its format, in a field or CustomAttributes, gets that."""
+    pytest.importorskip("ts")
+    import torch
+    from ts.context import Context
+
+    from twinnet.inference import Twin
+    from twinnet.serve.handler import TwinHandler
+    from twinnet.serve.options import ServeOptions
+
+    threads = torch.get_num_threads()
+    options = ServeOptions(workers=1, threads=threads, precision="fp32", response_format="list")
+    context = Context(
+        "twin", str(any_head_model_dir), {"model": {}}, 8, None, "0.12.0",
+        model_yaml_config=options.to_config(),
+    )  # fmt: skip
+    handler = TwinHandler()
+    handler.initialize(context)
+    twin = Twin.load(any_head_model_dir, precision="fp32", threads=threads)
+    a, b = _jpeg((10, 20, 30)), _jpeg((200, 100, 0))
+    sample = {"left": bytearray(a), "right": bytearray(b), "cam": bytearray(b"True")}
+    rows = [sample, {**sample, "format": bytearray(b"object")}, sample]
+    headers = [{}, {}, {"X-Amzn-SageMaker-Custom-Attributes": "format=json"}]
+    flat, obj, from_attributes = (
+        json.loads(o) for o in handler.handle(rows, _batch_context(rows, headers))
+    )
+    expected = twin.compare(a, b, cam=True)
+    side = twin.spec.feature_size
+    assert isinstance(flat, list) and len(flat) == 2 + 2 * side
+    assert flat[:2] == pytest.approx(list(expected.logits), abs=1e-5)
+    assert np.allclose(
+        np.asarray(flat[2:]), np.concatenate([expected.cam_left, expected.cam_right]), atol=1e-5
+    )
+    assert set(obj) == {"same", "probability", "logits", "threshold", "model", "cam"}
+    assert obj["logits"] == flat[:2] and from_attributes == obj

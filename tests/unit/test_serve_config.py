@@ -3,7 +3,9 @@ token discovery, busy ports and the Java hint."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 import zipfile
 
@@ -11,10 +13,10 @@ import pytest
 import yaml
 
 from twinnet.errors import TwinnetError
-from twinnet.serve.archive import build_archive, model_config, resolve_threads, usable_cpus
+from twinnet.serve.archive import build_archive
+from twinnet.serve.options import ServeOptions, resolve_threads
 from twinnet.serve.server import (
     FRONTEND_MAX_REQUEST_BYTES,
-    JAVA_HINT,
     ServerInfo,
     check_java,
     find_token,
@@ -36,19 +38,33 @@ def test_threads_never_outnumber_cores():
         resolve_threads(0, workers=1)
 
 
-def test_model_config_records_the_plan():
-    cfg = model_config(batch_size=8, max_batch_delay=10)
-    n = usable_cpus()  # one worker per CPU, one torch thread each
-    assert (cfg["minWorkers"], cfg["maxWorkers"]) == (n, n)
-    assert (cfg["batchSize"], cfg["maxBatchDelay"]) == (8, 10)
-    assert resolve_threads(cfg["twinnet"]["threads"], cfg["minWorkers"]) == 1
-    assert cfg["responseTimeout"] > 0
-    assert cfg["twinnet"]["threads"] == "auto" and "why" in cfg["twinnet"]
-    naive = model_config(batch_size=1, precision="fp32", plan="torchserve")
+@contextlib.contextmanager
+def _cpus(n: int):
+    """Run the block on the first ``n`` CPUs this process may use (its real affinity)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < n:
+        pytest.skip(f"needs {n} CPUs, this process has {len(allowed)}")
+    os.sched_setaffinity(0, allowed[:n])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_tuned_plan_starts_one_single_thread_worker_per_cpu(cpus):
+    with _cpus(cpus):
+        cfg = ServeOptions(batch_size=8, max_batch_delay=10).to_config()
+        threads = resolve_threads(cfg["twinnet"]["threads"], cfg["minWorkers"])
+    assert (cfg["minWorkers"], cfg["maxWorkers"], cfg["twinnet"]["workers"]) == (cpus,) * 3
+    assert threads == 1 and cfg["twinnet"]["threads"] == "auto"
+    assert (cfg["batchSize"], cfg["maxBatchDelay"], cfg["responseTimeout"]) == (8, 10, 120)
+    assert f"{cpus} worker(s) x threads=auto" in cfg["twinnet"]["why"]
+    naive = ServeOptions(batch_size=1, precision="fp32", plan="torchserve").to_config()
     assert "minWorkers" not in naive and naive["twinnet"]["threads"] is None
     for bad in ({"batch_size": 0}, {"workers": 0}, {"max_batch_delay": -1}, {"plan": "fast"}):
         with pytest.raises(TwinnetError):
-            model_config(**bad)
+            ServeOptions(**bad)
 
 
 def test_archive_holds_handler_model_files_and_config(random_model_dir, tmp_path):
@@ -112,10 +128,30 @@ def test_busy_port_is_detected():
         assert not port_free("127.0.0.1", port)
 
 
-def test_missing_java_says_how_to_install_it(monkeypatch, tmp_path):
+def _executable(path, mode: int = 0o755):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\necho 'openjdk 17'\n")
+    path.chmod(mode)
+    return path
+
+
+def test_java_is_found_or_the_error_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.delenv("JAVA_HOME", raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(TwinnetError) as info:
         check_java()
-    assert str(info.value) == JAVA_HINT
-    assert "apt-get install openjdk-17-jre-headless" in JAVA_HINT
+    assert "apt-get install openjdk-17-jre-headless" in str(info.value)
+    assert "JAVA_HOME" in str(info.value)
+    # On PATH, or under JAVA_HOME: that java is the one TorchServe gets.
+    on_path = _executable(tmp_path / "path" / "java")
+    monkeypatch.setenv("PATH", str(on_path.parent))
+    assert check_java() == str(on_path)
+    home = tmp_path / "jdk"
+    monkeypatch.setenv("JAVA_HOME", str(home))
+    with pytest.raises(TwinnetError, match="openjdk-17"):
+        check_java()  # JAVA_HOME wins over PATH, and it holds no java
+    _executable(home / "bin" / "java", mode=0o644)
+    with pytest.raises(TwinnetError, match="openjdk-17"):
+        check_java()  # not executable
+    (home / "bin" / "java").chmod(0o755)
+    assert check_java() == str(home / "bin" / "java")

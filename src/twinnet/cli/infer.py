@@ -1,7 +1,8 @@
-"""Subcommands of the infer stage: ``twinnet compare`` and ``twinnet search``.
+"""Subcommands of the infer stage: ``twinnet compare`` (alias ``invoke``) and ``twinnet search``.
 
 ``compare`` runs wherever :func:`twinnet.backends.open_backend` points (a model directory,
-a TorchServe URL or a SageMaker endpoint); ``search`` runs in process.
+a TorchServe URL or a SageMaker endpoint); ``invoke NAME A B`` is ``compare --endpoint NAME
+A B``, the same code path; ``search`` runs in process.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from ..errors import TwinnetError
 from ..result import CompareResult
 
-__all__ = ["register", "run_compare", "run_search"]
+__all__ = ["register", "run_compare", "run_search", "print_compare"]
 
 MODEL_ENV = "TWINNET_MODEL"
 
@@ -28,13 +29,28 @@ def _add_local_options(p: argparse.ArgumentParser) -> None:
         help=f"model directory (default: ${MODEL_ENV})",
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    from ..runtime import PRECISIONS
+
     p.add_argument(
         "--precision",
         default="auto",
-        choices=("auto", "bf16", "fp32"),
+        choices=PRECISIONS,
         help="encoder precision; auto uses bf16 where the CPU has native support",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _add_pair_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("left", metavar="A", help="first image file")
+    p.add_argument("right", metavar="B", help="second image file")
+    p.add_argument(
+        "--cam", metavar="OUT.png", help="write both images with their Grad-CAM heatmaps here"
+    )
+
+
+def _add_aws_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--region", help="AWS region of the endpoint (default: AWS_DEFAULT_REGION)")
+    p.add_argument("--profile", help="AWS profile from ~/.aws (default: AWS_PROFILE or 'default')")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,18 +60,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="are two images the same class?",
         description="Compare two images with a local model, a TorchServe URL or a SageMaker endpoint.",
     )
-    p.add_argument("left", help="first image file")
-    p.add_argument("right", help="second image file")
-    p.add_argument(
-        "--cam", metavar="OUT.png", help="write both images with their Grad-CAM heatmaps here"
-    )
+    _add_pair_arguments(p)
     _add_local_options(p)
     p.add_argument("--url", help="TorchServe base URL, e.g. http://localhost:8080")
     p.add_argument("--token", help="TorchServe inference token")
     p.add_argument("--model-name", default="twin", help="model name on the server")
     p.add_argument("--endpoint", help="SageMaker endpoint name")
-    p.add_argument("--region", help="AWS region of the endpoint")
+    _add_aws_options(p)
     p.set_defaults(func=run_compare)
+
+    i = sub.add_parser(
+        "invoke",
+        help="compare two images on a SageMaker endpoint (compare --endpoint)",
+        description="Send two images to a SageMaker endpoint: `twinnet compare --endpoint NAME A B`.",
+    )
+    i.add_argument("endpoint", metavar="NAME", help="SageMaker endpoint name")
+    _add_pair_arguments(i)
+    i.add_argument("--json", action="store_true", help="print the JSON response")
+    _add_aws_options(i)
+    i.set_defaults(
+        func=run_compare, model=None, url=None, token=None, model_name="twin",
+        device="auto", precision="auto",
+    )  # fmt: skip
 
     s = sub.add_parser(
         "search",
@@ -78,8 +104,8 @@ def _open_twin(args: argparse.Namespace):
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    """``twinnet compare A B``: print the verdict; optionally write the Grad-CAM picture."""
-    from ..backends import open_backend
+    """``twinnet compare A B`` (and ``invoke NAME A B``): print the verdict; optionally the Grad-CAM picture."""
+    from ..backends import open_backend, resize_method
 
     for path in (args.left, args.right):
         if not Path(path).is_file():
@@ -92,6 +118,7 @@ def run_compare(args: argparse.Namespace) -> int:
             region=args.region,
             token=args.token,
             model_name=args.model_name,
+            profile=args.profile,
         )
     elif args.device != "auto" or args.precision != "auto":
         backend = _open_twin(args)
@@ -105,14 +132,14 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.cam:
         from ..explain import save_cam_picture
 
-        resize_method = getattr(getattr(backend, "spec", None), "resize_method", "squish")
-        save_cam_picture(Path(args.left), Path(args.right), result, args.cam, resize_method)
+        method = resize_method(backend)
+        save_cam_picture(Path(args.left), Path(args.right), result, args.cam, method)
     print_compare(result, args.json, args.cam)
     return 0
 
 
 def print_compare(result: CompareResult, as_json: bool, cam: str | None = None) -> None:
-    """Print one verdict: the contract's JSON, or a line people read (shared with ``invoke``)."""
+    """Print one verdict: the contract's JSON, or a line people read."""
     if as_json:
         print(json.dumps(result.to_dict()))
         return

@@ -19,10 +19,18 @@ __all__ = ["register"]
 
 
 def _archive_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=8, help="requests per batch (default 8)")
+    from ..runtime import PRECISIONS
+    from ..serve.options import RESPONSE_FORMATS, ServeOptions
+
+    default = ServeOptions()
     p.add_argument(
-        "--max-batch-delay", type=int, default=10, help="ms to wait to fill a batch (default 10)"
-    )
+        "--batch-size", type=int, default=default.batch_size,
+        help=f"requests per batch (default {default.batch_size})",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-batch-delay", type=int, default=default.max_batch_delay,
+        help=f"ms to wait to fill a batch (default {default.max_batch_delay})",
+    )  # fmt: skip
     p.add_argument(
         "--workers",
         type=int,
@@ -30,9 +38,27 @@ def _archive_options(p: argparse.ArgumentParser) -> None:
         help="worker processes (default: one per CPU; torch threads = CPUs / workers)",
     )
     p.add_argument(
-        "--precision", choices=("auto", "bf16", "fp32"), default="auto",
+        "--precision", choices=PRECISIONS, default=default.precision,
         help="encoder precision in the workers (default auto: bf16 where the CPU has it)",
     )  # fmt: skip
+    p.add_argument(
+        "--response-format", choices=RESPONSE_FORMATS, default=default.response_format,
+        help="the answer to a request that names no format: the JSON object (default) or "
+        "the original sample's flat list, so the sample's clients work unchanged",
+    )  # fmt: skip
+
+
+def _options(args: argparse.Namespace):
+    """The archive's :class:`~twinnet.serve.options.ServeOptions` from the command line."""
+    from ..serve.options import ServeOptions
+
+    return ServeOptions(
+        batch_size=args.batch_size,
+        max_batch_delay=args.max_batch_delay,
+        workers=args.workers,
+        precision=args.precision,
+        response_format=args.response_format,
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "archive",
         help="build a TorchServe archive (.mar) from a model directory",
         description="Build MODEL_STORE/<name>.mar with the handler, the model directory and "
-        "a model-config.yaml (batch size, batch delay, workers, threads, timeouts).",
+        "a model-config.yaml (batch size, batch delay, workers, threads, timeouts, default "
+        "response format).",
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a twinnet model directory")
     p.add_argument(
@@ -83,15 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _archive(args: argparse.Namespace) -> int:
     from ..serve.archive import build_archive
 
-    mar = build_archive(
-        args.model_dir,
-        args.out,
-        name=args.name,
-        batch_size=args.batch_size,
-        max_batch_delay=args.max_batch_delay,
-        workers=args.workers,
-        precision=args.precision,
-    )
+    mar = build_archive(args.model_dir, args.out, name=args.name, options=_options(args))
     print(mar)
     return 0
 
@@ -153,10 +172,7 @@ def _serve(args: argparse.Namespace) -> int:
         auth=not args.no_auth,
         name=args.name,
         timeout=args.timeout,
-        batch_size=args.batch_size,
-        max_batch_delay=args.max_batch_delay,
-        workers=args.workers,
-        precision=args.precision,
+        options=_options(args),
     )
     if args.no_auth and args.host not in server.LOOPBACK:
         print(

@@ -3,7 +3,8 @@
 A thin layer, spelled out as decode → batch → predict → unbatch → encode:
 
 1. every row of TorchServe's batch is parsed by :mod:`twinnet.protocol` (multipart or JSON,
-   strict ``cam``, ``format=list``, the 6 MB limit); a bad row gets its own error now;
+   strict ``cam``, ``format``, the 6 MB limit); a bad row gets its own error now. A row that
+   names no ``format`` gets the archive's ``response_format`` (``model-config.yaml``);
 2. the valid rows go to ``Twin.compare_batch`` in at most two calls (rows without and with
    CAM), which decodes safely, encodes every distinct image once (embedding cache) and runs
    the head once over the batch; a row whose image does not decode fails alone;
@@ -11,7 +12,9 @@ A thin layer, spelled out as decode → batch → predict → unbatch → encode
    per-request status (``context.set_response_status(code, phrase, idx=i)``).
 
 The handler keeps no per-request state: the context is passed down, never stored. The model
-is rebuilt from ``twinnet.json`` by the library, so nothing here restates the architecture.
+is rebuilt from ``twinnet.json`` by the library, and the archive's options are read by
+:class:`twinnet.serve.options.ServeOptions`, so nothing here restates the architecture or the
+config's defaults.
 
 This file is copied into the ``.mar`` and imported by TorchServe as a top-level module, so it
 uses absolute imports only and defines exactly one class.
@@ -62,19 +65,20 @@ class TwinHandler(BaseHandler):
         super().__init__()
         self.twin: Any = None
         self.threads: int | None = None
+        #: The answer's form when a request names no ``format`` (the archive's choice).
+        self.response_format = "object"
 
     def initialize(self, context: Any) -> None:
-        """Load the model directory shipped in the archive, with the archive's thread plan."""
+        """Load the model directory shipped in the archive, with the archive's options."""
         import torch
 
         from twinnet.inference import Twin
-        from twinnet.serve.archive import resolve_threads
+        from twinnet.serve.options import ServeOptions, resolve_threads
 
         props = context.system_properties
-        config = getattr(context, "model_yaml_config", None) or {}
-        section = config.get("twinnet") or {}
-        workers = int(config.get("minWorkers") or section.get("workers") or 1)
-        self.threads = resolve_threads(section.get("threads", "auto"), workers)
+        options = ServeOptions.from_config(getattr(context, "model_yaml_config", None))
+        self.response_format = options.response_format
+        self.threads = resolve_threads(options.threads, options.workers or 1)
         if self.threads is not None:
             try:  # one inter-op thread: batches already keep the intra-op threads busy
                 torch.set_num_interop_threads(1)
@@ -85,19 +89,21 @@ class TwinHandler(BaseHandler):
         self.twin = Twin.load(
             props["model_dir"],
             device=device,
-            precision=str(section.get("precision", "auto")),
-            cache_mb=float(section.get("cache_mb", 256)),
+            precision=options.precision,
+            cache_mb=options.cache_mb,
             threads=self.threads,
         )
         self._warm_up()
         self.initialized = True
         logger.info(
-            "twinnet: loaded %r (%s) with %s torch thread(s), precision %s, plan %s",
+            "twinnet: loaded %r (%s) with %s torch thread(s), precision %s, plan %s, "
+            "default response format %s",
             self.twin.name,
             self.twin.spec.arch,
             torch.get_num_threads(),
             self.twin.precision,
-            section.get("plan", "tuned"),
+            options.plan,
+            options.response_format,
         )
 
     def _warm_up(self) -> None:
@@ -112,11 +118,13 @@ class TwinHandler(BaseHandler):
             logger.warning("twinnet: warm-up forward failed", exc_info=True)
 
     # ------------------------------------------------------------------ stages
-    @staticmethod
     def parse_rows(
-        data: list[dict[str, Any]], context: Any
+        self, data: list[dict[str, Any]], context: Any
     ) -> list[CompareRequest | ProtocolError]:
-        """Decode each row's request, or the error it deserves (never raises)."""
+        """Decode each row's request, or the error it deserves (never raises).
+
+        A row that names no ``format`` gets the archive's default response format.
+        """
         out: list[CompareRequest | ProtocolError] = []
         for i, row in enumerate(data):
             try:
@@ -130,7 +138,8 @@ class TwinHandler(BaseHandler):
                     **options_from_attributes(_header(context, i, CUSTOM_ATTRIBUTES_HEADER)),
                     **row,
                 }
-                out.append(parse_fields(fields, _header(context, i, "Content-Type")))
+                ctype = _header(context, i, "Content-Type")
+                out.append(parse_fields(fields, ctype, default_format=self.response_format))
             except ProtocolError as exc:
                 out.append(exc)
             except Exception as exc:  # a parser bug must not fail the other rows
@@ -170,7 +179,7 @@ class TwinHandler(BaseHandler):
                 _respond(context, i, res.status, n)
                 out.append(_dumps(body))
             else:
-                fmt = req.format if isinstance(req, CompareRequest) else "dict"
+                fmt = req.format if isinstance(req, CompareRequest) else "object"
                 _respond(context, i, 200, n)
                 out.append(render_result(res, fmt))
         return out
