@@ -37,7 +37,7 @@ ATT = ROOT.parent / "shared" / "data" / "att-faces"
 #: (name, train args) per data set; the budget is the same for both heads.
 RECIPES = {
     "att": {
-        "size": 64, "epochs": 16, "lr": 3e-3, "bs": 32, "valid_pct": 0.25, "epoch_pairs": 1024,
+        "size": 96, "epochs": 12, "lr": 3e-3, "bs": 32, "valid_pct": 0.25, "epoch_pairs": 1024,
     },
     "digits": {
         "size": 32, "epochs": 8, "lr": 3e-3, "bs": 32, "valid_pct": 0.3, "epoch_pairs": 1024,

@@ -71,12 +71,13 @@ TRAINED_RECIPE = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="session")
-def trained_model_dir(tmp_path_factory) -> Path:
+@pytest.fixture(scope="session", params=["cosine", "concat"])
+def trained_model_dir(request, tmp_path_factory) -> Path:
     """A resnet18 twin trained from scratch on generated shapes (well above chance), via the CLI.
 
-    Its data folder holds one corrupt file, so training also goes through the skip-and-warn
-    path. The data are next to the model, in ``<model_dir>/../data``.
+    One per head, so every test that uses it (training, evaluation, the app, the browser)
+    runs for both. Its data folder holds one corrupt file, so training also goes through the
+    skip-and-warn path. The data are next to the model, in ``<model_dir>/../data``.
     """
     from twinnet.cli import main
     from twinnet.datasets import make_shapes_dataset
@@ -85,7 +86,7 @@ def trained_model_dir(tmp_path_factory) -> Path:
     data = make_shapes_dataset(base / "data", classes=6, per_class=40, size=32)
     (data / "circle_0" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = base / "model"
-    code = main(["train", str(data), "--out", str(out), *TRAINED_RECIPE])
+    code = main(["train", str(data), "--out", str(out), *TRAINED_RECIPE, "--head", request.param])
     if code != 0:
         raise RuntimeError(f"training the trained_model_dir fixture failed with exit status {code}")
     return out

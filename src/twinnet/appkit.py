@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from .backends import KINDS, Backend, BackendChoice
+from .data import IMAGE_SUFFIXES
 from .errors import ImageError, TwinnetError
 from .imaging import decode_image
 
@@ -53,8 +54,8 @@ ENV = {
     "samples": "TWINNET_APP_SAMPLES",
     "locked": "TWINNET_APP_LOCKED",
 }
-#: File types the uploaders accept (``decode_image`` reads all of them).
-IMAGE_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "gif")
+#: File types the uploaders accept: the suffixes training and search read, without the dot.
+IMAGE_TYPES = tuple(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
 #: Folder inside a model directory whose images the app offers as samples.
 SAMPLES_DIR = "samples"
 #: Most images a gallery folder contributes; more would make one search take minutes on CPU.

@@ -36,8 +36,7 @@ __all__ = [
     "PairAugment",
     "SpecNormalize",
     "PairDL",
-    "pair_dataloaders",
-    "image_dataloaders",
+    "make_dataloaders",
     "distributed_dl",
 ]
 
@@ -212,7 +211,7 @@ def _batch_tfms(preprocess: Preprocess, augment: bool) -> list[Transform]:
     return tfms
 
 
-def pair_dataloaders(
+def make_dataloaders(
     train,
     valid,
     preprocess: Preprocess,
@@ -222,38 +221,21 @@ def pair_dataloaders(
     workers: int = 0,
     device: torch.device | str | None = None,
 ) -> DataLoaders:
-    """Training (shuffled, augmented, last partial batch dropped) and validation DataLoaders."""
-    common = {
-        "num_workers": workers,
-        "device": device,
-        "after_batch": _batch_tfms(preprocess, augment),
-    }
-    train_dl = PairDL(train, bs=bs, shuffle=True, drop_last=len(train) > bs, **common)
-    valid_dl = PairDL(valid, bs=bs * 2, shuffle=False, **common)
-    return DataLoaders(train_dl, valid_dl, device=device)
+    """Training (augmented) and validation DataLoaders of pairs or of class-labelled images.
 
-
-def image_dataloaders(
-    train,
-    valid,
-    preprocess: Preprocess,
-    *,
-    bs: int = 32,
-    augment: bool = True,
-    workers: int = 0,
-    device: torch.device | str | None = None,
-) -> DataLoaders:
-    """DataLoaders of ``(image, label)`` items for metric losses.
-
-    The training dataset is already laid out as class-balanced batches of ``bs`` images, so
-    it is read in order (no shuffle), one laid-out batch per loader batch.
+    A :class:`PairDataset` is shuffled, with the last partial batch dropped. An
+    :class:`ImageDataset` is already laid out as class-balanced batches of ``bs`` images,
+    so it is read in order, one laid-out batch per loader batch.
     """
+    laid_out = isinstance(train, ImageDataset)
     common = {
         "num_workers": workers,
         "device": device,
         "after_batch": _batch_tfms(preprocess, augment),
     }
-    train_dl = PairDL(train, bs=bs, shuffle=False, drop_last=True, **common)
+    train_dl = PairDL(
+        train, bs=bs, shuffle=not laid_out, drop_last=laid_out or len(train) > bs, **common
+    )
     valid_dl = PairDL(valid, bs=bs * 2, shuffle=False, **common)
     return DataLoaders(train_dl, valid_dl, device=device)
 
@@ -310,6 +292,6 @@ def build_dataloaders(
     valid = PairDataset(
         split.valid, store, valid_pairs or max(len(split.valid), 256), seed, train=False
     )
-    return pair_dataloaders(
+    return make_dataloaders(
         train, valid, preprocess, bs=bs, augment=augment, workers=workers, device=device
     )

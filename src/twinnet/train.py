@@ -368,7 +368,7 @@ def _learner(
         )
         return learn, None
 
-    from .dataloaders import image_dataloaders
+    from .dataloaders import make_dataloaders
     from .losses import PairAUC, build_metric_loss, default_loss
 
     store = ImageStore(preprocess, cache)
@@ -378,7 +378,7 @@ def _learner(
     n_batches = -(-images // (bs * dist.world_size)) * dist.world_size
     train_ds = ImageDataset(split.train, store, cfg.seed, cfg.per_class, bs, n_batches)
     valid_ds = ImageDataset(split.valid, store, cfg.seed)
-    dls = image_dataloaders(
+    dls = make_dataloaders(
         train_ds, valid_ds, preprocess, bs=bs, augment=cfg.augment, workers=workers, device=device
     )
     loss = build_metric_loss(

@@ -405,3 +405,26 @@ def test_container_settings_rejected(env, fragment):
 
     with pytest.raises(TwinnetError, match=re.escape(fragment)):
         settings_from_env(env)
+
+
+def test_package_records_the_response_format_and_changes_the_digest(random_model_dir, tmp_path):
+    import tarfile
+    import zipfile
+
+    from twinnet.cli import main
+    from twinnet.deploy.plan import artifact_digest
+    from twinnet.serve.options import CONFIG_FILE, ServeOptions
+
+    out = tmp_path / "model.tar.gz"
+    assert (
+        main(["package", str(random_model_dir), "--out", str(out), "--response-format", "list"])
+        == 0
+    )
+    with tarfile.open(out) as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    (mar,) = (tmp_path / "x").glob("*.mar")
+    with zipfile.ZipFile(mar) as zf:
+        options = ServeOptions.from_yaml(zf.read(CONFIG_FILE))
+    assert options.response_format == "list"
+    plain = artifact_digest(random_model_dir, {})
+    assert artifact_digest(random_model_dir, {"response_format": "list"}) != plain

@@ -32,14 +32,25 @@ def _add_aws_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_archive_options(p: argparse.ArgumentParser) -> None:
+    from ..serve.options import RESPONSE_FORMATS
+
     p.add_argument("--batch-size", type=int, default=None, help="TorchServe batch size")
     p.add_argument(
         "--max-batch-delay", type=int, default=None, help="ms TorchServe waits to fill a batch"
     )
+    p.add_argument(
+        "--response-format",
+        choices=RESPONSE_FORMATS,
+        default="object",
+        help="answer for requests that name no format: object (default), or list: the AWS "
+        "sample's flat [neg, pos, *maps], so its clients work unchanged",
+    )
 
 
-def _archive_options(args: argparse.Namespace) -> dict[str, int]:
-    out = {}
+def _archive_options(args: argparse.Namespace) -> dict[str, int | str]:
+    out: dict[str, int | str] = {}
+    if args.response_format != "object":  # the default adds nothing, so digests stay as they were
+        out["response_format"] = args.response_format
     if args.batch_size is not None:
         if args.batch_size < 1:
             raise TwinnetError("--batch-size must be at least 1")

@@ -195,10 +195,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- evaluate
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _labelled_data(args: argparse.Namespace, default_to_training: bool) -> tuple[str, str | None]:
+    """DATA_DIR, --data or --dataset, and the label source; optionally the training folder."""
     from ..datasets import resolve_dataset
-    from ..evaluate import evaluate, evaluation_items
-    from ..inference import Twin
 
     data, labels = _data_dir(args), args.labels
     if args.dataset:
@@ -206,12 +205,22 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise TwinnetError("give either DATA_DIR (--data) or --dataset, not both")
         data, dataset_labels = resolve_dataset(args.dataset)
         labels = labels or dataset_labels
-    if not data:
+    if not data and default_to_training:
         from ..spec import ModelSpec
 
         data = ModelSpec.load(args.model_dir).recipe.get("data")
-        if not data or not Path(data).is_dir():
-            raise TwinnetError("no data: give DATA_DIR (or --data DIR), or --dataset digits|pets")
+        if data and not Path(data).is_dir():
+            data = None
+    if not data:
+        raise TwinnetError("no data: give DATA_DIR (or --data DIR), or --dataset digits|pets")
+    return str(data), labels
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate, evaluation_items
+    from ..inference import Twin
+
+    data, labels = _labelled_data(args, default_to_training=True)
     if args.pairs < 0 or args.trials < 1:
         raise TwinnetError("--pairs must be >= 0 and --trials >= 1")
     twin = Twin.load(args.model_dir, device=args.device, precision=args.precision)
@@ -279,20 +288,11 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
 def _calibrate(args: argparse.Namespace) -> int:
     from ..calibrate import recalibrate
 
-    data = _data_dir(args)
-    if args.dataset:
-        from ..datasets import resolve_dataset
-
-        if data:
-            raise TwinnetError("give either DATA_DIR (--data) or --dataset, not both")
-        data, labels = resolve_dataset(args.dataset)
-        args.labels = args.labels or labels
-    if not data:
-        raise TwinnetError("no data: give DATA_DIR (or --data DIR), or --dataset digits|pets")
+    data, labels = _labelled_data(args, default_to_training=False)
     before, after = recalibrate(
         args.model_dir,
         data,
-        labels=args.labels,
+        labels=labels,
         target=args.target,
         pairs=args.pairs,
         seed=args.seed,
@@ -353,8 +353,8 @@ def _info(args: argparse.Namespace) -> int:
     c = spec.calibration
     if c:
         print(
-            f"calibrated on {c.get('pairs')} pairs of {c.get('method')} (target {c.get('target')}): "
-            f"cosine {_fmt(c.get('score_threshold'))} -> threshold, EER {_fmt(c.get('eer'))}, "
+            f"calibration {c.get('pairs')} pairs of {c.get('method')}, target {c.get('target')}: "
+            f"threshold at cosine {_fmt(c.get('score_threshold'))}, EER {_fmt(c.get('eer'))}, "
             f"accuracy {_fmt(c.get('accuracy'))}"
         )
     print(f"labels     {spec.labels}")
@@ -382,9 +382,12 @@ def _info(args: argparse.Namespace) -> int:
         )
     m = spec.metrics
     if m:
+        first = f"valid loss {_fmt(m.get('valid_loss'))}, "
+        if m.get("valid_accuracy") is not None:
+            first += f"accuracy {_fmt(m.get('valid_accuracy'))}, "
         print(
-            f"metrics    valid loss {_fmt(m.get('valid_loss'))}, accuracy {_fmt(m.get('valid_accuracy'))}, "
-            f"pair accuracy {_fmt(m.get('pair_accuracy'))}, ROC AUC {_fmt(m.get('pair_auc'))} "
+            f"metrics    {first}pair accuracy {_fmt(m.get('pair_accuracy'))}, ROC AUC "
+            f"{_fmt(m.get('pair_auc'))}, EER {_fmt(m.get('pair_eer'))} "
             f"({m.get('valid_pairs')} validation pairs)"
         )
         for i, row in enumerate(m.get("history", [])):

@@ -8,7 +8,10 @@
   :mod:`.rollout` (its course), :mod:`.steps` and :mod:`.ledger` (each step and its undo);
   :mod:`.endpoints` (listing, status) and :mod:`.teardown`. The same calls run against
   AWS and against a moto server (``AWS_ENDPOINT_URL``).
-- :mod:`.container` is the serving image's entrypoint (``twinnet container serve``).
+- :mod:`.container` is the serving image's entrypoint (``twinnet container serve``); its
+  public port is :mod:`.gateway` (waitress: ``/ping`` from TorchServe's readiness, strict
+  framing, read deadlines, bounded threads), which forwards ``/invocations`` through
+  :mod:`.gateway_http` (a urllib3 pool to TorchServe on loopback).
 
 Invoking an endpoint is :class:`twinnet.client.SageMakerClient` (``twinnet compare
 --endpoint``, and its alias ``twinnet invoke``).
@@ -23,6 +26,8 @@ __all__ = [
     "aws",
     "container",
     "endpoints",
+    "gateway",
+    "gateway_http",
     "ledger",
     "package",
     "plan",

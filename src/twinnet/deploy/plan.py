@@ -51,8 +51,9 @@ def artifact_digest(model_dir: str | Path, options: Mapping[str, Any] | None = N
             {"twinnet": __version__, "options": dict(options or {})}, sort_keys=True
         ).encode()
     )
-    # The files build_archive ships: the directory's top-level, non-hidden files.
-    for path in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
+    from ..serve.archive import archive_files
+
+    for path in archive_files(root):  # exactly the files build_archive ships
         h.update(f"{path.name}\0{path.stat().st_size}\0".encode())
         with path.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
