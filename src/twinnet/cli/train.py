@@ -128,9 +128,19 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         default=True,
         help="start from torchvision's ImageNet weights (default: yes)",
     )
-    p.add_argument("--frozen-epochs", type=int, default=4, help="epochs with the encoder frozen")
-    p.add_argument("--epochs", type=int, default=4, help="epochs with everything trainable")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the frozen stage")
+    p.add_argument(
+        "--frozen-epochs",
+        type=int,
+        help="epochs with the encoder frozen (default 4; from scratch 0)",
+    )
+    p.add_argument(
+        "--epochs", type=int, help="epochs with everything trainable (default 4; from scratch 12)"
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="learning rate of the first stage (default 1e-3; from scratch 3e-3)",
+    )
     p.add_argument(
         "--lr-lo",
         type=float,
@@ -183,9 +193,13 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         help="fastai aug_transforms on training batches (default: on)",
     )
     p.add_argument(
-        "--epoch-pairs", type=int, help="training pairs per epoch (default: max(images, 1024))"
+        "--epoch-pairs",
+        type=int,
+        help="training pairs (concat) or images (cosine) per epoch (default: max(images, 1024))",
     )
-    p.add_argument("--valid-pairs", type=int, help="validation pairs (default: max(images, 256))")
+    p.add_argument(
+        "--valid-pairs", type=int, help="concat: validation pairs (default: max(images, 256))"
+    )
     p.add_argument("--lr-find", action="store_true", help="run fastai's lr_find, report, and stop")
     p.add_argument("--name", default="twin", help="model name used by servers")
     p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's)")
