@@ -570,3 +570,20 @@ class Twin:
     def overlay(self, image: ImageSource, cam: np.ndarray, alpha: float = 0.5) -> Image.Image:
         """The Grad-CAM heatmap blended over the original image, at its own aspect ratio."""
         return explain.overlay(self.decode(image), cam, self.spec.resize_method, alpha=alpha)
+
+    def index(
+        self,
+        folder: str | os.PathLike,
+        out: str | os.PathLike,
+        labels: str = "folder",
+        kind: str = "auto",
+        model_dir: str | os.PathLike | None = None,
+    ) -> Any:
+        """Build a gallery index of ``folder`` at ``out``, for identification (cosine models).
+
+        Returns the :class:`twinnet.index.GalleryIndex`; ``model_dir`` is recorded so the
+        index can load this model again by itself.
+        """
+        from .index import GalleryIndex
+
+        return GalleryIndex.build(self, folder, out, labels=labels, kind=kind, model_dir=model_dir)

@@ -84,7 +84,9 @@ def test_twin_scores_cosine_models_by_embeddings(cosine_model, shapes_dir):
     # one matrix product: margins are scale * cos + bias of the embeddings
     margins = twin.margins(files[0], files[1:])
     cos = (emb[1:] @ emb[0]).numpy()
-    np.testing.assert_allclose(margins, float(model.head.scale) * cos + float(model.head.bias), atol=1e-4)
+    np.testing.assert_allclose(
+        margins, float(model.head.scale) * cos + float(model.head.bias), atol=1e-4
+    )
     # compare (embeddings) and compare with cam (feature maps) agree
     plain, with_cam = twin.compare(files[0], files[1]), twin.compare(files[0], files[1], cam=True)
     assert plain.logits == pytest.approx(with_cam.logits, abs=1e-4)

@@ -18,7 +18,7 @@ from ..errors import TwinnetError
 __all__ = ["main", "build_parser"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-_MODULES = ("train", "infer", "serve", "deploy", "app")
+_MODULES = ("train", "infer", "index", "serve", "deploy", "app")
 
 
 def build_parser() -> argparse.ArgumentParser:

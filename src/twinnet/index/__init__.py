@@ -1,0 +1,35 @@
+"""Gallery index (FAISS) and open-set identification: which known class is this, if any?
+
+``GalleryIndex.build(twin, folder, out)`` (or ``twin.index(folder, out)``) embeds a labelled
+gallery once; ``GalleryIndex.open(out).identify(images)`` answers each query with its best
+classes, their calibrated probabilities, and ``known: false`` when none reaches the
+model's threshold. Needs a cosine model, and ``pip install 'twinnet[index]'``.
+"""
+
+from __future__ import annotations
+
+from .build import Update
+from .gallery import (
+    MAX_TOP_K,
+    GalleryIndex,
+    Identification,
+    Match,
+    aggregate,
+    check_top_k,
+    from_embeddings,
+)
+from .vectors import AUTO_FLAT_MAX, KINDS, TARGET_RECALL
+
+__all__ = [
+    "GalleryIndex",
+    "Identification",
+    "Match",
+    "Update",
+    "aggregate",
+    "check_top_k",
+    "from_embeddings",
+    "AUTO_FLAT_MAX",
+    "KINDS",
+    "MAX_TOP_K",
+    "TARGET_RECALL",
+]
