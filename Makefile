@@ -27,7 +27,7 @@ check-java:
 demo: $(STAMP)
 	$(BIN)/twinnet train --dataset digits --out $(RUNS)/digits --arch resnet18 --size 32 \
 		--no-pretrained --frozen-epochs 0 --epochs 10 --lr 3e-3 --bs 32 --split classes \
-		--valid-pct 0.3 --seed 0
+		--valid-pct 0.3 --no-aug --seed 0
 	$(BIN)/twinnet evaluate $(RUNS)/digits --dataset digits --held-out --pairs 2000 --way 3 --trials 400
 	$(BIN)/twinnet info $(RUNS)/digits
 	@echo "model directory: $(RUNS)/digits"

@@ -126,7 +126,9 @@ class ImageDataset:
         self.train = per_class is not None
         self.split_idx = 0 if self.train else 1
         self.per_class = per_class or 1
-        self.classes_per_batch = max(2, batch_size // self.per_class)
+        # with fewer usable classes than a batch wants, batches shrink and stay whole
+        usable = int((np.bincount(items.labels) >= 2).sum()) if len(items) else 0
+        self.classes_per_batch = min(max(2, batch_size // self.per_class), max(2, usable))
         self.n_batches = n_batches
         self.epoch = -1
         if self.train:
@@ -141,6 +143,11 @@ class ImageDataset:
         self.order = draw_class_batches(
             self.items.labels, self.n_batches, self.per_class, self.classes_per_batch, rng
         )
+
+    @property
+    def batch_size(self) -> int:
+        """Items of one laid-out batch: what the training loader must read at a time."""
+        return self.classes_per_batch * self.per_class
 
     def __len__(self) -> int:
         return len(self.order)

@@ -390,15 +390,14 @@ def _learner(
     from .losses import PairAUC, build_metric_loss, default_loss
 
     store = ImageStore(preprocess, cache)
-    classes_per_batch = max(2, cfg.bs // cfg.per_class)
-    bs = classes_per_batch * cfg.per_class
     images = cfg.epoch_pairs or max(len(split.train), 1024)
-    n_batches = -(-images // (bs * dist.world_size)) * dist.world_size
-    train_ds = ImageDataset(split.train, store, cfg.seed, cfg.per_class, bs, n_batches)
+    n_batches = -(-images // (cfg.bs * dist.world_size)) * dist.world_size
+    train_ds = ImageDataset(split.train, store, cfg.seed, cfg.per_class, cfg.bs, n_batches)
     valid_ds = ImageDataset(split.valid, store, cfg.seed)
     dls = make_dataloaders(
-        train_ds, valid_ds, preprocess, bs=bs, augment=cfg.augment, workers=workers, device=device
-    )
+        train_ds, valid_ds, preprocess, bs=train_ds.batch_size, augment=cfg.augment,
+        workers=workers, device=device,
+    )  # fmt: skip
     loss = build_metric_loss(
         cfg.loss or default_loss("cosine"), len(split.train.classes), spec.embedding_dim
     )

@@ -92,6 +92,10 @@ def test_calibrate_refits_the_threshold_and_evaluate_uses_it(unseen_model, tmp_p
     )
     text = capsys.readouterr().out
     assert "before" in text and "after" in text and "far=0.01" in text
+    after = next(line.split() for line in text.splitlines() if line.startswith("after"))
+    threshold, accuracy, far, frr = map(float, after[1:5])
+    assert far <= 0.01  # the target, on the pairs it was fitted on
+    assert accuracy == pytest.approx(1 - (far + frr) / 2, abs=1e-3)  # balanced pairs
     spec = ModelSpec.load(model)
     assert spec.calibration["target"] == "far=0.01" and spec.calibration["pairs"] == 4000
     assert spec.threshold == spec.calibration["threshold"]
@@ -101,8 +105,9 @@ def test_calibrate_refits_the_threshold_and_evaluate_uses_it(unseen_model, tmp_p
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["threshold"] == pytest.approx(spec.threshold)
-    # a threshold for a false accept rate of 1% accepts few different pairs on these classes
-    assert report["accuracy"] >= 0.7, report
+    # on fresh pairs of the same classes: few false accepts, so accuracy sits above chance by
+    # about half the true accept rate
+    assert report["accuracy"] >= 0.55, report
 
 
 def test_calibrate_refuses_a_concat_model(shapes_dir, tmp_path, capsys):

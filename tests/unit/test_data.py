@@ -284,3 +284,17 @@ def test_pets_download_fails_fast_and_names_data_dir_when_unreachable(url):
     with pytest.raises(TwinnetError, match="--data"):
         download_pets(url, timeout=2.0)
     assert time.monotonic() - start < 10
+
+
+def test_image_dataset_batches_stay_whole_with_few_classes(tmp_path):
+    """Fewer classes than a batch wants: each laid-out batch still has per_class of each."""
+    for c in range(3):
+        for i in range(6):
+            _write(tmp_path / f"c{c}" / f"{i}.png", value=40 * c)
+    items = scan_folder(tmp_path)
+    store = ImageStore(build_transforms(ModelSpec(arch="resnet18", image_size=16)))
+    ds = ImageDataset(items, store, seed=0, per_class=4, batch_size=32, n_batches=5)
+    assert ds.batch_size == 12  # 3 classes of 4, not the 32 asked for
+    blocks = items.labels[ds.order].reshape(5, 3, 4)
+    assert (blocks == blocks[..., :1]).all()
+    assert all(len(set(b[:, 0].tolist())) == 3 for b in blocks)
