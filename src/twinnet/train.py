@@ -355,7 +355,7 @@ def _learner(
     scratch,
     dist,
 ):
-    """The fastai Learner of either objective, and the loss object (for the cosine head)."""
+    """The fastai Learner of either objective: pair cross-entropy, or a metric loss."""
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import accuracy
@@ -384,7 +384,7 @@ def _learner(
             splitter=twin_splitter,
             path=scratch,
         )
-        return learn, None
+        return learn
 
     from .dataloaders import make_dataloaders
     from .losses import PairAUC, build_metric_loss, default_loss
@@ -410,7 +410,7 @@ def _learner(
     learn = Learner(
         dls, net, loss_func=loss, metrics=PairAUC(), splitter=splitter, path=scratch, cbs=cbs
     )
-    return learn, loss
+    return learn
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -467,7 +467,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         device = default_device()
         bf16 = training_bf16(cfg.precision, torch.device(device))
         with tempfile.TemporaryDirectory(prefix="twinnet-train-") as scratch:
-            learn, _ = _learner(
+            learn = _learner(
                 cfg, spec, model, parts, preprocess, cache, workers, device, scratch, dist
             )
             if bf16:
