@@ -1,0 +1,163 @@
+"""The HTTP contract over one model, for any serving engine: rows in, one reply per row out.
+
+Written once and shared by every engine, so none of them can drift from the contract:
+
+* the TorchServe handler (:mod:`twinnet.serve.handler`) hands it TorchServe's batch rows;
+* the Ray Serve deployment hands it the requests one ``@serve.batch`` call gathered.
+
+A row is what TorchServe gives a handler, a mapping of named parameters (multipart fields and
+query-string parameters by name, any other body as ``body``), plus the request's headers.
+:meth:`TwinService.handle` decodes every row (a bad row gets its own error, never raises),
+runs the valid ones through :meth:`twinnet.inference.Twin.compare_batch` in at most two calls
+(rows without and with CAM) and renders one :class:`Reply` per row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twinnet.protocol import (
+    CUSTOM_ATTRIBUTES_HEADER,
+    CompareRequest,
+    ProtocolError,
+    check_size,
+    error_body,
+    error_from_exception,
+    options_from_attributes,
+    parse_fields,
+    render_result,
+)
+
+__all__ = ["Reply", "Row", "TwinService", "header"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One request as an engine received it: named parameters and headers."""
+
+    fields: Mapping[str, Any]
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One response: its status and JSON text (the content type is always JSON)."""
+
+    status: int
+    body: str
+
+
+def header(headers: Mapping[Any, Any] | None, name: str) -> str | None:
+    """The value of header ``name`` (case-insensitive), or None; non-text values are ignored."""
+    for key, value in (headers or {}).items():
+        if isinstance(key, str) and key.lower() == name.lower() and isinstance(value, str):
+            return value
+    return None
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+class TwinService:
+    """Answers the contract's requests with one loaded :class:`~twinnet.inference.Twin`."""
+
+    def __init__(self, twin: Any, response_format: str = "object") -> None:
+        self.twin = twin
+        #: The answer's form when a request names no ``format`` (the server's choice).
+        self.response_format = response_format
+
+    @classmethod
+    def load(
+        cls, model_dir: str, options: Any, device: str = "cpu", threads: int | None = None
+    ) -> TwinService:
+        """Load a model directory with a :class:`~twinnet.serve.options.ServeOptions`, warmed up."""
+        from twinnet.inference import Twin
+
+        twin = Twin.load(
+            model_dir,
+            device=device,
+            precision=options.precision,
+            cache_mb=options.cache_mb,
+            threads=threads,
+        )
+        service = cls(twin, options.response_format)
+        service.warm_up()
+        return service
+
+    def warm_up(self) -> None:
+        """One forward before the engine reports ready, so no client pays for kernel set-up."""
+        from PIL import Image
+
+        size = self.twin.spec.image_size
+        blank = Image.new("RGB", (size, size), (127, 127, 127))
+        try:
+            self.twin.compare_batch([(blank, blank)])
+        except Exception:  # a warm-up failure must not hide the real error of a real request
+            logger.warning("twinnet: warm-up forward failed", exc_info=True)
+
+    # ------------------------------------------------------------------ stages
+    def parse(self, row: Row | None) -> CompareRequest | ProtocolError:
+        """Decode one row's request, or the error it deserves (never raises)."""
+        try:
+            if row is None or not isinstance(row.fields, Mapping):
+                raise ProtocolError("bad_request", "empty or malformed request")
+            length = header(row.headers, "Content-Length")
+            if length and length.isdigit():
+                check_size(int(length))
+            # Options from SageMaker's CustomAttributes yield to the request's own fields.
+            fields = {
+                **options_from_attributes(header(row.headers, CUSTOM_ATTRIBUTES_HEADER)),
+                **row.fields,
+            }
+            ctype = header(row.headers, "Content-Type")
+            return parse_fields(fields, ctype, default_format=self.response_format)
+        except ProtocolError as exc:
+            return exc
+        except Exception as exc:  # a parser bug must not fail the other rows
+            logger.exception("twinnet: cannot parse a request")
+            return error_from_exception(exc)
+
+    def predict(self, requests: Sequence[CompareRequest | ProtocolError]) -> list[Any]:
+        """Results for valid rows (CompareResult or ProtocolError), errors passed through."""
+        out: list[Any] = list(requests)
+        for cam in (False, True):
+            idx = [
+                i for i, r in enumerate(requests) if isinstance(r, CompareRequest) and r.cam == cam
+            ]
+            if not idx:
+                continue
+            pairs = [(requests[i].left, requests[i].right) for i in idx]  # type: ignore[union-attr]
+            try:
+                results = self.twin.compare_batch(pairs, cam=cam, return_exceptions=True)
+            except Exception as exc:
+                logger.exception("twinnet: batch of %d failed", len(idx))
+                results = [exc] * len(idx)
+            for i, res in zip(idx, results, strict=True):
+                out[i] = error_from_exception(res) if isinstance(res, BaseException) else res
+        return out
+
+    @staticmethod
+    def encode(
+        requests: Sequence[CompareRequest | ProtocolError], results: Sequence[Any]
+    ) -> list[Reply]:
+        """One reply per row: the error object with its status, or the rendered result."""
+        out: list[Reply] = []
+        for req, res in zip(requests, results, strict=True):
+            if isinstance(res, ProtocolError):
+                out.append(Reply(res.status, _dumps(error_body(res.code, res.message, res.field))))
+            else:
+                fmt = req.format if isinstance(req, CompareRequest) else "object"
+                out.append(Reply(200, render_result(res, fmt)))
+        return out
+
+    def handle(self, rows: Sequence[Row | None]) -> list[Reply]:
+        """Exactly one reply per row, in order; a bad row fails alone."""
+        requests = [self.parse(row) for row in rows]
+        return self.encode(requests, self.predict(requests))
