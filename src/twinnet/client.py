@@ -1,8 +1,11 @@
 """Clients for a served twin model: TorchServe over HTTP, and a SageMaker endpoint.
 
-Both send the same bytes, built by :func:`twinnet.protocol.encode_multipart`, so the
-request a client sends is exactly the one the handler parses, and both return a
-:class:`~twinnet.result.CompareResult`. Responses are parsed as JSON (never evaluated).
+Both send the same bytes, built by :func:`twinnet.protocol.encode_multipart` (and
+:func:`~twinnet.protocol.encode_identify_multipart`), so the request a client sends is
+exactly the one the handler parses. ``compare`` returns a
+:class:`~twinnet.result.CompareResult`; ``identify`` (a model served with a gallery index)
+returns an :class:`~twinnet.index.Identification`. Responses are parsed as JSON (never
+evaluated).
 Every failure is a :class:`~twinnet.errors.TwinnetError` with a one-line message that says
 what to do next; an image the server could not decode is an :class:`~twinnet.errors.ImageError`
 naming the field.
@@ -11,16 +14,26 @@ naming the field.
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .errors import ImageError, TwinnetError
 from .imaging import ImageSource, read_bytes, source_name
-from .protocol import MAX_REQUEST_BYTES, encode_multipart
+from .protocol import (
+    DEFAULT_TOP_K,
+    MAX_REQUEST_BYTES,
+    QUERY_FIELD,
+    encode_identify_multipart,
+    encode_multipart,
+)
 from .result import CompareResult
 
-__all__ = ["HttpClient", "SageMakerClient", "TOKEN_ENV", "prepare_body"]
+if TYPE_CHECKING:
+    from .index import Identification
+
+__all__ = ["HttpClient", "SageMakerClient", "TOKEN_ENV", "prepare_body", "prepare_identify_body"]
 
 #: Environment variable holding a TorchServe inference token (used when none is passed).
 TOKEN_ENV = "TWINNET_TOKEN"
@@ -40,13 +53,24 @@ def prepare_body(left: ImageSource, right: ImageSource, cam: bool = False) -> tu
     so it is measured exactly as it will be sent, before any connection is opened.
     """
     body, content_type = encode_multipart(_payload(left, "left"), _payload(right, "right"), cam)
+    return _checked_size(body), content_type
+
+
+def prepare_identify_body(query: ImageSource, top_k: int = DEFAULT_TOP_K) -> tuple[bytes, str]:
+    """Read the query and build the identification body; checked as :func:`prepare_body`
+    does, ``top_k`` included (1 to :data:`~twinnet.protocol.MAX_REQUEST_TOP_K`)."""
+    body, content_type = encode_identify_multipart(_payload(query, QUERY_FIELD), top_k)
+    return _checked_size(body), content_type
+
+
+def _checked_size(body: bytes) -> bytes:
     if len(body) > MAX_REQUEST_BYTES:
         raise TwinnetError(
             f"request of {len(body) / 2**20:.1f} MiB is over the {MAX_REQUEST_BYTES / 2**20:.0f} MiB "
             "limit of SageMaker and twinnet servers; nothing was sent. Resize the images "
             "(e.g. JPEG, longest side 1024 px)"
         )
-    return body, content_type
+    return body
 
 
 def _error_from_body(status: int, raw: bytes, where: str) -> TwinnetError:
@@ -74,18 +98,47 @@ def _error_from_body(status: int, raw: bytes, where: str) -> TwinnetError:
     return TwinnetError(f"{where} answered {status}: {text}")
 
 
+def _json_object(raw: bytes) -> dict[str, Any]:
+    data = json.loads(raw.decode("utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
+    return data
+
+
 def _parse_result(raw: bytes, where: str) -> CompareResult:
     try:
-        data = json.loads(raw.decode("utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("expected a JSON object")
-        return CompareResult.from_dict(data)
+        return CompareResult.from_dict(_json_object(raw))
     except (UnicodeDecodeError, ValueError) as exc:
         raise TwinnetError(f"{where} sent a malformed answer: {exc}") from None
 
 
+def _parse_identification(raw: bytes, where: str) -> Identification:
+    """The contract's identification object as an Identification; a server does not send
+    cosines, so each match's ``cosine`` is NaN."""
+    from .index import Identification, Match
+
+    try:
+        data = _json_object(raw)
+        matches = data["matches"]
+        if not isinstance(matches, list) or not isinstance(data["known"], bool):
+            raise ValueError("'known' must be a bool and 'matches' a list")
+        return Identification(
+            known=data["known"],
+            matches=[
+                Match(str(m["label"]), float(m["probability"]), str(m["path"]), math.nan)
+                for m in matches
+            ],
+            threshold=float(data["threshold"]),
+            model=str(data["model"]),
+        )
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise TwinnetError(f"{where} sent a malformed identification: {detail}") from None
+
+
 class HttpClient:
-    """Compare images with a TorchServe server (``twinnet serve``) over HTTP.
+    """Compare images (and identify them, when served with an index) with a TorchServe server
+    (``twinnet serve``) over HTTP.
 
     Args:
         url: the server's base URL (``http://127.0.0.1:8080``), or a full route such as
@@ -186,12 +239,19 @@ class HttpClient:
 
     def compare(self, left: ImageSource, right: ImageSource, cam: bool = False) -> CompareResult:
         """Send one pair; returns the server's verdict (with CAM maps when ``cam``)."""
-        body, content_type = prepare_body(left, right, cam)
+        return _parse_result(self._send(*prepare_body(left, right, cam)), self.base)
+
+    def identify(self, query: ImageSource, top_k: int = DEFAULT_TOP_K) -> Identification:
+        """Which gallery class does ``query`` show? Needs a model served with ``--index``."""
+        return _parse_identification(self._send(*prepare_identify_body(query, top_k)), self.base)
+
+    def _send(self, body: bytes, content_type: str) -> bytes:
+        """POST one request body; the 200 answer's bytes, or a TwinnetError that says why not."""
         resp = self._post(body, content_type)
         if _auth_refused(resp) and self._refresh_token():
             resp = self._post(body, content_type)
         if resp.status_code == 200:
-            return _parse_result(resp.content, self.base)
+            return resp.content
         if _auth_refused(resp):
             raise TwinnetError(
                 f"{self.base} refused the inference token: pass --token (see key_file.json in "
@@ -239,7 +299,8 @@ def _local_management_url(base: str) -> str | None:
 
 
 class SageMakerClient:
-    """Compare images with a SageMaker real-time endpoint (``sagemaker-runtime``).
+    """Compare images (and identify them, when packaged with an index) with a SageMaker
+    real-time endpoint (``sagemaker-runtime``).
 
     Before its first request the client checks that the endpoint exists and is InService,
     so a typo or an endpoint still being created is one clear line, not a runtime error.
@@ -281,11 +342,20 @@ class SageMakerClient:
 
     def compare(self, left: ImageSource, right: ImageSource, cam: bool = False) -> CompareResult:
         """Invoke the endpoint with one pair; returns its verdict."""
+        raw = self._invoke(*prepare_body(left, right, cam))
+        return _parse_result(raw, f"endpoint {self.endpoint!r}")
+
+    def identify(self, query: ImageSource, top_k: int = DEFAULT_TOP_K) -> Identification:
+        """Which gallery class does ``query`` show? Needs a model packaged with ``--index``."""
+        raw = self._invoke(*prepare_identify_body(query, top_k))
+        return _parse_identification(raw, f"endpoint {self.endpoint!r}")
+
+    def _invoke(self, body: bytes, content_type: str) -> bytes:
+        """InvokeEndpoint with one body; the answer's bytes, or a TwinnetError."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         from .deploy.aws import describe_error
 
-        body, content_type = prepare_body(left, right, cam)
         self._check_endpoint()
         try:
             resp = self._client.invoke_endpoint(
@@ -298,7 +368,7 @@ class SageMakerClient:
             raise _sagemaker_error(exc, self.endpoint, self.region) from None
         except BotoCoreError as exc:
             raise TwinnetError(describe_error(f"invoke endpoint {self.endpoint!r}", exc)) from None
-        return _parse_result(resp["Body"].read(), f"endpoint {self.endpoint!r}")
+        return resp["Body"].read()
 
     def _check_endpoint(self) -> None:
         """Once per client: the endpoint exists and is InService."""

@@ -153,7 +153,6 @@ class Twin:
             "std": spec.std,
             "precision": runtime.precision,
             "draft": runtime.draft,
-            "channels_last": runtime.channels_last,
             "device": runtime.device.type,
         }
         h = hashlib.blake2b(json.dumps(plan, sort_keys=True).encode(), digest_size=8)
@@ -168,7 +167,9 @@ class Twin:
 
         A concat head is not part of it, since the cache then holds encoder outputs only;
         a cosine head's projection is, since its embeddings are cached. The calibration is
-        not: it maps scores, not images.
+        not: it maps scores, not images. Memory layout (channels-last) is not either: it
+        changes speed, not values, so ``precision="auto"`` on a CPU without bf16 and
+        ``precision="fp32"`` name the same model.
         """
         return self._namespace
 

@@ -1,18 +1,27 @@
 """The HTTP contract shared by the TorchServe handler, the SageMaker container and the clients.
 
 One module owns the wire format so that the bytes a client sends are exactly what the server
-parses: :func:`encode_multipart` builds the request body used by both clients, and
-:func:`parse_fields` / :func:`parse_body` turn a request back into a :class:`CompareRequest`.
-Request data is only ever decoded (multipart, base64, JSON); it is never evaluated.
+parses: :func:`encode_multipart` and :func:`encode_identify_multipart` build the request
+bodies both clients send, and :func:`parse_fields` / :func:`parse_body` turn a request back
+into a :class:`CompareRequest` or an :class:`IdentifyRequest`. Request data is only ever
+decoded (multipart, base64, JSON); it is never evaluated.
 
 Request forms accepted (see DESIGN.md, "The HTTP contract"):
 
-* ``multipart/form-data`` with file fields ``left`` and ``right`` and an optional text field
-  ``cam``, the original sample's shape (``curl -F left=@c1.jpg -F right=@c2.jpg -F cam=False``);
-* ``application/json``: ``{"left": "<base64>", "right": "<base64>", "cam": false}``;
+* comparison, ``multipart/form-data`` with file fields ``left`` and ``right`` and an optional
+  text field ``cam``, the original sample's shape (``curl -F left=@c1.jpg -F right=@c2.jpg
+  -F cam=False``), or ``application/json``: ``{"left": "<base64>", "right": "<base64>",
+  "cam": false}``;
 * either one with ``format=list`` (query string or field) for the sample's flat list answer,
   or ``format=object`` for the JSON object; a request without ``format`` gets the server's
-  default (``object`` unless the archive was built with ``--response-format list``).
+  default (``object`` unless the archive was built with ``--response-format list``);
+* identification, when the model was served with a gallery index: a file field ``query`` and
+  an optional text field ``top_k`` (1 to :data:`MAX_REQUEST_TOP_K`, default
+  :data:`DEFAULT_TOP_K`), or ``{"query": "<base64>", "top_k": 5}``; ``top_k`` may also come
+  in the query string or SageMaker's ``CustomAttributes``. Its answer is always the JSON
+  object ``{"known", "matches", "threshold", "model"}``, so ``format=list`` and ``cam=true``
+  are refused (the server's default format does not apply). A request with both ``query``
+  and ``left``/``right`` is refused.
 
 Errors are :class:`ProtocolError`, rendered as ``{"error": {"code", "field", "message"}}``.
 """
@@ -42,10 +51,16 @@ __all__ = [
     "CAM_FALSE",
     "FORMATS",
     "IMAGE_FIELDS",
+    "QUERY_FIELD",
+    "DEFAULT_TOP_K",
+    "MAX_REQUEST_TOP_K",
     "CompareRequest",
+    "IdentifyRequest",
+    "Request",
     "ProtocolError",
     "parse_cam",
     "parse_format",
+    "parse_top_k",
     "check_size",
     "parse_fields",
     "parse_body",
@@ -54,6 +69,8 @@ __all__ = [
     "options_from_attributes",
     "encode_multipart",
     "encode_json",
+    "encode_identify_multipart",
+    "encode_identify_json",
     "error_body",
     "error_from_exception",
     "render_result",
@@ -73,10 +90,18 @@ FORMATS = ("object", "list")
 #: Words a request may give for ``object`` (``json`` and ``dict`` are older spellings).
 _OBJECT_WORDS = frozenset({"object", "json", "dict"})
 IMAGE_FIELDS = ("left", "right")
+#: The image field of an identification request.
+QUERY_FIELD = "query"
+#: Classes an identification answers when the request names no ``top_k``.
+DEFAULT_TOP_K = 5
+#: Most classes one identification request may ask for: it bounds the answer's size and the
+#: search a single request can cost.
+MAX_REQUEST_TOP_K = 100
 #: SageMaker forwards InvokeEndpoint's ``CustomAttributes`` to the container in this header;
-#: ``format=list`` and ``cam=true`` may travel there (SageMaker passes no query string).
+#: ``format=list``, ``cam=true`` and ``top_k=3`` may travel there (SageMaker passes no query
+#: string).
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
-_OPTIONS = ("cam", "format")
+_OPTIONS = ("cam", "format", "top_k")
 
 _STATUS_OF = {
     "bad_request": 400,
@@ -131,6 +156,23 @@ class CompareRequest:
     right: bytes
     cam: bool = False
     format: str = "object"
+
+
+@dataclass(frozen=True)
+class IdentifyRequest:
+    """One parsed identification request: which gallery class does ``query`` show?
+
+    Attributes:
+        query: encoded bytes of the query image (not yet decoded).
+        top_k: how many classes to answer, best first.
+    """
+
+    query: bytes
+    top_k: int = DEFAULT_TOP_K
+
+
+#: What :func:`parse_fields` returns: a comparison or an identification.
+Request = CompareRequest | IdentifyRequest
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -205,6 +247,41 @@ def parse_format(value: Any, default: str = "object") -> str:
     )
 
 
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
+def parse_top_k(value: Any) -> int:
+    """``top_k``: a whole number from 1 to :data:`MAX_REQUEST_TOP_K` (a JSON number or text).
+
+    Absent or empty means :data:`DEFAULT_TOP_K`; anything else is a 400 (``invalid_field``).
+    """
+    if value is None:
+        return DEFAULT_TOP_K
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    elif isinstance(value, (str, bytes, bytearray, memoryview)):
+        word = _text(value, "top_k").strip()
+        if not word:
+            return DEFAULT_TOP_K
+        if not _WHOLE_NUMBER.fullmatch(word):
+            shown = word if len(word) <= 20 else word[:20] + "..."
+            raise ProtocolError(
+                "invalid_field",
+                f"top_k must be a whole number from 1 to {MAX_REQUEST_TOP_K}, got {shown!r}",
+                "top_k",
+            )
+        n = int(word)
+    else:
+        raise ProtocolError(
+            "invalid_field", f"top_k must be a whole number from 1 to {MAX_REQUEST_TOP_K}", "top_k"
+        )
+    if not 1 <= n <= MAX_REQUEST_TOP_K:
+        raise ProtocolError(
+            "invalid_field", f"top_k must be between 1 and {MAX_REQUEST_TOP_K}, got {n}", "top_k"
+        )
+    return n
+
+
 def check_size(n_bytes: int, limit: int = MAX_REQUEST_BYTES) -> None:
     """Raise a 413 when a payload exceeds ``limit`` bytes."""
     if n_bytes > limit:
@@ -242,11 +319,42 @@ def _image_field(value: Any, field: str, b64: bool) -> bytes:
     return data
 
 
-def _from_json_object(obj: Any, extra: Mapping[str, Any], default_format: str) -> CompareRequest:
+def _identify_request(
+    query: Any, options: Mapping[str, Any], extra: Mapping[str, Any], b64: bool
+) -> IdentifyRequest:
+    """An identification from its ``query`` and options (``options`` win over ``extra``)."""
+
+    def option(name: str) -> Any:
+        return options[name] if name in options else extra.get(name)
+
+    if any(name in options for name in IMAGE_FIELDS):
+        raise ProtocolError(
+            "bad_request",
+            "send either 'query' (identification) or 'left' and 'right' (comparison), not both",
+        )
+    image = _image_field(query, QUERY_FIELD, b64=b64)
+    top_k = parse_top_k(option("top_k"))
+    if parse_format(option("format")) == "list":
+        raise ProtocolError(
+            "invalid_field",
+            "format=list applies to comparisons only; identification answers the JSON object",
+            "format",
+        )
+    if parse_cam(option("cam")):
+        raise ProtocolError(
+            "invalid_field", "cam applies to comparisons only, not to identification", "cam"
+        )
+    return IdentifyRequest(image, top_k)
+
+
+def _from_json_object(obj: Any, extra: Mapping[str, Any], default_format: str) -> Request:
     if not isinstance(obj, dict):
         raise ProtocolError(
-            "bad_request", 'JSON body must be an object {"left": ..., "right": ...}'
+            "bad_request",
+            'JSON body must be an object {"left": ..., "right": ...} or {"query": ...}',
         )
+    if QUERY_FIELD in obj:
+        return _identify_request(obj[QUERY_FIELD], obj, extra, b64=True)
     left = _image_field(obj.get("left"), "left", b64=True)
     right = _image_field(obj.get("right"), "right", b64=True)
     cam = parse_cam(obj["cam"] if "cam" in obj else extra.get("cam"))
@@ -270,14 +378,17 @@ def _json_value(value: Any) -> Any:
 
 def parse_fields(
     fields: Mapping[str, Any], content_type: str | None = None, default_format: str = "object"
-) -> CompareRequest:
+) -> Request:
     """Parse one request as TorchServe hands it to a handler: a mapping of named parameters.
 
-    Multipart fields arrive by name (``left``, ``right``, ``cam``), query-string parameters
-    (``format``, ``cam``) too, and any other body arrives as ``body`` (already a dict when it
-    was JSON and TorchServe decoded it). ``default_format`` is the answer's form when the
-    request names none.
+    Multipart fields arrive by name (``left``, ``right``, ``cam``, ``query``, ``top_k``),
+    query-string parameters (``format``, ``cam``, ``top_k``) too, and any other body arrives
+    as ``body`` (already a dict when it was JSON and TorchServe decoded it). A ``query``
+    makes it an :class:`IdentifyRequest`, else it is a :class:`CompareRequest`.
+    ``default_format`` is a comparison's form when the request names none.
     """
+    if QUERY_FIELD in fields:
+        return _identify_request(fields[QUERY_FIELD], fields, {}, b64=False)
     if "left" in fields or "right" in fields:
         left = _image_field(fields.get("left"), "left", b64=False)
         right = _image_field(fields.get("right"), "right", b64=False)
@@ -291,7 +402,9 @@ def parse_fields(
         raw = body if isinstance(body, (bytes, bytearray)) else _text(body, "body").encode("utf-8")
         if not raw:
             raise ProtocolError(
-                "missing_field", "empty request: send fields 'left' and 'right'", "left"
+                "missing_field",
+                "empty request: send fields 'left' and 'right' to compare, or 'query' to identify",
+                "left",
             )
         if ctype in ("", "application/json", "text/json") or raw.lstrip()[:1] == b"{":
             return _from_json_object(_json_value(bytes(raw)), fields, default_format)
@@ -300,11 +413,15 @@ def parse_fields(
             f"unsupported content type {ctype!r}: send multipart/form-data with files 'left' "
             "and 'right', or a JSON object with base64 'left' and 'right'",
         )
-    raise ProtocolError("missing_field", "missing image fields 'left' and 'right'", "left")
+    raise ProtocolError(
+        "missing_field",
+        "missing image fields: send 'left' and 'right' to compare, or 'query' to identify",
+        "left",
+    )
 
 
 def options_from_attributes(value: str | None) -> dict[str, str]:
-    """``cam``/``format`` options from a ``k=v`` list separated by ``,`` or ``;``; others ignored."""
+    """``cam``/``format``/``top_k`` from a ``k=v`` list separated by ``,`` or ``;``; others ignored."""
     out: dict[str, str] = {}
     for item in (value or "").replace(";", ",").split(","):
         key, sep, val = item.partition("=")
@@ -345,7 +462,7 @@ def _split_parts(body: bytes, boundary: bytes) -> list[bytes]:
         raise ProtocolError(
             "bad_request",
             f"multipart/form-data body with more than {MAX_PARTS} parts; send only the "
-            "fields 'left', 'right' and the options",
+            "contract's fields ('left' and 'right', or 'query') and its options",
         )
     parts: list[bytes] = []
     start: int | None = None
@@ -422,7 +539,7 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, bytes]:
 
 def parse_body(
     body: bytes, content_type: str | None, query: str = "", default_format: str = "object"
-) -> CompareRequest:
+) -> Request:
     """Parse a raw HTTP request body (for servers that are not TorchServe, and for tests).
 
     Args:
@@ -450,35 +567,42 @@ def _sniff_type(data: bytes) -> str:
     return "application/octet-stream"
 
 
-def encode_multipart(
-    left: bytes, right: bytes, cam: bool = False, format: str | None = "object"
-) -> tuple[bytes, str]:
-    """The request body both clients send: ``(body, content_type)``.
+def _multipart(files: list[tuple[str, bytes]], texts: list[tuple[str, str]]) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body of file parts, then text parts: ``(body, content_type)``.
 
-    Image parts always carry a filename, so servers treat them as files (bytes kept as is).
-    The body names ``format`` (``object`` unless told otherwise; ``None`` leaves it out):
-    the clients parse the JSON object, whatever default response format the server has.
+    File parts always carry a filename, so servers treat them as files (bytes kept as is).
     """
     boundary = f"twinnet-{uuid.uuid4().hex}"
     chunks: list[bytes] = []
-    for name, data in (("left", left), ("right", right)):
-        ext = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}.get(
-            _sniff_type(data), "bin"
-        )
+    for name, data in files:
+        ctype = _sniff_type(data)
+        ext = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}.get(ctype, "bin")
         chunks.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.{ext}"\r\n'
-            f"Content-Type: {_sniff_type(data)}\r\n\r\n".encode("ascii")
+            f"Content-Type: {ctype}\r\n\r\n".encode("ascii")
             + bytes(data)
             + b"\r\n"
         )
-    options = [("cam", "true" if cam else "false")] + ([("format", format)] if format else [])
-    for name, value in options:
+    for name, value in texts:
         chunks.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
             f"{value}\r\n".encode("ascii")
         )
     chunks.append(f"--{boundary}--\r\n".encode("ascii"))
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+def encode_multipart(
+    left: bytes, right: bytes, cam: bool = False, format: str | None = "object"
+) -> tuple[bytes, str]:
+    """The comparison body both clients send: ``(body, content_type)``.
+
+    Image parts always carry a filename, so servers treat them as files (bytes kept as is).
+    The body names ``format`` (``object`` unless told otherwise; ``None`` leaves it out):
+    the clients parse the JSON object, whatever default response format the server has.
+    """
+    options = [("cam", "true" if cam else "false")] + ([("format", format)] if format else [])
+    return _multipart([("left", left), ("right", right)], options)
 
 
 def encode_json(
@@ -495,7 +619,19 @@ def encode_json(
     return json.dumps(obj).encode("utf-8"), "application/json"
 
 
+def encode_identify_multipart(query: bytes, top_k: int = DEFAULT_TOP_K) -> tuple[bytes, str]:
+    """The identification body both clients send: file ``query`` and text ``top_k``."""
+    return _multipart([(QUERY_FIELD, query)], [("top_k", str(parse_top_k(top_k)))])
+
+
+def encode_identify_json(query: bytes, top_k: int = DEFAULT_TOP_K) -> tuple[bytes, str]:
+    """The JSON-body variant: ``{"query": "<base64>", "top_k": 5}``."""
+    obj = {QUERY_FIELD: base64.b64encode(query).decode("ascii"), "top_k": parse_top_k(top_k)}
+    return json.dumps(obj).encode("utf-8"), "application/json"
+
+
 def render_result(result: Any, fmt: str = "object") -> str:
-    """A :class:`~twinnet.result.CompareResult` as the contract's JSON text."""
+    """A :class:`~twinnet.result.CompareResult` (or, as ``object``, an
+    :class:`~twinnet.index.Identification`) as the contract's JSON text."""
     payload = result.to_list() if fmt == "list" else result.to_dict()
     return json.dumps(payload, separators=(",", ":"))

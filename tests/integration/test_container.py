@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import io
+import json
 import os
 import signal
 import socket
@@ -362,3 +363,63 @@ def test_the_sample_client_gets_its_list_from_invocations(list_container, random
     body, ctype = encode_multipart(left, right, cam=cam)  # what twinnet's own clients send
     ours = requests.post(url, data=body, headers={"Content-Type": ctype}, timeout=60)
     assert ours.json()["logits"] == flat[:2]
+
+
+# ------------------------------------------------------------------------ identification
+@pytest.fixture(scope="module")
+def index_container(random_cosine_dir, tmp_path_factory):
+    """``twinnet package --index``: the cosine model with a gallery index, in the container."""
+    pytest.importorskip("faiss")
+    from twinnet.datasets import make_shapes_dataset
+    from twinnet.inference import Twin
+
+    work = tmp_path_factory.mktemp("index-container")
+    gallery = make_shapes_dataset(work / "gallery", classes=3, per_class=3, size=64)
+    twin = Twin.load(random_cosine_dir, device="cpu", precision="fp32")
+    library = twin.index(gallery, work / "idx")
+    model_dir = _unpacked(random_cosine_dir, work, index=work / "idx")
+    for running in _run_container(
+        model_dir, work / "container.log",
+        TWINNET_WORKERS="1", TWINNET_THREADS="1", TWINNET_PRECISION="fp32",
+    ):  # fmt: skip
+        yield {**running, "gallery": gallery, "library": library}
+
+
+def test_invocations_answers_identification(index_container):
+    from twinnet.protocol import encode_identify_json, encode_identify_multipart
+
+    url, library = f"{index_container['url']}/invocations", index_container["library"]
+    query = (index_container["gallery"] / "circle_0" / "1.png").read_bytes()
+    body, ctype = encode_identify_multipart(
+        query, 2
+    )  # the bytes `twinnet identify --endpoint` sends
+    r = requests.post(url, data=body, headers={"Content-Type": ctype}, timeout=60)
+    assert r.status_code == 200, r.text
+    answer, expected = r.json(), library.identify(query, top_k=2)[0].to_dict()
+    assert set(answer) == {"known", "matches", "threshold", "model"}
+    assert [m["label"] for m in answer["matches"]] == [m["label"] for m in expected["matches"]]
+    assert [m["path"] for m in answer["matches"]] == [m["path"] for m in expected["matches"]]
+    assert [m["probability"] for m in answer["matches"]] == pytest.approx(
+        [m["probability"] for m in expected["matches"]], abs=1e-3
+    )
+    assert (answer["known"], answer["threshold"]) == (expected["known"], expected["threshold"])
+
+    # JSON, with top_k in SageMaker's CustomAttributes
+    body, ctype = encode_identify_json(query)
+    no_k = json.dumps({"query": json.loads(body)["query"]})
+    r = requests.post(
+        url, data=no_k, timeout=60,
+        headers={"Content-Type": ctype, "X-Amzn-SageMaker-Custom-Attributes": "top_k=1"},
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert [m["label"] for m in r.json()["matches"]] == [expected["matches"][0]["label"]]
+
+    r = requests.post(url, files={"query": query}, data={"top_k": "0"}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["field"] == "top_k"
+    body, ctype = encode_identify_multipart(b"not an image")
+    r = requests.post(url, data=body, headers={"Content-Type": ctype}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["field"] == "query"
+    # A comparison on the same endpoint is answered as before.
+    body, ctype = encode_multipart(query, query)
+    r = requests.post(url, data=body, headers={"Content-Type": ctype}, timeout=60)
+    assert r.status_code == 200 and r.json()["same"] is True

@@ -298,6 +298,39 @@ def test_full_lifecycle(aws, moto_url, random_model_dir, tmp_path, capsys):
     assert capsys.readouterr().err == f"error: {missing_endpoint(ENDPOINT, REGION)}\n"
 
 
+def test_deploy_with_an_index_then_identify_on_the_endpoint(
+    aws, moto_url, random_cosine_dir, tmp_path, capsys
+):
+    """``deploy --index`` ships the gallery index in the artifact, and ``identify --endpoint``
+    sends the identification request and reads the contract's answer (moto's canned one)."""
+    pytest.importorskip("faiss")
+    from twinnet.datasets import make_shapes_dataset
+    from twinnet.inference import Twin
+
+    gallery = make_shapes_dataset(tmp_path / "gallery", classes=2, per_class=2, size=64)
+    Twin.load(random_cosine_dir, device="cpu", precision="fp32").index(gallery, tmp_path / "idx")
+    argv = _deploy_args(random_cosine_dir, "--index", str(tmp_path / "idx"), "--wait")
+    assert main([*argv, "--region", REGION]) == 0
+    capsys.readouterr()
+    (key,) = _inventory(aws)["objects"]
+    aws.client("s3").download_file(BUCKET, key, str(tmp_path / "model.tar.gz"))
+    with tarfile.open(tmp_path / "model.tar.gz") as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    with zipfile.ZipFile(tmp_path / "unpacked" / "twin.mar") as mar:
+        assert {"index/index.json", "index/faiss.index", "twinnet.json"} <= set(mar.namelist())
+
+    query, _ = _images(tmp_path)
+    answer = {
+        "known": False,
+        "matches": [{"label": "circle_0", "probability": 0.25, "path": "/g/circle_0/0.png"}],
+        "threshold": 0.5,
+        "model": "twin",
+    }
+    _queue_sagemaker_results(moto_url, answer)
+    assert main(["identify", str(query), "--endpoint", ENDPOINT, "--top-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"query": str(query), **answer}
+
+
 def test_teardown_keeps_artifacts_unless_asked(aws, random_model_dir, capsys):
     assert main(_deploy_args(random_model_dir)) == 0
     out = capsys.readouterr().out

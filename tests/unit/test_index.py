@@ -429,3 +429,15 @@ def test_an_interrupted_add_leaves_the_old_index(
     monkeypatch.undo()
     assert len(index) == 6 and len(GalleryIndex.open(path)) == 6
     assert index.add(more).added == 2  # the same handle goes on working
+
+
+def test_fp32_and_auto_without_bf16_share_a_fingerprint(random_cosine_dir, monkeypatch):
+    """An index built at ``auto`` on a CPU without native bf16 records fp32 and must reopen."""
+    from twinnet import runtime
+    from twinnet.inference import Twin
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    auto = Twin.load(random_cosine_dir, device="cpu", precision="auto", cache_mb=0)
+    fp32 = Twin.load(random_cosine_dir, device="cpu", precision="fp32", cache_mb=0)
+    assert auto.precision == "fp32" and auto.runtime.channels_last
+    assert auto.fingerprint == fp32.fingerprint

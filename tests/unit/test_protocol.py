@@ -541,3 +541,291 @@ def test_handler_answers_in_the_archives_default_format(any_head_model_dir):
     )
     assert set(obj) == {"same", "probability", "logits", "threshold", "model", "cam"}
     assert obj["logits"] == flat[:2] and from_attributes == obj
+
+
+# ------------------------------------------------------------------------ identification requests
+def test_identify_request_forms():
+    from twinnet.protocol import (
+        DEFAULT_TOP_K,
+        IdentifyRequest,
+        encode_identify_json,
+        encode_identify_multipart,
+        options_from_attributes,
+    )
+
+    query = _jpeg((7, 8, 9)) + b"\r\n--twinnet-\r\n"
+    # multipart, as TorchServe hands it over, and as twinnet's clients build it
+    assert parse_fields({"query": bytearray(query), "top_k": bytearray(b" 3 ")}) == (
+        IdentifyRequest(query, 3)
+    )
+    assert parse_fields({"query": bytearray(query)}).top_k == DEFAULT_TOP_K == 5
+    assert parse_fields({"query": bytearray(query), "top_k": bytearray(b"")}).top_k == 5
+    body, ctype = encode_identify_multipart(query, 7)
+    assert parse_body(body, ctype) == IdentifyRequest(query, 7)
+    # JSON: its own top_k wins over the query string's; CustomAttributes carry top_k too
+    body, ctype = encode_identify_json(query, 2)
+    assert json.loads(body) == {"query": base64.b64encode(query).decode(), "top_k": 2}
+    assert parse_body(body, ctype, query="top_k=9") == IdentifyRequest(query, 2)
+    no_k = json.dumps({"query": base64.b64encode(query).decode()}).encode()
+    assert parse_body(no_k, "application/json", query="top_k=9").top_k == 9
+    assert options_from_attributes("top_k=4; format=object, other=1") == {
+        "top_k": "4",
+        "format": "object",
+    }
+    # The server's default format is for comparisons; an identification is the object.
+    assert isinstance(
+        parse_fields({"query": bytearray(query)}, default_format="list"), IdentifyRequest
+    )
+    assert parse_fields({"body": {"query": base64.b64encode(query).decode(), "format": "json"}})
+
+
+@pytest.mark.parametrize(
+    "fields, code, field",
+    [
+        ({"query": b"x", "top_k": b"abc"}, "invalid_field", "top_k"),
+        ({"query": b"x", "top_k": b"0"}, "invalid_field", "top_k"),
+        ({"query": b"x", "top_k": b"101"}, "invalid_field", "top_k"),
+        ({"query": b"x", "top_k": b"-1"}, "invalid_field", "top_k"),
+        ({"query": b"x", "top_k": b"2.5"}, "invalid_field", "top_k"),
+        ({"query": b"x", "top_k": b"1e3"}, "invalid_field", "top_k"),
+        ({"body": {"query": "aGk=", "top_k": True}}, "invalid_field", "top_k"),
+        ({"body": {"query": "aGk=", "top_k": 3.0}}, "invalid_field", "top_k"),
+        ({"body": {"query": "aGk=", "top_k": 1000}}, "invalid_field", "top_k"),
+        ({"query": b""}, "invalid_image", "query"),
+        ({"body": {"query": ""}}, "invalid_image", "query"),
+        ({"body": {"query": "%%%"}}, "invalid_field", "query"),
+        ({"body": {"query": 12}}, "invalid_field", "query"),
+        ({"query": b"x", "format": b"list"}, "invalid_field", "format"),
+        ({"query": b"x", "cam": b"true"}, "invalid_field", "cam"),
+        ({"query": b"x", "cam": b"perhaps"}, "invalid_field", "cam"),
+        ({"query": b"x", "left": b"y"}, "bad_request", None),
+        ({"body": {"query": "aGk=", "right": "aGk="}}, "bad_request", None),
+    ],
+)
+def test_bad_identify_requests_name_code_and_field(fields, code, field):
+    with pytest.raises(ProtocolError) as info:
+        parse_fields(fields)
+    assert (info.value.code, info.value.field, info.value.status) == (code, field, 400)
+    assert len(info.value.message) > 20
+
+
+def test_identify_client_refuses_a_bad_top_k_before_sending():
+    from twinnet.client import HttpClient
+
+    client = HttpClient(f"http://127.0.0.1:{_free_port()}", token="t", timeout=5)
+    for bad in (0, 101):
+        with pytest.raises(TwinnetError, match="top_k must be between 1 and 100"):
+            client.identify(_jpeg((0, 0, 0)), top_k=bad)
+    with pytest.raises(TwinnetError, match="cannot connect"):  # a good one is sent
+        client.identify(_jpeg((0, 0, 0)), top_k=100)
+
+
+def test_identification_answers_parse_back(monkeypatch):
+    from twinnet.client import _parse_identification
+
+    answer = {
+        "known": True,
+        "matches": [{"label": "a", "probability": 0.9, "path": "/g/a/1.png"}],
+        "threshold": 0.5,
+        "model": "twin",
+    }
+    result = _parse_identification(json.dumps(answer).encode(), "server")
+    assert result.to_dict() == answer
+    for broken in ({**answer, "known": "yes"}, {k: v for k, v in answer.items() if k != "matches"}):
+        with pytest.raises(TwinnetError, match="malformed identification"):
+            _parse_identification(json.dumps(broken).encode(), "server")
+
+
+# ------------------------------------------------------------------------ identification, in process
+@pytest.fixture(scope="module")
+def indexed_model(random_cosine_dir, tmp_path_factory):
+    """A cosine model directory laid out as in an archive: the model files and ``index/``."""
+    pytest.importorskip("faiss")
+    import shutil
+
+    from twinnet.datasets import make_shapes_dataset
+    from twinnet.inference import Twin
+
+    base = tmp_path_factory.mktemp("indexed")
+    model = base / "model"
+    shutil.copytree(random_cosine_dir, model)
+    gallery = make_shapes_dataset(base / "gallery", classes=4, per_class=3, size=64)
+    Twin.load(model, device="cpu", precision="fp32").index(gallery, model / "index")
+    return model, gallery
+
+
+@pytest.fixture(scope="module")
+def index_handler(indexed_model):
+    pytest.importorskip("ts")
+    import torch
+    from ts.context import Context
+
+    from twinnet.index import GalleryIndex
+    from twinnet.inference import Twin
+    from twinnet.serve.handler import TwinHandler
+    from twinnet.serve.options import ServeOptions
+
+    model, _ = indexed_model
+    threads = torch.get_num_threads()
+    # An archive whose default answer is the sample's list: identifications are still objects.
+    options = ServeOptions(workers=1, threads=threads, precision="fp32", response_format="list")
+    context = Context(
+        "twin", str(model), {"model": {}}, 8, None, "0.12.0", model_yaml_config=options.to_config()
+    )
+    handler = TwinHandler()
+    handler.initialize(context)
+    twin = Twin.load(model, device="cpu", precision="fp32", threads=threads)
+    return handler, twin, GalleryIndex.open(model / "index", twin=twin)
+
+
+def _same_identification(answer: dict, expected) -> None:
+    """The server's answer is the library's: same classes, paths and verdict, same numbers."""
+    want = expected.to_dict()
+    assert set(answer) == set(want) == {"known", "matches", "threshold", "model"}
+    assert (answer["known"], answer["threshold"], answer["model"]) == (
+        want["known"], want["threshold"], want["model"]
+    )  # fmt: skip
+    assert [(m["label"], m["path"]) for m in answer["matches"]] == [
+        (m["label"], m["path"]) for m in want["matches"]
+    ]
+    assert [m["probability"] for m in answer["matches"]] == pytest.approx(
+        [m["probability"] for m in want["matches"]], abs=1e-5
+    )
+
+
+def test_handler_answers_identification_rows_beside_comparisons(index_handler, indexed_model):
+    handler, twin, gallery = index_handler
+    _, images = indexed_model
+    q1 = (images / "square_1" / "2.png").read_bytes()
+    q2 = (images / "cross_3" / "0.png").read_bytes()
+    q3 = _jpeg((90, 160, 20), (70, 50))
+    a, b = _jpeg((200, 30, 30)), _jpeg((30, 200, 30))
+    calls: list[int] = []
+    real_embed = handler.service.twin.embed
+
+    def counting(images):
+        calls.append(len(images))
+        return real_embed(images)
+
+    handler.service.twin.embed = counting
+    try:
+        rows = [
+            {"query": bytearray(q1), "top_k": bytearray(b"3")},
+            {"left": bytearray(a), "right": bytearray(b)},
+            {"body": {"query": base64.b64encode(q2).decode(), "top_k": 2}},
+            {"query": bytearray(q3)},
+            {"left": bytearray(b), "right": bytearray(a), "format": bytearray(b"object")},
+        ]
+        headers = [{}, {}, {}, {"X-Amzn-SageMaker-Custom-Attributes": "top_k=4"}, {}]
+        ctx = _batch_context(rows, headers)
+        out = [json.loads(o) for o in handler.handle(rows, ctx)]
+    finally:
+        del handler.service.twin.embed
+    assert [ctx.get_response_status(i)[0] for i in range(len(rows))] == [200] * 5
+    assert calls == [3]  # every query of the batch in one embed call
+    _same_identification(out[0], gallery.identify(q1, top_k=3)[0])
+    _same_identification(out[2], gallery.identify(q2, top_k=2)[0])
+    _same_identification(out[3], gallery.identify(q3, top_k=4)[0])
+    assert [len(out[i]["matches"]) for i in (0, 2, 3)] == [3, 2, 4]
+    # A gallery image finds itself first.
+    best = out[0]["matches"][0]
+    assert best["label"] == "square_1"
+    assert best["path"] == str((images / "square_1" / "2.png").resolve())
+    assert out[0]["known"] == (best["probability"] >= out[0]["threshold"])
+    # Comparisons in the same batch are answered as before, in the archive's default form.
+    assert out[1] == pytest.approx(list(twin.compare(a, b).logits), abs=1e-5)
+    assert out[4]["logits"] == pytest.approx(list(twin.compare(b, a).logits), abs=1e-5)
+
+
+def test_bad_identification_rows_fail_alone(index_handler, indexed_model):
+    handler, _, gallery = index_handler
+    _, images = indexed_model
+    good = (images / "circle_0" / "1.png").read_bytes()
+    a = _jpeg((1, 2, 3))
+    rows = [
+        {"query": bytearray(b"not an image")},
+        {"query": bytearray(good), "top_k": bytearray(b"0")},
+        {"query": bytearray(good), "top_k": bytearray(b"many")},
+        {"query": bytearray(good), "top_k": bytearray(b"101")},
+        {"query": bytearray(good), "top_k": bytearray(b"2")},
+        {"query": bytearray(good), "left": bytearray(a), "right": bytearray(a)},
+        {"query": bytearray(b"")},
+        {"query": bytearray(good), "format": bytearray(b"list")},
+        {"query": bytearray(good[: len(good) // 2])},
+        {"left": bytearray(a), "right": bytearray(a), "format": bytearray(b"object")},
+    ]
+    ctx = _batch_context(rows)
+    out = [json.loads(o) for o in handler.handle(rows, ctx)]
+    statuses = [ctx.get_response_status(i)[0] for i in range(len(rows))]
+    assert statuses == [400, 400, 400, 400, 200, 400, 400, 400, 400, 200]
+    errors = [(o["error"]["code"], o["error"]["field"]) if "error" in o else None for o in out]
+    assert errors == [
+        ("invalid_image", "query"),
+        ("invalid_field", "top_k"),
+        ("invalid_field", "top_k"),
+        ("invalid_field", "top_k"),
+        None,
+        ("bad_request", None),
+        ("invalid_image", "query"),
+        ("invalid_field", "format"),
+        ("invalid_image", "query"),
+        None,
+    ]
+    assert "not both" in out[5]["error"]["message"]
+    assert "comparisons only" in out[7]["error"]["message"]
+    _same_identification(out[4], gallery.identify(good, top_k=2)[0])
+    assert out[9]["same"] is True
+
+
+def test_identification_without_an_index_is_a_400_that_says_how(handler_and_twin):
+    handler, twin = handler_and_twin
+    a = _jpeg((4, 5, 6))
+    rows = [
+        {"query": bytearray(a)},
+        {"body": {"query": base64.b64encode(a).decode()}},
+        {"left": bytearray(a), "right": bytearray(a)},
+    ]
+    ctx = _batch_context(rows)
+    out = [json.loads(o) for o in handler.handle(rows, ctx)]
+    assert [ctx.get_response_status(i)[0] for i in range(3)] == [400, 400, 200]
+    for error in (out[0]["error"], out[1]["error"]):
+        assert (error["code"], error["field"]) == ("bad_request", "query")
+        assert "without a gallery index" in error["message"] and "--index" in error["message"]
+    assert out[2]["logits"] == pytest.approx(list(twin.compare(a, a).logits), abs=1e-5)
+
+
+# ------------------------------------------------------------------------ the README pins the contract
+def _readme_contract() -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index("### The HTTP contract")
+    return text[start : text.index("\n### ", start + 1)]
+
+
+def test_readme_identification_example_is_what_the_server_speaks(index_handler, indexed_model):
+    """The identification request and answer documented in README.md's HTTP contract: its
+    curl fields and JSON request are accepted as written, and the answer has its keys."""
+    import re
+
+    handler, _, _ = index_handler
+    _, images = indexed_model
+    section = _readme_contract()
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)\n```", section, re.S)]
+    (request,) = [b for b in blocks if "query" in b]
+    (response,) = [b for b in blocks if "known" in b]
+    curl = next(line for line in section.splitlines() if "query=@" in line)
+    fields = dict(re.findall(r"-F (\w+)=(\S+)", curl))
+    assert set(fields) == {"query", "top_k"} and set(request) == {"query", "top_k"}
+
+    query = (images / "circle_0" / "2.png").read_bytes()
+    multipart = {"query": bytearray(query), "top_k": bytearray(fields["top_k"].encode())}
+    as_json = {"body": {**request, "query": base64.b64encode(query).decode()}}
+    ctx = _batch_context([multipart, as_json])
+    answers = [json.loads(o) for o in handler.handle([multipart, as_json], ctx)]
+    assert [ctx.get_response_status(i)[0] for i in range(2)] == [200, 200]
+    for answer, top_k in zip(answers, (int(fields["top_k"]), request["top_k"]), strict=True):
+        assert set(answer) == set(response)
+        assert len(answer["matches"]) == top_k
+        assert all(set(m) == set(response["matches"][0]) for m in answer["matches"])
+        assert type(answer["known"]) is type(response["known"])

@@ -45,12 +45,20 @@ def _add_archive_options(p: argparse.ArgumentParser) -> None:
         help="answer for requests that name no format: object (default), or list: the AWS "
         "sample's flat [neg, pos, *maps], so its clients work unchanged",
     )
+    p.add_argument(
+        "--index",
+        metavar="INDEX_DIR",
+        help="ship this gallery index (built with the same cosine model) in the archive, so "
+        "/invocations also answers identification requests",
+    )
 
 
 def _archive_options(args: argparse.Namespace) -> dict[str, int | str]:
     out: dict[str, int | str] = {}
     if args.response_format != "object":  # the default adds nothing, so digests stay as they were
         out["response_format"] = args.response_format
+    if args.index:
+        out["index"] = args.index
     if args.batch_size is not None:
         if args.batch_size < 1:
             raise TwinnetError("--batch-size must be at least 1")

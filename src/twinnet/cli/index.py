@@ -1,7 +1,8 @@
 """Subcommands of identification: ``twinnet index build|add|remove|info|export`` and ``identify``.
 
 A gallery index holds a cosine model's embeddings of a labelled image folder; ``identify``
-answers which of its classes a query shows, if any.
+answers which of its classes a query shows, if any: in process (``--index``), or from a
+server whose archive carries the index (``--url``, ``--endpoint``).
 """
 
 from __future__ import annotations
@@ -81,10 +82,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "with calibrated probabilities; 'unknown' when none reaches the model's threshold.",
     )
     q.add_argument("queries", nargs="+", metavar="QUERY", help="image file(s)")
-    q.add_argument("--index", required=True, metavar="INDEX_DIR")
+    where = q.add_mutually_exclusive_group(required=True)
+    where.add_argument("--index", metavar="INDEX_DIR", help="search this index in process")
+    where.add_argument(
+        "--url", help="a TorchServe server whose archive carries an index (twinnet archive --index)"
+    )
+    where.add_argument(
+        "--endpoint", metavar="NAME", help="a SageMaker endpoint packaged with --index"
+    )
     q.add_argument("--top-k", type=int, default=5, help="classes to print per query (default 5)")
     q.add_argument("--json", action="store_true", help="print one JSON object per query")
     _model_option(q)
+    q.add_argument("--token", help="TorchServe inference token (with --url)")
+    q.add_argument("--model-name", default="twin", help="model name on the server (with --url)")
+    q.add_argument("--region", help="AWS region of the endpoint (with --endpoint)")
+    q.add_argument("--profile", help="AWS profile from ~/.aws (with --endpoint)")
     q.set_defaults(func=_identify)
 
 
@@ -178,13 +190,27 @@ def _export(args: argparse.Namespace) -> int:
 
 def _identify(args: argparse.Namespace) -> int:
     from ..index import check_top_k
+    from ..protocol import parse_top_k
 
-    top_k = check_top_k(args.top_k)
+    remote = bool(args.url or args.endpoint)
+    top_k = parse_top_k(args.top_k) if remote else check_top_k(args.top_k)
     for query in args.queries:
         if not Path(query).is_file():
             raise TwinnetError(f"{query}: no such file")
-    gallery = _open(args)
-    results = gallery.identify([Path(q) for q in args.queries], top_k=top_k)
+    if remote:
+        from ..backends import open_backend
+
+        backend = open_backend(
+            url=args.url,
+            endpoint=args.endpoint,
+            region=args.region,
+            token=args.token,
+            model_name=args.model_name,
+            profile=args.profile,
+        )
+        results = [backend.identify(Path(q), top_k=top_k) for q in args.queries]
+    else:
+        results = _open(args).identify([Path(q) for q in args.queries], top_k=top_k)
     for query, result in zip(args.queries, results, strict=True):
         if args.json:
             print(json.dumps({"query": query, **result.to_dict()}))

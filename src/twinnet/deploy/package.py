@@ -3,7 +3,8 @@
 The archive holds one TorchServe ``.mar`` at its root, built by the same
 :func:`twinnet.serve.archive.build_archive` that ``twinnet serve`` uses, so the container
 runs exactly the handler that was tested locally. ``twinnet container serve`` looks for
-that ``.mar`` in the unpacked directory.
+that ``.mar`` in the unpacked directory. A gallery index given with ``index`` travels inside
+the ``.mar`` (its ``index/``), so ``/invocations`` answers identification requests too.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def package(
     model_dir: str | Path,
     out: str | Path = "model.tar.gz",
     name: str | None = None,
+    index: str | Path | None = None,
     **archive_options: Any,
 ) -> Path:
     """Build ``out`` (a gzip tarball with ``<name>.mar`` at its root) from a model directory.
@@ -42,6 +44,8 @@ def package(
         model_dir: a twinnet model directory.
         out: the tarball to write; its parent directory is created.
         name: the TorchServe model name; the spec's ``name`` by default.
+        index: a gallery index built with this cosine model, shipped inside the ``.mar``
+            (checked first: see :func:`twinnet.serve.archive.build_archive`).
         **archive_options: passed to ``build_archive`` (``batch_size``, ``max_batch_delay``,
             ``workers``, ...).
 
@@ -65,7 +69,7 @@ def package(
             f"cannot build the TorchServe archive ({exc}); install it with pip install 'twinnet[serve]'"
         ) from None
     with tempfile.TemporaryDirectory(prefix="twinnet-mar-") as store:
-        mar = Path(build_archive(model_dir, store, name=name, **archive_options))
+        mar = Path(build_archive(model_dir, store, name=name, index=index, **archive_options))
         partial = out.with_name(out.name + ".partial")
         try:
             with tarfile.open(partial, "w:gz") as tar:

@@ -45,15 +45,18 @@ def artifact_digest(model_dir: str | Path, options: Mapping[str, Any] | None = N
     so the digest is taken over what goes into it.
     """
     root = Path(model_dir)
+    options = dict(options or {})
+    index = options.pop("index", None)
     h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            {"twinnet": __version__, "options": dict(options or {})}, sort_keys=True
-        ).encode()
-    )
+    h.update(json.dumps({"twinnet": __version__, "options": options}, sort_keys=True).encode())
     from ..serve.archive import archive_files
 
-    for path in archive_files(root):  # exactly the files build_archive ships
+    files = list(archive_files(root))  # exactly the files build_archive ships
+    if index:  # the gallery's content, not its path: `index add` to the same folder redeploys
+        from ..index import store
+
+        files += [Path(index) / n for n in store.FILES]
+    for path in files:
         h.update(f"{path.name}\0{path.stat().st_size}\0".encode())
         with path.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -32,7 +32,16 @@ from ..errors import TwinnetError
 from ..spec import ModelSpec
 from .vectors import require_faiss
 
-__all__ = ["FORMAT_VERSION", "Stored", "read", "write", "writer_lock", "old_versions", "generation"]
+__all__ = [
+    "FILES",
+    "FORMAT_VERSION",
+    "Stored",
+    "read",
+    "write",
+    "writer_lock",
+    "old_versions",
+    "generation",
+]
 
 FORMAT_VERSION = 1
 META, SPEC, TABLE, VECTORS, FAISS = (
@@ -42,6 +51,8 @@ META, SPEC, TABLE, VECTORS, FAISS = (
     "vectors.npy",
     "faiss.index",
 )
+#: Every file of one index version, as shipped in an archive.
+FILES = (META, SPEC, TABLE, VECTORS, FAISS)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """Build the TorchServe model archive (``<name>.mar``) from a model directory.
 
 The archive holds the handler (:mod:`twinnet.serve.handler`), the model directory's files
-(:func:`archive_files`: ``twinnet.json`` and the safetensors weights) and a
-``model-config.yaml`` written from :class:`~twinnet.serve.options.ServeOptions`. The handler
+(:func:`archive_files`: ``twinnet.json`` and the safetensors weights), a ``model-config.yaml``
+written from :class:`~twinnet.serve.options.ServeOptions` and, when one is given, a gallery
+index in ``index/`` (:mod:`twinnet.serve.gallery`: checked against the model first), which
+makes the same routes answer identification requests too. The handler
 rebuilds the model from ``twinnet.json`` through the library, so nothing in the archive
 restates the architecture; the ``twinnet`` package itself must be installed where the
 workers run (``pip install 'twinnet[serve]'``, as in the serving image).
@@ -32,6 +34,7 @@ from typing import Any
 
 from ..errors import TwinnetError
 from ..spec import SPEC_FILE, ModelSpec
+from .gallery import INDEX_DIR, check_index, stage_index
 from .options import (
     CONFIG_FILE,
     DEFAULT_RESPONSE_TIMEOUT,
@@ -44,6 +47,7 @@ from .options import (
 __all__ = [
     "CONFIG_FILE",
     "HANDLER_FILE",
+    "INDEX_DIR",
     "PLANS",
     "DEFAULT_RESPONSE_TIMEOUT",
     "ServeOptions",
@@ -105,6 +109,7 @@ def build_archive(
     name: str = "twin",
     version: str = "1.0",
     options: ServeOptions | None = None,
+    index: str | os.PathLike | None = None,
     **option_fields: Any,
 ) -> Path:
     """Write ``<store_dir>/<name>.mar`` (replacing one that exists) and return its path.
@@ -115,6 +120,9 @@ def build_archive(
         name: the model name; it is served at ``/predictions/<name>``.
         version: the archive's model version.
         options: the serving options recorded in ``model-config.yaml``.
+        index: a gallery index built with this (cosine) model, shipped in the archive's
+            ``index/`` so the server answers identification requests; a precision of
+            ``auto`` then becomes the index's (see :mod:`twinnet.serve.gallery`).
         **option_fields: or the same as keywords (``batch_size=4``, ``response_format="list"``,
             any :class:`~twinnet.serve.options.ServeOptions` field), when ``options`` is not given.
     """
@@ -122,21 +130,30 @@ def build_archive(
     ModelSpec.load(model_dir)  # fail here, not in a worker, on a broken spec
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise TwinnetError(f"model name must be letters, digits, '-' or '_', got {name!r}")
-    config = _options(options, option_fields).to_yaml()
+    serve_options = _options(options, option_fields)
+    checked = None
+    if index is not None:
+        checked = check_index(model_dir, index)
+        serve_options = checked.serving_options(serve_options)
     store = Path(store_dir)
     store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="twinnet-archive-") as tmp:
         tmp_path = Path(tmp)
         config_path = tmp_path / CONFIG_FILE
-        config_path.write_text(config)
+        config_path.write_text(serve_options.to_yaml())
         handler = tmp_path / "handler.py"
         shutil.copyfile(HANDLER_FILE, handler)
+        extra = [str(p.resolve()) for p in files]
+        if checked is not None:
+            # The archiver copies a directory's entries into the archive's root: this one
+            # holds only ``index/``, which arrives there whole.
+            extra.append(str(stage_index(checked, tmp_path / ".gallery").parent))
         cmd = [
             sys.executable, "-m", "model_archiver.model_packaging",
             "--model-name", name,
             "--version", version,
             "--handler", str(handler),
-            "--extra-files", ",".join(str(p.resolve()) for p in files),
+            "--extra-files", ",".join(extra),
             "--config-file", str(config_path),
             "--export-path", str(store.resolve()),
             "--archive-format", "default",
