@@ -1,7 +1,8 @@
-"""twinnet's Streamlit app: compare two images, see why, search a gallery.
+"""twinnet's Streamlit app: compare two images, see why, search a gallery, identify.
 
 Start it with ``twinnet app`` (``streamlit run`` on this file also works). The script only
-lays out the page; the logic lives in :mod:`twinnet.appkit`. Work happens when a button
+lays out the page; the logic lives in :mod:`twinnet.appkit` (and, for the Identify mode of
+``twinnet app --index``, in :mod:`twinnet.appidentify`). Work happens when a button
 is pressed: the backend is cached with ``st.cache_resource`` and every result is kept in
 the session keyed by the images' bytes, the backend and the CAM flag, so other widget
 changes redraw without recomputing.
@@ -13,12 +14,13 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import streamlit as st
 from PIL import Image
 
-from twinnet import appkit
+from twinnet import appidentify, appkit
+from twinnet.appidentify import OpenedIndex
 from twinnet.appkit import ImageInput, Match
 from twinnet.backends import Backend, BackendChoice, resize_method
 from twinnet.cache import LruCache
@@ -29,6 +31,9 @@ from twinnet.errors import TwinnetError
 from twinnet.explain import overlay
 from twinnet.result import CompareResult
 
+if TYPE_CHECKING:
+    from twinnet.index import Identification
+
 log = logging.getLogger("twinnet.app")
 T = TypeVar("T")
 
@@ -38,6 +43,8 @@ KIND_LABELS = {
     "endpoint": "SageMaker endpoint",
 }
 MODES = ("Compare two images", "Search a gallery")
+#: The extra mode of an app started with ``twinnet app --index INDEX_DIR``.
+IDENTIFY = "Identify"
 NO_SAMPLE = "(none)"
 #: The session cache of computed results (comparisons and searches).
 RESULTS = "_twinnet_results"
@@ -434,6 +441,96 @@ def gallery_page(choice: BackendChoice | None, samples: dict[str, Path]) -> None
         show_matches(matches, readable, int(top_k))
 
 
+# --------------------------------------------------------------------------- identify
+
+
+@st.cache_resource(show_spinner="Opening the gallery index…", max_entries=4)
+def _open_index(
+    path: str, stamp: float, model_key: str, model_dir: str | None, backend: str | None, _twin: Any
+) -> OpenedIndex:
+    return appidentify.open_index(path, twin=_twin, model_dir=model_dir, backend=backend)
+
+
+def get_index(choice: BackendChoice | None, path: str) -> OpenedIndex:
+    """The (cached) index, sharing the app's model when the index was built with it.
+
+    A model backend that cannot be opened is left out: the index then uses its own model.
+    """
+    twin, model_dir, model_key = None, None, ""
+    if choice is not None and choice.kind == "model":
+        try:
+            twin = get_backend(choice)
+            model_dir, model_key = choice.target, f"{choice.key}|{_stamp(choice)}"
+        except Exception as exc:
+            log.info("identifying without the app's model: %s", exc)
+    backend = choice.label if choice is not None and choice.remote else None
+    stamp = appidentify.index_stamp(path)
+    return _open_index(path, stamp, model_key, model_dir, backend, twin)
+
+
+def thumbnail(path: str) -> Image.Image | None:
+    """A gallery image's thumbnail, read once per session; ``None`` when it is not readable."""
+    thumbs = session_cache("_twinnet_thumbs", 256)
+    found = thumbs.get(path)
+    if found is None:
+        found = thumbs.put(path, (appidentify.thumbnail(path, 2 * THUMB_WIDTH),))
+    return found[0]
+
+
+def show_identification(result: Identification) -> None:
+    text = appidentify.markdown_escape(appidentify.verdict(result))
+    if result.known:
+        best = result.matches[0]
+        st.success(f"Identified: **{text}** · p(same) {best.probability:.1%}")
+    else:
+        st.warning(text)
+    rows = appidentify.rows(result)
+    st.subheader(f"Top {len(rows)} classes")
+    for start in range(0, len(rows), GRID):
+        cols = st.columns(GRID)
+        for col, row in zip(cols, rows[start : start + GRID], strict=False):
+            thumb = thumbnail(row.path)
+            if thumb is not None:
+                col.image(thumb, width=THUMB_WIDTH)
+            else:
+                col.caption("(gallery image not readable here)")
+            mark = "reaches the threshold" if row.same else "below the threshold"
+            col.markdown(
+                f"**#{row.rank} {appidentify.markdown_escape(row.label)}**  \n"
+                f"{row.probability:.1%} · {mark}"
+            )
+
+
+def identify_page(choice: BackendChoice | None, path: str, samples: dict[str, Path]) -> None:
+    opened = attempt("opening the gallery index", lambda: get_index(choice, path))
+    if opened is None:
+        return
+    info = opened.index.info
+    st.caption(
+        f"Gallery index {path}: {info['count']} images of {info['classes']} classes, "
+        f"threshold {info['threshold']:.2f}; queries are embedded in this process by "
+        f"{opened.model}."
+    )
+    query = image_picker("Image to identify", "identify", samples)
+    query_img = preview(query)
+    top_k = st.number_input(
+        "Classes shown", min_value=1, max_value=50, value=5, key="identify_top_k"
+    )
+    ready = query_img is not None
+    pressed = st.button("Identify", type="primary", disabled=not ready, key="identify")
+    if query is None or not ready:
+        return
+    key = appidentify.result_key(
+        path, appidentify.index_stamp(path), opened.model, query, int(top_k)
+    )
+    result = run_once(
+        key, pressed, "Identifying…", "identifying",
+        lambda: appidentify.identify(opened.index, query, int(top_k)),
+    )  # fmt: skip
+    if result is not None:
+        show_identification(result)
+
+
 # --------------------------------------------------------------------------- page
 
 
@@ -444,11 +541,16 @@ def main() -> None:
     if choice is not None:
         st.caption(f"Answers from {choice.label}.")
     samples = sample_names(samples_for(choice))
-    mode = st.radio("Mode", MODES, horizontal=True, label_visibility="collapsed", key="mode")
+    index = appidentify.index_from_env()
+    modes = (*MODES, IDENTIFY) if index else MODES
+    mode = st.radio("Mode", modes, horizontal=True, label_visibility="collapsed", key="mode")
     if mode == MODES[0]:
         compare_page(choice, samples)
-    else:
+    elif mode == MODES[1]:
         gallery_page(choice, samples)
+    else:
+        assert index is not None
+        identify_page(choice, index, samples)
 
 
 if __name__ == "__main__":

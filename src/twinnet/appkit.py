@@ -52,6 +52,7 @@ ENV = {
     "endpoint": "TWINNET_APP_ENDPOINT",
     "region": "TWINNET_APP_REGION",
     "samples": "TWINNET_APP_SAMPLES",
+    "index": "TWINNET_APP_INDEX",
     "locked": "TWINNET_APP_LOCKED",
 }
 #: File types the uploaders accept: the suffixes training and search read, without the dot.

@@ -1,12 +1,14 @@
 """The app in a real browser: ``twinnet app`` on loopback, driven by Debian's Chromium.
 
 Uploads two images through the page's file inputs, asks for an explanation, presses
-Compare and waits for the verdict. A screenshot is saved as a test artifact (under
-``$TWINNET_ARTIFACTS``, default ``tests/e2e/artifacts/``) whether the test passes or not.
+Compare and waits for the verdict; with ``--index``, identifies an upload and waits for the
+verdict and the match rows. A screenshot is saved as a test artifact (under
+``$TWINNET_ARTIFACTS``, default ``tests/e2e/artifacts/``) whether a test passes or not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -60,24 +62,14 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
     )
 
 
-@pytest.fixture
-def app_url(model_dir: Path, tmp_path: Path) -> Iterator[str]:
-    """``twinnet app --model ...`` on a free loopback port, always stopped afterwards."""
+@contextlib.contextmanager
+def running_app(args: list[str], log: Path) -> Iterator[str]:
+    """``twinnet app ARGS`` on a free loopback port, always stopped afterwards."""
     port = free_port()
-    log = tmp_path / "app.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWINNET_APP_")}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "twinnet",
-                "app",
-                "--model",
-                str(model_dir),
-                "--port",
-                str(port),
-            ],
+            [sys.executable, "-m", "twinnet", "app", *args, "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -93,6 +85,27 @@ def app_url(model_dir: Path, tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=20)
+
+
+@pytest.fixture
+def app_url(model_dir: Path, tmp_path: Path) -> Iterator[str]:
+    """``twinnet app --model ...`` on a free loopback port, always stopped afterwards."""
+    with running_app(["--model", str(model_dir)], tmp_path / "app.log") as url:
+        yield url
+
+
+@pytest.fixture
+def identify_url(random_cosine_dir: Path, shapes_dir: Path, tmp_path: Path) -> Iterator[str]:
+    """``twinnet app --model ... --index ...`` with an index of the generated shapes."""
+    pytest.importorskip("faiss")
+    from twinnet.cli import main
+
+    index = tmp_path / "index"
+    build = ["index", "build", str(random_cosine_dir), str(shapes_dir), "--out", str(index)]
+    assert main(build) == 0
+    args = ["--model", str(random_cosine_dir), "--index", str(index)]
+    with running_app(args, tmp_path / "app.log") as url:
+        yield url
 
 
 @pytest.fixture
@@ -174,6 +187,47 @@ def test_upload_compare_and_explain_in_chromium(
         wait.until(lambda d: len(_image_sizes(d)) >= 4)
         ratios = [w / h for w, h in _image_sizes(browser) if h]
         assert sum(abs(r - 2.0) < 0.02 for r in ratios) >= 2, ratios
+    finally:
+        browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 0
+
+
+def test_identify_an_upload_in_chromium(identify_url: str, browser, shapes_dir: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    query = sorted(sorted(p for p in shapes_dir.iterdir() if p.is_dir())[1].glob("*.png"))[0]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "app-identify.png"
+    wait = WebDriverWait(browser, ANSWER_TIMEOUT)
+    try:
+        browser.get(identify_url)
+        mode = (By.XPATH, "//label[.//p[normalize-space()='Identify']]")
+        wait.until(ec.element_to_be_clickable(mode)).click()
+        wait.until(lambda d: "Image to identify" in d.find_element(By.TAG_NAME, "body").text)
+        (upload,) = browser.find_elements(By.CSS_SELECTOR, "input[type=file]")
+        upload.send_keys(str(query))
+
+        button = (By.XPATH, "//button[.//p[normalize-space()='Identify']]")
+        wait.until(lambda d: d.find_element(*button).is_enabled())
+        wait.until(ec.element_to_be_clickable(button)).click()
+
+        verdict = (
+            By.XPATH,
+            "//*[@data-testid='stAlertContentSuccess' or @data-testid='stAlertContentWarning']",
+        )
+        wait.until(lambda d: d.find_elements(*verdict))
+        said = browser.find_element(*verdict).text
+        assert said.startswith("Identified: ") or said.startswith(
+            "unknown — no gallery class reaches the threshold"
+        ), said
+        page = browser.find_element(By.TAG_NAME, "body").text
+        rows = [line for line in page.splitlines() if line.startswith("#1 ")]
+        assert rows, page
+        if said.startswith("Identified: "):
+            assert said.removeprefix("Identified: ").split(" · ")[0] == rows[0][3:]
+        assert "Traceback" not in page
     finally:
         browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 0

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``twinnet app`` to the `twinnet` parser."""
     p = sub.add_parser(
         "app",
-        help="open the web app: compare two images, see why, search a gallery",
+        help="open the web app: compare two images, see why, search a gallery, identify",
         description=(
             "Start the Streamlit app. Give one backend (or none, and choose it in the app's "
             "sidebar). The app listens on 127.0.0.1 unless --host says otherwise."
@@ -41,6 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--samples",
         metavar="DIR",
         help="a folder of sample images to offer (default: MODEL_DIR/samples when present)",
+    )
+    p.add_argument(
+        "--index",
+        metavar="INDEX_DIR",
+        help="a gallery index (`twinnet index build`): adds the Identify mode",
     )
     p.add_argument("--port", type=int, default=8501, help="port to listen on (default 8501)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -69,6 +74,10 @@ def _check(args: argparse.Namespace) -> None:
         import streamlit  # noqa: F401
     except ImportError:
         raise TwinnetError("the app needs Streamlit: pip install 'twinnet[app]'") from None
+    if getattr(args, "index", None):
+        from ..appidentify import check_startup
+
+        check_startup(args.index, model_dir=args.model)
 
 
 def build_command(
@@ -92,6 +101,8 @@ def build_command(
     env.update(choice_to_env(choice))
     if args.samples:
         env[ENV["samples"]] = str(Path(args.samples).resolve())
+    if getattr(args, "index", None):
+        env[ENV["index"]] = str(Path(args.index).resolve())
     if not is_loopback(args.host):
         env[ENV["locked"]] = "1"
     env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"

@@ -1,0 +1,214 @@
+"""Identify in the app: which class of a gallery index an uploaded image shows, if any.
+
+``twinnet app --index INDEX_DIR`` hands the index to the script in ``TWINNET_APP_INDEX``.
+Queries are embedded in the app's process: by the app's own model when it is the one the
+index was built with (so one copy sits in memory), otherwise by the model directory the
+index records. Remote backends have no identify request, so with one the index's model
+directory has to be on the app's machine. Kept free of Streamlit so it can be tested
+directly; ``app.py`` only lays it out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from .appkit import ENV, ImageInput
+from .errors import TwinnetError
+from .imaging import decode_image
+
+if TYPE_CHECKING:
+    from .index import GalleryIndex, Identification
+    from .inference import Twin
+    from .spec import ModelSpec
+
+__all__ = [
+    "OpenedIndex",
+    "Row",
+    "check_startup",
+    "identify",
+    "index_from_env",
+    "index_stamp",
+    "markdown_escape",
+    "open_index",
+    "require_cosine",
+    "result_key",
+    "rows",
+    "thumbnail",
+    "verdict",
+]
+
+#: Characters that Streamlit's Markdown would otherwise read as formatting in a class label.
+_MARKDOWN = set("\\`*_{}[]()<>#+-.!|:~$")
+
+
+def index_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """The index directory ``twinnet app --index`` was started with, or ``None``."""
+    env = os.environ if env is None else env
+    return env.get(ENV["index"], "").strip() or None
+
+
+def index_stamp(path: str | os.PathLike[str]) -> float:
+    """Changes whenever the index is rebuilt or updated (each version rewrites ``index.json``)."""
+    from .index.store import META
+
+    try:
+        return (Path(path) / META).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def require_cosine(spec: ModelSpec, model: str) -> None:
+    """Raise when ``spec`` cannot identify: only a cosine head gives per-image embeddings."""
+    if not spec.has_embeddings:
+        raise TwinnetError(
+            f"--index needs a cosine model: {model} ({spec.name!r}) has a {spec.head} head, "
+            "which scores pairs and gives no per-image embedding to search a gallery index "
+            "with. Start the app with the cosine model the index was built with, or without "
+            "--index; train one with `twinnet train DATA_DIR --out MODEL_DIR --head cosine`."
+        )
+
+
+def check_startup(index_dir: str | os.PathLike[str], model_dir: str | None = None) -> None:
+    """Fail before the app starts when ``--index`` cannot work, rather than in the page.
+
+    Opening reads the index (not the model), so the index's own errors (faiss missing, a
+    folder that is no index, an unreadable one) are said at once, and a concat model is
+    refused before Streamlit starts.
+    """
+    from .index import GalleryIndex
+    from .spec import ModelSpec
+
+    GalleryIndex.open(index_dir)
+    if model_dir:
+        require_cosine(ModelSpec.load(model_dir), model_dir)
+
+
+@dataclass(frozen=True)
+class OpenedIndex:
+    """A gallery index ready for queries, and which model embeds them (said on the page).
+
+    Attributes:
+        index: the opened index.
+        model: the model that embeds queries: "the app's model" or a model directory.
+    """
+
+    index: GalleryIndex
+    model: str
+
+
+def _readable_model(path: str | None) -> bool:
+    return bool(path) and Path(str(path), "twinnet.json").is_file()
+
+
+def open_index(
+    path: str | os.PathLike[str],
+    twin: Twin | None = None,
+    model_dir: str | None = None,
+    backend: str | None = None,
+) -> OpenedIndex:
+    """Open the index at ``path`` with the model that will embed queries in this process.
+
+    Args:
+        path: the index directory.
+        twin: the app's in-process model; attached when the index was built with it.
+        model_dir: that model's directory, used when the index's recorded one is gone.
+        backend: the app's remote backend, named in the message when no model is here.
+
+    Raises:
+        TwinnetError: the app's model is not a cosine model, or no model that can embed
+            queries for this index is on this machine.
+    """
+    from .index import GalleryIndex
+
+    index = GalleryIndex.open(path)
+    info = index.info["model"]
+    if twin is not None:
+        require_cosine(twin.spec, model_dir or "the app's model")
+        if twin.fingerprint == info["fingerprint"]:
+            index.attach(twin)
+            return OpenedIndex(index, f"the app's model ({model_dir or twin.spec.name})")
+    recorded = info.get("dir")
+    if _readable_model(recorded):
+        return OpenedIndex(index, str(recorded))
+    if model_dir and _readable_model(model_dir):
+        # The index moved away from its model: the app's model, loaded as the index was
+        # built (device, precision); the index checks on first use that it is the same one.
+        return OpenedIndex(GalleryIndex.open(path, model_dir=model_dir), model_dir)
+    where = (
+        f"was built with the model {recorded}, which is not on this machine"
+        if recorded
+        else "records no model directory"
+    )
+    fix = (
+        f"start the app with `twinnet app --model MODEL_DIR --index {path}`, where MODEL_DIR "
+        "is the model the index was built with"
+    )
+    if backend:
+        raise TwinnetError(
+            f"Identify runs in the app's process (the app does not ask {backend} to identify), "
+            f"and the index {path} {where}. Copy that model directory here, or {fix}."
+        )
+    raise TwinnetError(f"the index {path} {where}; {fix}.")
+
+
+def identify(index: GalleryIndex, image: ImageInput, top_k: int = 5) -> Identification:
+    """The index's answer for one uploaded image (raises ImageError naming an unreadable one)."""
+    decode_image(image.data, name=image.name)  # a named error before any model work
+    return index.identify([image.data], top_k=top_k)[0]
+
+
+def verdict(result: Identification) -> str:
+    """The page's one-line answer: the best class when it is known, else why it is not."""
+    if result.known and result.matches:
+        return result.matches[0].label
+    return f"unknown — no gallery class reaches the threshold ({result.threshold:.2f})"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One shown match: a gallery class, its best image and the probability of "same"."""
+
+    rank: int
+    label: str
+    probability: float
+    path: str
+    same: bool
+
+
+def rows(result: Identification) -> list[Row]:
+    """The matches as ranked rows, best first, each marked by whether it reaches the threshold."""
+    return [
+        Row(rank, m.label, float(m.probability), m.path, m.probability >= result.threshold)
+        for rank, m in enumerate(result.matches, 1)
+    ]
+
+
+def thumbnail(path: str | os.PathLike[str], size: int) -> Image.Image | None:
+    """The gallery image at ``path`` shrunk to ``size`` px, or ``None`` when it cannot be read.
+
+    Gallery images may have moved since the index was built, or live on another machine;
+    the page then shows the match without its picture.
+    """
+    try:
+        img = decode_image(Path(path), draft=(size, size))
+    except (OSError, TwinnetError):
+        return None
+    img = img.copy()
+    img.thumbnail((size, size), Image.BILINEAR)
+    return img
+
+
+def result_key(index: str, stamp: float, model: str, image: ImageInput, top_k: int) -> str:
+    """Cache key of one identification: index version, model, the image's bytes and top-k."""
+    return f"identify|{index}|{stamp}|{model}|{image.digest}|{int(top_k)}"
+
+
+def markdown_escape(text: str) -> str:
+    """``text`` shown as it is by Streamlit's Markdown (class labels are free text)."""
+    return "".join(f"\\{c}" if c in _MARKDOWN else c for c in text)
