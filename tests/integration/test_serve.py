@@ -1,11 +1,13 @@
-"""Real TorchServe on free loopback ports: archive → serve → requests, batching, bad inputs,
-worker restarts, token auth, the original sample's client, and `twinnet serve --stop`
-leaving no process behind.
+"""Real TorchServe and real Ray Serve on free loopback ports: archive → serve → requests,
+batching, bad inputs, worker and replica restarts, token auth, the original sample's client,
+and `twinnet serve --stop` leaving no process behind.
 
-One server is started per model head (resnet18 at 64 px, fp32 so answers can be compared
-with the in-process library to 1e-4), so every contract test runs for the concat and the
-cosine head; one more serves an archive built with ``response_format="list"`` for the
-sample's client. Each is stopped in teardown.
+The contract tests run once per server of :data:`SERVERS`: TorchServe with the model of each
+head (resnet18 at 64 px, fp32 so answers can be compared with the in-process library to
+1e-4), and Ray Serve (`twinnet serve --engine ray`, one Ray instance for the module) with the
+concat head. One more TorchServe serves an archive built with ``response_format="list"`` for
+the sample's client. Each is stopped in teardown; the Ray server with `twinnet serve --stop`,
+which must leave none of its Ray processes behind.
 """
 
 from __future__ import annotations
@@ -96,18 +98,102 @@ def _serve(model_dir: Path, state: Path, store: Path, **options):
         assert not info.alive()
 
 
+def _cli(home: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``twinnet ARGS`` in a subprocess with ``TWINNET_HOME=home``."""
+    env = {**os.environ, "TWINNET_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "twinnet", *args],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def _session(info) -> list[tuple[int, str]]:
+    """``(pid, command)`` of every live process of the Ray server's session (its own, GCS,
+    raylet, agents, Serve's controller and proxy, the replicas) or naming its Ray directory."""
+    import psutil
+
+    ray_dir = str(Path(info.instance, "tmp").resolve())
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
+                continue
+            cmd = " ".join(proc.cmdline())
+            if os.getsid(proc.pid) == info.pid or ray_dir in cmd:
+                found.append((proc.pid, cmd))
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def _serve_ray(model_dir: Path, state: Path):
+    """`twinnet serve --engine ray` on ``model_dir``; yield it, then `twinnet serve --stop` it
+    and check that no Ray process, file or directory of it is left."""
+    from twinnet.serve.state import instance_dir, load_info
+
+    (port,) = _free_ports(1)
+    started = _cli(
+        state, "serve", str(model_dir), "--engine", "ray", "--port", str(port),
+        "--replicas", "1", "--batch-size", "4", "--max-batch-delay", "300",
+        "--precision", "fp32", "--timeout", "400", timeout=600,
+    )  # fmt: skip
+    instance = instance_dir(port, state / "serve")
+    info = load_info(instance)
+    assert started.returncode == 0 and info is not None, started.stdout + started.stderr
+    assert f"http://127.0.0.1:{port}/predictions/twin" in started.stdout
+    assert "RUNNING (Ray Serve)" in started.stdout
+    ray_dir = Path(info.instance, "tmp").resolve()
+    names = {cmd.split()[0].rsplit("/", 1)[-1] for _, cmd in _session(info)}
+    assert {"gcs_server", "raylet", "ray::ServeController", "ray::ProxyActor"} <= names, names
+    try:
+        yield info
+    finally:
+        stopped = _cli(state, "serve", "--stop", "--port", str(port), timeout=180)
+        assert stopped.returncode == 0, stopped.stderr
+        assert f"stopped the server on port {port}" in stopped.stdout
+        assert _session(info) == []  # launcher, GCS, raylet, agents, controller, proxy, replicas
+        assert not ray_dir.exists()
+        assert not (instance / "key_file.json").exists() and not (instance / "model").exists()
+        assert (instance / "logs" / "ray.out").is_file()  # the logs stay
+
+
+#: The servers every contract test runs against: (engine, model directory fixture).
+SERVERS = [
+    ("torchserve", "random_model_dir"),
+    ("torchserve", "random_cosine_dir"),
+    ("ray", "random_model_dir"),
+]
+
+
+@pytest.fixture(scope="module", params=SERVERS, ids=["torchserve-concat", "torchserve-cosine", "ray-concat"])  # fmt: skip
+def served(request) -> tuple[str, Path]:
+    """The engine and the model directory of the server under test."""
+    engine, model_fixture = request.param
+    return engine, request.getfixturevalue(model_fixture)
+
+
 @pytest.fixture(scope="module")
-def server(any_head_model_dir, state, tmp_path_factory):
-    """TorchServe with the model of each head in turn, the JSON object as default answer."""
+def server(served, state, tmp_path_factory):
+    """The server of :data:`SERVERS` in turn: batches of 4 within 300 ms, one worker or replica,
+    the JSON object as default answer."""
+    engine, model_dir = served
+    if engine == "ray":
+        yield from _serve_ray(model_dir, state)
+        return
     store = tmp_path_factory.mktemp("store")
-    yield from _serve(any_head_model_dir, state, store, batch_size=4, max_batch_delay=300)
+    yield from _serve(model_dir, state, store, batch_size=4, max_batch_delay=300)
 
 
 @pytest.fixture(scope="module")
-def twin(any_head_model_dir):
+def twin(served):
     from twinnet.inference import Twin
 
-    return Twin.load(any_head_model_dir, precision="fp32")
+    return Twin.load(served[1], precision="fp32")
+
+
+def _only(server, engine: str) -> None:
+    if server.engine != engine:
+        pytest.skip(f"{engine} only")
 
 
 def _token(info) -> str:
@@ -225,7 +311,11 @@ def test_concurrent_requests_form_batches_and_get_their_own_answers(server, twin
     # batch size 4, 300 ms delay, 8 simultaneous clients: requests must have shared passes
     assert max(sizes) > 1, sizes
     assert all(1 <= s <= 4 for s in sizes), sizes
-    log = (server.log_dir / "model_log.log").read_text()
+    if server.engine == "ray":  # the replicas' own log files, in the Ray session's logs
+        logs = Path(server.instance, "tmp", "session_latest", "logs", "serve")
+        log = "".join(p.read_text() for p in logs.glob("replica_twin_TwinDeployment_*.log"))
+    else:
+        log = (server.log_dir / "model_log.log").read_text()
     assert any(f"batch_size={k} " in log for k in (2, 3, 4))
 
 
@@ -263,7 +353,7 @@ def test_bad_inputs_get_4xx_and_the_server_keeps_answering(server, twin, images)
 
 
 def test_body_over_the_frontend_cap_is_413(server, images):
-    """TorchServe answers 413 from the declared length, before the body: read that answer.
+    """The server answers 413 from the declared length, before the body: read that answer.
 
     The body is not sent in full (TorchServe closes the connection once it has answered,
     and a client still sending would see only a reset), so the status is always checked.
@@ -295,14 +385,20 @@ def test_token_auth(server, images, twin):
     from twinnet.serve.server import read_keys
 
     files = {"left": images[0], "right": images[1]}
-    for headers in ({}, {"Authorization": "Bearer wrong-key"}):
-        resp = _post(server, token=False, files=files, headers=headers)
-        # TorchServe 0.12 answers 400 InvalidKeyException for a missing or wrong key.
-        assert resp.status_code in (400, 401), resp.text
-        assert resp.json()["type"] == "InvalidKeyException"
+    for route in ("/predictions/twin", "/invocations"):
+        for headers in ({}, {"Authorization": "Bearer wrong-key"}):
+            resp = _post(server, route, token=False, files=files, headers=headers)
+            if server.engine == "ray":  # the contract's own 401 and error object
+                assert resp.status_code == 401, resp.text
+                assert resp.json()["error"]["code"] == "unauthorized"
+            else:  # TorchServe 0.12 answers 400 InvalidKeyException for a missing or wrong key.
+                assert resp.status_code in (400, 401), resp.text
+                assert resp.json()["type"] == "InvalidKeyException"
     with pytest.raises(TwinnetError, match="refused the inference token"):
         HttpClient(server.inference_url, token="wrong-key").compare(images[0], images[1])
     assert _post(server, files=files).status_code == 200
+    if server.engine == "ray":
+        return  # keys are rotated through TorchServe's token API
 
     # A client holding a key that was rotated away re-reads the key file and carries on.
     client = HttpClient(server.inference_url)
@@ -322,6 +418,8 @@ def test_token_auth(server, images, twin):
 # ------------------------------------------------------------------------ 4. worker restart
 def test_killed_worker_is_restarted(server, images):
     from twinnet.serve.server import describe_model
+
+    _only(server, "torchserve")
 
     def ready_pids() -> set[int]:
         desc = describe_model(server, "twin")
@@ -343,6 +441,125 @@ def test_killed_worker_is_restarted(server, images):
     resp = _post(server, files={"left": images[0], "right": images[1]})
     assert resp.status_code == 200, resp.text
     assert _post(server, files={"left": images[2], "right": images[3]}).status_code == 200
+
+
+def _replicas(info) -> list[int]:
+    return [pid for pid, cmd in _session(info) if cmd.startswith("ray::ServeReplica:twin:")]
+
+
+def test_killed_replica_is_replaced_mid_load(server, twin, images):
+    """SIGKILL the replica's process while clients are sending: Serve starts another one, and
+    requests succeed again (some in flight at the kill may fail; none may hang)."""
+    import psutil
+
+    from twinnet.serve.ray_server import replica_states
+
+    _only(server, "ray")
+    (old,) = _replicas(server)
+    stop, codes = threading.Event(), []
+    pair = {"left": images[0], "right": images[1]}
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                resp = requests.post(
+                    server.inference_url + "/predictions/twin", files=pair, timeout=240,
+                    headers={"Authorization": f"Bearer {_token(server)}"},
+                )  # fmt: skip
+                codes.append(resp.status_code)
+            except requests.RequestException as exc:
+                codes.append(exc.__class__.__name__)
+
+    clients = [threading.Thread(target=client) for _ in range(3)]
+    for t in clients:
+        t.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while 200 not in codes and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert 200 in codes, codes
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + 240
+        new: list[int] = []
+        while time.monotonic() < deadline:
+            new = [p for p in _replicas(server) if p != old]
+            if new and not psutil.pid_exists(old):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"no new replica within 240 s (replicas: {_replicas(server)})")
+        answered = len(codes)
+        deadline = time.monotonic() + 240
+        while 200 not in codes[answered:] and time.monotonic() < deadline:
+            time.sleep(0.2)  # the clients' next answers come from the new replica
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(300)
+    assert 200 in codes[answered:], codes
+    assert not psutil.pid_exists(old) and _replicas(server) == new
+    resp = _post(server, files=pair)
+    assert resp.status_code == 200, resp.text
+    _check(resp.json(), twin.compare(images[0], images[1]))
+    deadline = time.monotonic() + 30  # the server's report catches up within seconds
+    while replica_states(server)["twin"] != ["RUNNING"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert replica_states(server)["twin"] == ["RUNNING"]
+
+
+def test_ray_cli_status_compare_and_busy_port(server, served, state, images):
+    """`twinnet serve --status` reports the Ray server, `twinnet compare --url` finds its key,
+    and a second server on its port is refused."""
+    _only(server, "ray")
+    status = _cli(state, "serve", "--status")
+    line = next(x for x in status.stdout.splitlines() if x.startswith(f"port {server.port}:"))
+    assert status.returncode == 0 and "running" in line and "engine ray" in line, status.stdout
+    assert "auth on" in line and "replicas [twin: RUNNING]" in line
+    a, b = SAMPLES / "c1.jpg", SAMPLES / "c2.jpg"
+    if not SAMPLES.is_dir():
+        a, b = state / "a.jpg", state / "b.jpg"
+        a.write_bytes(images[0])
+        b.write_bytes(images[1])
+    url = f"http://127.0.0.1:{server.port}"
+    compared = _cli(state, "compare", str(a), str(b), "--url", url)
+    assert compared.returncode == 0, compared.stderr
+    assert "probability" in compared.stdout
+    busy = _cli(
+        state, "serve", str(served[1]), "--engine", "ray", "--port", str(server.port),
+        "--host", "0.0.0.0", "--no-auth", timeout=120,
+    )  # fmt: skip
+    assert busy.returncode == 2
+    assert "warning: token authorization is off" in busy.stderr
+    assert "already" in busy.stderr and str(server.port) in busy.stderr
+    assert _post(server, files={"left": images[0], "right": images[1]}).status_code == 200
+
+
+def test_ray_instance_listens_on_loopback_and_needs_its_own_token(server):
+    """The Ray instance of `twinnet serve --engine ray` binds loopback; the one port Ray binds
+    on all interfaces (each replica's inter-deployment gRPC server) takes only callers with
+    the instance's cluster token, a file of the instance directory that only its owner reads."""
+    import psutil
+
+    _only(server, "ray")
+    token = Path(server.instance, "ray_token")
+    assert token.is_file() and token.stat().st_mode & 0o077 == 0
+    assert Path(server.instance, "key_file.json").stat().st_mode & 0o077 == 0
+    replicas = set(_replicas(server))
+    open_ports, checked = [], set()
+    for pid, cmd in _session(server):
+        proc = psutil.Process(pid)
+        env = proc.environ()  # empty for the processes whose title Ray rewrites
+        if env:
+            assert env.get("RAY_AUTH_MODE") == "token", cmd
+            assert env.get("RAY_AUTH_TOKEN_PATH") == str(token), cmd
+            checked.add(proc.name())
+        for conn in proc.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN:
+                ip = conn.laddr.ip.removeprefix("::ffff:")
+                if ip not in ("127.0.0.1", "::1"):
+                    open_ports.append((pid, ip))
+    assert {"gcs_server", "raylet"} <= checked, checked
+    assert all(pid in replicas for pid, _ in open_ports), open_ports
 
 
 # ------------------------------------------------------------------------ 6. the CLI, start to stop
@@ -481,3 +698,124 @@ def test_an_object_archive_answers_the_sample_request_with_the_object(server, tw
     resp = requests.post(url, data=body, headers=headers, timeout=TIMEOUT)
     assert resp.status_code == 200, resp.text
     _check(resp.json(), twin.compare(images[0], images[1]))
+
+
+# ------------------------------------------------------------------------ 8. identification
+@pytest.fixture(scope="module")
+def identify_gallery(random_cosine_dir, tmp_path_factory):
+    """A labelled gallery of shapes and its index, built in process with the cosine model."""
+    pytest.importorskip("faiss")
+    from twinnet.datasets import make_shapes_dataset
+    from twinnet.inference import Twin
+
+    base = tmp_path_factory.mktemp("identify")
+    gallery = make_shapes_dataset(base / "gallery", classes=4, per_class=3, size=64)
+    twin = Twin.load(random_cosine_dir, device="cpu", precision="fp32")
+    return gallery, twin.index(gallery, base / "idx", model_dir=random_cosine_dir)
+
+
+@pytest.fixture(scope="module")
+def index_server(random_cosine_dir, identify_gallery, state, tmp_path_factory):
+    """TorchServe with an archive that carries the gallery index."""
+    store = tmp_path_factory.mktemp("index-store")
+    index = identify_gallery[1].path
+    yield from _serve(random_cosine_dir, state, store, index=index, batch_size=4)
+
+
+def _same_identification(answer: dict, expected) -> None:
+    want = expected.to_dict()
+    assert set(answer) == set(want) == {"known", "matches", "threshold", "model"}
+    assert (answer["known"], answer["threshold"], answer["model"]) == (
+        want["known"], want["threshold"], want["model"]
+    )  # fmt: skip
+    assert [(m["label"], m["path"]) for m in answer["matches"]] == [
+        (m["label"], m["path"]) for m in want["matches"]
+    ]
+    assert [m["probability"] for m in answer["matches"]] == pytest.approx(
+        [m["probability"] for m in want["matches"]], abs=1e-4
+    )
+
+
+@pytest.mark.parametrize("route", ["/predictions/twin", "/invocations"])
+def test_identification_multipart_and_json_equal_the_library(
+    index_server, identify_gallery, random_cosine_dir, route
+):
+    from twinnet.inference import Twin
+
+    images, library = identify_gallery
+    query = (images / "square_1" / "1.png").read_bytes()
+    other = _jpeg(7, (80, 60))
+
+    resp = _post(index_server, route, files={"query": ("q.png", query)}, data={"top_k": "3"})
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()
+    _same_identification(answer, library.identify(query, top_k=3)[0])
+    assert answer["matches"][0]["path"] == str((images / "square_1" / "1.png").resolve())
+
+    payload = {"query": base64.b64encode(other).decode(), "top_k": 2}
+    resp = _post(index_server, route, json=payload)
+    assert resp.status_code == 200, resp.text
+    _same_identification(resp.json(), library.identify(other, top_k=2)[0])
+    # SageMaker callers can name top_k in CustomAttributes; without one it is 5 (4 classes here).
+    custom = {"X-Amzn-SageMaker-Custom-Attributes": "top_k=1"}
+    resp = _post(index_server, route, json={"query": payload["query"]}, headers=custom)
+    assert len(resp.json()["matches"]) == 1
+    resp = _post(index_server, route, json={"query": payload["query"]})
+    _same_identification(resp.json(), library.identify(other)[0])
+    # Comparisons are answered as before by the same archive.
+    resp = _post(index_server, route, files={"left": query, "right": other})
+    assert resp.status_code == 200, resp.text
+    _check(resp.json(), Twin.load(random_cosine_dir, precision="fp32").compare(query, other))
+
+
+def test_bad_identification_requests_get_4xx_and_the_server_keeps_answering(
+    index_server, identify_gallery
+):
+    images, library = identify_gallery
+    good = (images / "circle_0" / "2.png").read_bytes()
+    cases = {
+        "non-image": ({"files": {"query": b"hello, not an image"}}, "invalid_image", "query"),
+        "zero bytes": ({"files": {"query": ("q.png", b"")}}, "invalid_image", "query"),
+        "truncated": ({"files": {"query": good[: len(good) // 2]}}, "invalid_image", "query"),
+        "top_k 0": ({"files": {"query": good}, "data": {"top_k": "0"}}, "invalid_field", "top_k"),
+        "top_k text": ({"files": {"query": good}, "data": {"top_k": "all"}}, "invalid_field", "top_k"),
+        "top_k 101": ({"json": {"query": base64.b64encode(good).decode(), "top_k": 101}}, "invalid_field", "top_k"),
+        "bad base64": ({"json": {"query": "%%%"}}, "invalid_field", "query"),
+        "format list": ({"files": {"query": good}, "data": {"format": "list"}}, "invalid_field", "format"),
+        "with left": ({"files": {"query": good, "left": good, "right": good}}, "bad_request", None),
+    }  # fmt: skip
+    for name, (kwargs, code, field) in cases.items():
+        resp = _post(index_server, **kwargs)
+        assert resp.status_code == 400, (name, resp.status_code, resp.text)
+        error = resp.json()["error"]
+        assert (error["code"], error["field"]) == (code, field), name
+        ok = _post(index_server, files={"query": good}, data={"top_k": "2"})
+        assert ok.status_code == 200, (name, ok.text)
+        _same_identification(ok.json(), library.identify(good, top_k=2)[0])
+
+
+def test_identify_cli_and_client_over_the_url(index_server, identify_gallery, capsys):
+    from twinnet.cli import main
+    from twinnet.client import HttpClient
+
+    images, library = identify_gallery
+    query = images / "cross_3" / "0.png"
+    code = main(["identify", str(query), "--url", index_server.inference_url, "--top-k", "2", "--json"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer.pop("query") == str(query)
+    _same_identification(answer, library.identify(query, top_k=2)[0])
+    # the CLI in process gives the same object, query and all
+    code = main(["identify", str(query), "--index", str(library.path), "--top-k", "2", "--json"])
+    local = json.loads(capsys.readouterr()[0])
+    assert local.pop("query") == str(query) and set(local) == set(answer)
+    assert [m["label"] for m in local["matches"]] == [m["label"] for m in answer["matches"]]
+
+    with HttpClient(index_server.inference_url) as client:  # token found through TWINNET_HOME
+        result = client.identify(query, top_k=3)
+    assert [m.label for m in result.matches] == [
+        m.label for m in library.identify(query, top_k=3)[0].matches
+    ]
+    code = main(["identify", str(query), "--url", index_server.inference_url, "--top-k", "500"])
+    assert code == 2 and "top_k must be between 1 and 100" in capsys.readouterr()[1]

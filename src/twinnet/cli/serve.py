@@ -1,9 +1,9 @@
 """Subcommands of the serve stage: ``twinnet archive`` and ``twinnet serve``.
 
-``serve`` starts TorchServe in the background and returns once the model answers; the
-server's files (config, token, logs) live in ``$TWINNET_HOME/serve/<port>`` (default
-``~/.cache/twinnet/serve/<port>``), where ``twinnet compare --url`` and the app find the
-inference token.
+``serve`` starts TorchServe (or Ray Serve, ``--engine ray``) in the background and returns
+once the model answers; the server's files (config, token, logs) live in
+``$TWINNET_HOME/serve/<port>`` (default ``~/.cache/twinnet/serve/<port>``), where
+``twinnet compare --url`` and the app find the inference token.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import TwinnetError
+from ..spec import SPEC_FILE
 
 __all__ = ["register"]
 
@@ -45,6 +46,11 @@ def _archive_options(p: argparse.ArgumentParser) -> None:
         "--response-format", choices=RESPONSE_FORMATS, default=default.response_format,
         help="the answer to a request that names no format: the JSON object (default) or "
         "the original sample's flat list, so the sample's clients work unchanged",
+    )  # fmt: skip
+    p.add_argument(
+        "--index", metavar="INDEX_DIR",
+        help="ship this gallery index (built with the same cosine model) in the archive, so "
+        "the server also answers identification requests",
     )  # fmt: skip
 
 
@@ -82,9 +88,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "serve",
-        help="serve a model with TorchServe (start, --status, --stop)",
-        description="Start TorchServe in the background and wait until the model is ready. "
-        "Token authorization is on by default; clients on this machine find the key.",
+        help="serve a model with TorchServe or Ray Serve (start, --status, --stop)",
+        description="Start TorchServe (or Ray Serve, --engine ray) in the background and wait "
+        "until the model is ready. Token authorization is on by default; clients on this "
+        "machine find the key.",
     )
     p.add_argument(
         "source", nargs="?", metavar="MODEL_DIR_OR_STORE",
@@ -101,16 +108,65 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="model name when serving a model directory")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the model")
     _archive_options(p)
+    _ray_options(p)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--status", action="store_true", help="report running servers")
     group.add_argument("--stop", action="store_true", help="stop running servers (all, or --port)")
     p.set_defaults(func=_serve)
 
 
+def _ray_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine", choices=("torchserve", "ray"), default="torchserve",
+        help="the serving engine (default torchserve); ray serves a model directory with "
+        "Ray Serve, on this machine or a Ray cluster",
+    )  # fmt: skip
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument(
+        "--replicas", type=int, default=None, metavar="N",
+        help="ray: replicas of the model (default: --workers, else one per CPU; 1 on a cluster)",
+    )  # fmt: skip
+    scale.add_argument(
+        "--autoscale", default=None, metavar="MIN:MAX",
+        help="ray: let Ray Serve's autoscaler keep between MIN and MAX replicas",
+    )  # fmt: skip
+    p.add_argument(
+        "--address", default=None, metavar="ray://HOST:10001|auto",
+        help="ray: the Ray cluster to serve on (default: a Ray instance on this machine, "
+        "loopback only, stopped with the server)",
+    )  # fmt: skip
+
+
+def _engine_options(args: argparse.Namespace) -> tuple[object, str, dict]:
+    """The engine's module, its name and its start options, from the command line."""
+    from ..serve import server
+
+    common = dict(
+        host=args.host, port=args.port or 8080, auth=not args.no_auth, name=args.name,
+        timeout=args.timeout, options=_options(args),
+    )  # fmt: skip
+    if args.index:
+        common["index"] = args.index
+    if args.engine == "ray":
+        from ..serve import ray_server
+
+        extra = dict(replicas=args.replicas, autoscale=args.autoscale, address=args.address)
+        return ray_server, "Ray Serve", {**common, **extra}
+    if args.replicas is not None or args.autoscale or args.address:
+        raise TwinnetError(
+            "--replicas, --autoscale and --address go with --engine ray (TorchServe's "
+            "processes are --workers)"
+        )
+    ports = dict(management_port=args.management_port, metrics_port=args.metrics_port)
+    return server, "TorchServe", {**common, **ports}
+
+
 def _archive(args: argparse.Namespace) -> int:
     from ..serve.archive import build_archive
 
-    mar = build_archive(args.model_dir, args.out, name=args.name, options=_options(args))
+    mar = build_archive(
+        args.model_dir, args.out, name=args.name, options=_options(args), index=args.index
+    )
     print(mar)
     return 0
 
@@ -120,8 +176,14 @@ def _print_ready(info) -> None:
     print(
         f"  inference:  {info.inference_url}/predictions/{info.models[0]}  (also /invocations, /ping)"
     )
-    print(f"  management: {info.management_url}/models")
-    print(f"  metrics:    {info.metrics_url}/metrics")
+    if info.engine == "ray":
+        from ..serve.ray_server import replica_states
+
+        replicas = ", ".join(replica_states(info)[info.models[0]])
+        print(f"  replicas:   {replicas} (Ray Serve)")
+    else:
+        print(f"  management: {info.management_url}/models")
+        print(f"  metrics:    {info.metrics_url}/metrics")
     if info.auth:
         print(f"  token:      {info.key_file} (clients on this machine read it)")
     else:
@@ -145,11 +207,13 @@ def _serve(args: argparse.Namespace) -> int:
                 print(f"port {info.port}: not running (stale record in {info.instance})")
                 continue
             code = 0
+            what = "replicas" if info.engine == "ray" else "workers"
             workers = "; ".join(
-                f"{m}: {', '.join(s) or 'no workers'}" for m, s in entry["models"].items()
+                f"{m}: {', '.join(s) or f'no {what}'}" for m, s in entry["models"].items()
             )
+            engine = "engine ray, " if info.engine == "ray" else ""
             print(
-                f"port {info.port}: running (pid {info.pid}), {info.inference_url}, auth {'on' if info.auth else 'off'}, workers [{workers}]"
+                f"port {info.port}: running (pid {info.pid}), {info.inference_url}, {engine}auth {'on' if info.auth else 'off'}, {what} [{workers}]"
             )
         return code
     if args.stop:
@@ -164,16 +228,12 @@ def _serve(args: argparse.Namespace) -> int:
         raise TwinnetError("give a model directory or model store to serve (or --status / --stop)")
     if not Path(args.source).exists():
         raise TwinnetError(f"{args.source} does not exist")
-    options = dict(
-        host=args.host,
-        port=args.port or 8080,
-        management_port=args.management_port,
-        metrics_port=args.metrics_port,
-        auth=not args.no_auth,
-        name=args.name,
-        timeout=args.timeout,
-        options=_options(args),
-    )
+    if args.index and not (Path(args.source) / SPEC_FILE).is_file():
+        raise TwinnetError(
+            "--index goes with a model directory, which is archived with it; an archive keeps "
+            "what it was built with: `twinnet archive MODEL_DIR --out STORE --index INDEX_DIR`"
+        )
+    engine, label, options = _engine_options(args)
     if args.no_auth and args.host not in server.LOOPBACK:
         print(
             f"warning: token authorization is off and the server listens on {args.host}: "
@@ -183,10 +243,10 @@ def _serve(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the warning above already told the user
         if args.foreground:
-            print("starting TorchServe (Ctrl-C stops it) ...", flush=True)
-            return server.run_foreground(args.source, on_ready=_print_ready, **options)
-        print("starting TorchServe ...", flush=True)
-        info = server.start(args.source, **options)
+            print(f"starting {label} (Ctrl-C stops it) ...", flush=True)
+            return engine.run_foreground(args.source, on_ready=_print_ready, **options)
+        print(f"starting {label} ...", flush=True)
+        info = engine.start(args.source, **options)
     _print_ready(info)
     print("stop it with: twinnet serve --stop")
     return 0

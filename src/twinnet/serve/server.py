@@ -17,7 +17,8 @@ Public entry points:
 * :func:`run_foreground` — the same server in the foreground until SIGTERM/SIGINT
   (``twinnet serve --foreground``); TorchServe's own routes, ``/ping`` included, are the
   public ones there;
-* :func:`status` / :func:`stop` — report and stop the servers of a state root;
+* :func:`status` / :func:`stop` — report and stop the servers of a state root, Ray Serve
+  servers (``engine: ray``, :mod:`.ray_server`) among them;
 * :func:`find_token` — the inference token of a local server, for clients.
 """
 
@@ -193,7 +194,11 @@ def status(root: str | os.PathLike | None = None, port: int | None = None) -> li
         reason = stale_reason(info)
         entry: dict[str, Any] = {"info": info, "alive": reason is None, "models": {}}
         if reason is not None:
-            forget(info, reason)
+            _forget(info, reason)
+        elif info.engine == "ray":
+            from .ray_server import replica_states
+
+            entry["models"] = replica_states(info)
         else:
             for model in info.models:
                 try:
@@ -207,12 +212,28 @@ def status(root: str | os.PathLike | None = None, port: int | None = None) -> li
     return out
 
 
+def _forget(info: ServerInfo, reason: str) -> None:
+    """Remove a stale record; a Ray server's processes left behind by its dead server process
+    (found by its Ray directory, never by the recorded pid) are killed first."""
+    if info.engine == "ray":
+        from .ray_server import reap
+
+        reap(info)
+    forget(info, reason)
+
+
 def _stop_info(info: ServerInfo, timeout: float = 30.0) -> None:
     """SIGTERM TorchServe's JVM (its clean stop), then the group; SIGKILL what remains.
 
     Only for a server this process started or one whose identity was just checked: from
-    here on the whole process group is signalled until no member is left.
+    here on the whole process group is signalled until no member is left. A Ray Serve
+    server is stopped by :func:`.ray_server.stop_info`.
     """
+    if info.engine == "ray":
+        from .ray_server import stop_info
+
+        stop_info(info, timeout)
+        return
     java = java_pid(info)
     if java is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -252,7 +273,7 @@ def stop(
             continue
         reason = None if info.pid in CHILDREN else stale_reason(info)
         if reason is not None:
-            forget(info, reason)
+            _forget(info, reason)
             continue
         _stop_info(info, timeout)
         stopped.append(info)

@@ -47,6 +47,7 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 SERVER_FILE = "server.json"
 KEY_FILE = "key_file.json"
 CONFIG_FILE = "config.properties"
+RAY_CONFIG_FILE = "ray.json"
 #: Servers started by this process, by pid, so that they can be reaped.
 CHILDREN: dict[int, subprocess.Popen] = {}
 #: Seconds a process's start time may differ from the recorded one: psutil derives it from
@@ -73,6 +74,8 @@ class ServerInfo:
     #: The launcher's start time (psutil's ``create_time``): with the command line, what tells
     #: this server from another process that got the same pid after a crash or reboot.
     create_time: float | None = None
+    #: ``torchserve``, or ``ray`` (:mod:`twinnet.serve.ray_server`): how it is watched and stopped.
+    engine: str = "torchserve"
 
     @property
     def inference_url(self) -> str:
@@ -96,7 +99,9 @@ class ServerInfo:
 
     @property
     def config_file(self) -> Path:
-        return Path(self.instance) / CONFIG_FILE
+        """The file named on the server process's command line (TorchServe's config, or the
+        Ray server's launch record)."""
+        return Path(self.instance) / (RAY_CONFIG_FILE if self.engine == "ray" else CONFIG_FILE)
 
     def alive(self) -> bool:
         """True while the server runs: its process group has a live member and is still this
