@@ -115,8 +115,9 @@ def appended(
     labels: list[str],
     hashes: list[str],
     spec: ModelSpec,
+    tuning: tuple[dict[str, Any], float | None, int],
 ) -> store.Stored:
-    """``s`` with new rows appended and the approximate kinds' recall measured again."""
+    """``s`` with new rows appended, and the search effort and recall the add measured."""
     meta = dict(s.meta, next_id=int(ids[-1]) + 1 if len(ids) else s.meta["next_id"])
     new = store.Stored(
         meta,
@@ -128,14 +129,19 @@ def appended(
         np.concatenate([np.asarray(s.vectors), emb]),
         index,
     )
-    return retuned(new, spec)
+    return retuned(new, spec, *tuning)
 
 
-def retuned(s: store.Stored, spec: ModelSpec) -> store.Stored:
-    """``s`` with its search effort tuned and its recall measured again, after a change."""
-    params = dict(s.meta["params"])
-    recall, queries = vectors.tune(s.index, s.meta["kind"], params, s.vectors, s.ids)
-    meta = dict(s.meta, params=params, recall_at_10=recall, recall_queries=queries)
+def retuned(
+    s: store.Stored, spec: ModelSpec, params: dict[str, Any], recall: float | None, queries: int
+) -> store.Stored:
+    """``s`` with the search effort and recall measured while its index was (re)built.
+
+    Nothing measured (an add too small to hold an image out) keeps the recall recorded.
+    """
+    meta = dict(s.meta, params=params)
+    if queries or "recall_at_10" not in s.meta:
+        meta.update(recall_at_10=recall, recall_queries=queries)
     return replace(s, meta=meta, spec=spec)
 
 
@@ -165,6 +171,7 @@ def new_version(
         "twinnet": __version__,
     }
     ids = np.arange(len(emb), dtype=np.int64)
-    index = vectors.create(concrete, emb, ids, meta["params"])
+    params: dict[str, Any] = {}
+    index, recall, queries = vectors.create(concrete, emb, ids, params)
     empty = store.Stored(meta, spec, ids[:0], [], [], [], emb[:0], index)
-    return appended(empty, index, ids, emb, paths, labels, hashes, spec)
+    return appended(empty, index, ids, emb, paths, labels, hashes, spec, (params, recall, queries))

@@ -370,8 +370,12 @@ class GalleryIndex:
             if emb.size:
                 start = int(s.meta["next_id"])
                 ids = np.arange(start, start + len(emb), dtype=np.int64)
-                index = vectors.extend(s.index, emb, ids)
-                self._commit(builder.appended(s, index, ids, emb, *found, self.spec))
+                params = dict(s.meta["params"])
+                index, recall, queries = vectors.extend(
+                    s.index, s.meta["kind"], params, (emb, ids), (s.vectors, s.ids)
+                )
+                tuning = (params, recall, queries)
+                self._commit(builder.appended(s, index, ids, emb, *found, self.spec, tuning))
             self.last_update = update
             return update
 
@@ -394,7 +398,10 @@ class GalleryIndex:
                 raise TwinnetError(f"{what} in {self.path}")
             keep = ~drop
             kept = (np.asarray(s.vectors)[keep], s.ids[keep])
-            index = vectors.without(s.index, s.meta["kind"], s.meta["params"], s.ids[drop], kept)
+            params = dict(s.meta["params"])
+            index, recall, queries = vectors.without(
+                s.index, s.meta["kind"], params, s.ids[drop], kept
+            )
             pick = np.flatnonzero(keep)
             new = replace(
                 s,
@@ -405,7 +412,7 @@ class GalleryIndex:
                 vectors=kept[0],
                 index=index,
             )
-            self._commit(builder.retuned(new, self.spec))
+            self._commit(builder.retuned(new, self.spec, params, recall, queries))
             return int(drop.sum())
 
     def _current_on_disk(self) -> store.Stored:
