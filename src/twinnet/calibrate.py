@@ -24,6 +24,9 @@ __all__ = [
     "fit_calibration",
     "parse_target",
     "CALIBRATION_PAIRS",
+    "OPEN_SET_FAR",
+    "TAIL_RATES",
+    "impostor_tail",
     "calibration_scores",
     "apply_calibration",
     "recalibrate",
@@ -40,6 +43,11 @@ PENALTY = 1e-3
 MAX_SCALE = 1000.0
 #: The threshold probability is kept this far inside (0, 1).
 EDGE = 1e-6
+#: False-accept rates at which the tail of the "different" pairs' scores is recorded, so a
+#: gallery search can raise the threshold with the gallery's size.
+TAIL_RATES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
+#: The chance that a query of a class not in the gallery is accepted as some gallery class.
+OPEN_SET_FAR = 0.05
 _MAX_STEPS = 200
 
 _TARGET_FORMS = (
@@ -93,10 +101,13 @@ class Calibration:
     eer: float
     score_threshold: float
     accuracy: float
+    #: (rate, score) pairs, rates falling: the score that "different" pairs pass that often.
+    impostor_tail: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "impostor_tail", _tail(self.impostor_tail))
         for f in fields(self):
-            if f.name in ("method", "target"):
+            if f.name in ("method", "target", "impostor_tail"):
                 continue
             value = _number(f.name, getattr(self, f.name), integer=f.name == "pairs")
             object.__setattr__(self, f.name, value)
@@ -129,20 +140,76 @@ class Calibration:
         """The probability of "same", in the shape of ``scores``."""
         return _sigmoid(self.logit(scores))
 
+    def open_set_threshold(self, gallery: int, far: float = OPEN_SET_FAR) -> float:
+        """The probability threshold for identification against ``gallery`` images.
+
+        A query of a class the gallery lacks meets every gallery image, so at the pair
+        threshold it would be accepted about ``gallery`` times as often as one pair is. The
+        score is raised until the "different" pairs of the calibration pass it at a rate of
+        ``far / gallery`` (interpolated in log rate over :attr:`impostor_tail`, held at its
+        ends), so such a query is accepted with a chance of about ``far``. Never below the
+        pair threshold; without a recorded tail (older calibrations), the pair threshold.
+        """
+        if not self.impostor_tail or gallery < 1:
+            return self.threshold
+        rates = np.array([r for r, _ in self.impostor_tail])
+        scores = np.array([c for _, c in self.impostor_tail])
+        per_image = math.log(far / gallery)
+        score = float(np.interp(per_image, np.log(rates[::-1]), scores[::-1]))
+        raised = float(np.clip(self.probability(score), EDGE, 1.0 - EDGE))
+        return max(self.threshold, raised)
+
     def to_dict(self) -> dict[str, object]:
         """Plain values, ready for JSON."""
-        return asdict(self)
+        out = asdict(self)
+        out["impostor_tail"] = [list(pair) for pair in self.impostor_tail]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> Calibration:
-        """The calibration ``to_dict`` wrote; every key is required and no other is allowed."""
+        """The calibration ``to_dict`` wrote; every key is required and no other is allowed
+        (but ``impostor_tail``, which older calibrations lack)."""
         if not isinstance(data, dict):
             raise ValueError(f"calibration must be a mapping, got {type(data).__name__}")
         names = {f.name for f in fields(cls)}
-        missing, unknown = sorted(names - data.keys()), sorted(set(data) - names)
+        missing = sorted(names - data.keys() - {"impostor_tail"})
+        unknown = sorted(set(data) - names)
         if missing or unknown:
             raise ValueError(f"calibration keys: missing {missing}, unknown {unknown}")
         return cls(**data)  # type: ignore[arg-type]
+
+
+def _tail(value: object) -> tuple[tuple[float, float], ...]:
+    """``value`` as (rate, score) pairs with rates in (0, 1) falling and scores not falling."""
+    try:
+        pairs = tuple((float(r), float(c)) for r, c in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"calibration impostor_tail must be (rate, score) pairs, got {value!r}"
+        ) from None
+    rates = [r for r, _ in pairs]
+    scores = [c for _, c in pairs]
+    if not all(0.0 < r < 1.0 and math.isfinite(c) for r, c in pairs) or (
+        rates != sorted(rates, reverse=True) or scores != sorted(scores)
+    ):
+        raise ValueError(f"calibration impostor_tail is out of range: {value!r}")
+    return pairs
+
+
+def impostor_tail(scores: object) -> tuple[tuple[float, float], ...]:
+    """The score that "different" pairs reach at each of :data:`TAIL_RATES` they can measure.
+
+    ``scores`` are the "different" pairs' scores; a rate needs at least one pair above it,
+    so 10,000 pairs measure down to 1e-4.
+    """
+    s = np.sort(np.asarray(scores, dtype=np.float64).reshape(-1))
+    out = []
+    for rate in TAIL_RATES:
+        above = int(math.floor(rate * len(s)))
+        if above < 1:
+            break
+        out.append((rate, float(s[len(s) - above])))  # ``above`` pairs score at least this
+    return tuple(out)
 
 
 def _newton(x: np.ndarray, y: np.ndarray, offset: np.ndarray, penalty: np.ndarray) -> np.ndarray:
@@ -249,6 +316,7 @@ def fit_calibration(
         eer=metrics.eer(t, s)[0],
         score_threshold=cut,
         accuracy=float(np.mean(accepted == t)),
+        impostor_tail=impostor_tail(s[~t]),
     )
 
 

@@ -113,7 +113,7 @@ def test_dict_round_trip_through_json() -> None:
     assert Calibration.from_dict(data) == cal
     assert set(data) == {
         "scale", "bias", "threshold", "method", "target",
-        "pairs", "eer", "score_threshold", "accuracy",
+        "pairs", "eer", "score_threshold", "accuracy", "impostor_tail",
     }  # fmt: skip
 
 
@@ -180,3 +180,59 @@ def test_bad_targets_are_refused(text: str) -> None:
         parse_target(text)
     with pytest.raises(ValueError, match="unknown calibration target"):
         fit_calibration(TARGETS, SCORES, target=text)
+
+
+# --------------------------------------------------------- identification against a gallery
+def test_the_impostor_tail_is_read_off_the_different_pairs():
+    from twinnet.calibrate import impostor_tail
+
+    scores = np.linspace(0.0, 0.999, 1000)[::-1]  # 1000 "different" pairs, any order
+    tail = impostor_tail(scores)
+    # 100 of 1000 pairs reach 0.9, 30 reach 0.97, 10 reach 0.99, 3 reach 0.997, 1 reaches 0.999;
+    # 3e-4 of 1000 is less than one pair, so the tail stops at 1e-3.
+    assert [r for r, _ in tail] == [0.1, 0.03, 0.01, 0.003, 0.001]
+    assert [c for _, c in tail] == pytest.approx([0.9, 0.97, 0.99, 0.997, 0.999])
+
+
+def _gaussian_calibration(rng: np.random.Generator) -> Calibration:
+    """Same pairs score N(0.6, 0.1), different pairs N(0, 0.1): 10,000 of each."""
+    same, different = rng.normal(0.6, 0.1, 10000), rng.normal(0.0, 0.1, 10000)
+    truth = np.r_[np.ones(10000, bool), np.zeros(10000, bool)]
+    return fit_calibration(truth, np.r_[same, different])
+
+
+def test_the_open_set_threshold_rises_with_the_gallery_and_keeps_the_pair_threshold_as_floor():
+    cal = _gaussian_calibration(np.random.default_rng(0))
+    assert cal.impostor_tail  # recorded by the fit
+    thresholds = [cal.open_set_threshold(n) for n in (1, 10, 100, 1000)]
+    assert all(t >= cal.threshold for t in thresholds)
+    assert thresholds == sorted(thresholds) and thresholds[-1] > thresholds[0]
+    # An older calibration (no tail) keeps its pair threshold for any gallery.
+    old = {k: v for k, v in cal.to_dict().items() if k != "impostor_tail"}
+    legacy = Calibration.from_dict(old)
+    assert legacy.impostor_tail == () and legacy.open_set_threshold(1000) == legacy.threshold
+    assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
+
+
+def test_a_stranger_is_accepted_about_as_often_as_the_open_set_rate_says():
+    """Strangers meet every gallery image: at the pair threshold most of them would pass."""
+    from twinnet.calibrate import OPEN_SET_FAR
+
+    rng = np.random.default_rng(0)
+    cal = _gaussian_calibration(rng)
+    gallery = 1000
+    best = rng.normal(0.0, 0.1, (4000, gallery)).max(axis=1)  # each stranger's best match
+    p_best = cal.probability(best)
+    at_pair = np.mean(p_best >= cal.threshold)
+    at_open_set = np.mean(p_best >= cal.open_set_threshold(gallery))
+    assert at_pair > 0.5
+    assert 0.2 * OPEN_SET_FAR <= at_open_set <= 1.6 * OPEN_SET_FAR
+
+
+@pytest.mark.parametrize(
+    "tail", [[[0.1, 0.5], [0.2, 0.6]], [[0.1, 0.6], [0.01, 0.5]], [[1.5, 0.1]], "x", [[0.1]]]
+)
+def test_a_bad_impostor_tail_is_refused(tail):
+    good = fit_calibration(TARGETS, SCORES).to_dict()
+    with pytest.raises(ValueError, match="impostor_tail"):
+        Calibration.from_dict({**good, "impostor_tail": tail})

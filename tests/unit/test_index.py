@@ -6,6 +6,7 @@ fingerprint or real image bytes use the untrained resnet18 cosine model at 64 px
 
 from __future__ import annotations
 
+import math
 import shutil
 import threading
 
@@ -466,3 +467,33 @@ def test_recorded_recall_is_what_new_queries_get(tmp_path, kind):
     assert recorded >= TARGET_RECALL
     assert new >= TARGET_RECALL - 0.015, (recorded, new)
     assert abs(recorded - new) <= 0.02, (recorded, new)  # what is said is what is got
+
+
+def test_the_identification_threshold_rises_with_the_gallery_from_the_calibration(tmp_path):
+    """A stranger meets every gallery image, so the pair threshold is raised with the size."""
+    from twinnet.calibrate import Calibration
+    from twinnet.index import identification_threshold
+
+    cal = Calibration(
+        scale=10.0, bias=-5.0, threshold=0.5, method="held-out classes", target="accuracy",
+        pairs=1000, eer=0.1, score_threshold=0.5, accuracy=0.9,
+        impostor_tail=((0.1, 0.3), (0.01, 0.6), (0.001, 0.8)),
+    )  # fmt: skip
+    spec = _spec(0.5)
+    spec.calibration = cal.to_dict()
+    vecs, labels, _ = _random_gallery(n=50, classes=50)
+    # 50 images: each may be passed at 0.05 / 50 = 1e-3, i.e. from cosine 0.8, p = 0.953.
+    assert identification_threshold(spec, 50) == pytest.approx(1 / (1 + math.exp(-3.0)))
+    near = _at_cosine(vecs[7], _unit(np.eye(DIM)[None, 0] - vecs[7][0] * vecs[7])[0], 0.7)
+    index = from_embeddings(tmp_path / "raised", vecs, labels, spec, "fp")
+    (result,) = index.identify_embeddings(near[None])
+    assert result.matches[0].label == labels[7]
+    assert result.matches[0].probability == pytest.approx(1 / (1 + math.exp(-2.0)), abs=1e-3)
+    assert not result.known and result.threshold == pytest.approx(0.9526, abs=1e-4)
+    assert index.info["threshold"] == result.threshold and index.info["pair_threshold"] == 0.5
+    # The same model without the tail (an older calibration) decides at the pair threshold.
+    spec.calibration = {k: v for k, v in cal.to_dict().items() if k != "impostor_tail"}
+    (old,) = from_embeddings(tmp_path / "pair", vecs, labels, spec, "fp").identify_embeddings(
+        near[None]
+    )
+    assert old.known and old.threshold == 0.5

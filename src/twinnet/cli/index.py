@@ -79,7 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "identify",
         help="which class of a gallery index is this image, if any?",
         description="Open-set identification: the best classes of the index for each query, "
-        "with calibrated probabilities; 'unknown' when none reaches the model's threshold.",
+        "with calibrated probabilities; 'unknown' when none reaches the model's threshold, raised "
+        "with the gallery's size so a stranger is accepted about 5% of the time.",
     )
     q.add_argument("queries", nargs="+", metavar="QUERY", help="image file(s)")
     where = q.add_mutually_exclusive_group(required=True)
@@ -175,7 +176,10 @@ def _info(args: argparse.Namespace) -> int:
         f"           {model['arch']}, {model['image_size']} px, {model['embedding_dim']}-d, "
         f"{model['precision']} on {model['device']}; fingerprint {model['fingerprint']}"
     )
-    print(f"threshold: {info['threshold']:.4f}")
+    print(
+        f"threshold: {info['threshold']:.4f} for identification against {info['count']} images "
+        f"(pair threshold {info['pair_threshold']:.4f})"
+    )
     _print_kind(info)
     print(f"updated:   {info.get('updated', info['created'])}")
     return 0

@@ -3,7 +3,8 @@
 ``GalleryIndex.build(twin, folder, out)`` (or ``twin.index(folder, out)``) embeds a labelled
 gallery once; ``GalleryIndex.open(out).identify(images)`` answers each query with its best
 classes, their calibrated probabilities, and ``known: false`` when none reaches the
-model's threshold. Needs a cosine model, and ``pip install 'twinnet[index]'``.
+model's threshold (raised with the gallery's size, see :func:`identification_threshold`).
+Needs a cosine model, and ``pip install 'twinnet[index]'``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .gallery import (
     aggregate,
     check_top_k,
     from_embeddings,
+    identification_threshold,
 )
 from .vectors import AUTO_FLAT_MAX, KINDS, TARGET_RECALL
 
@@ -28,6 +30,7 @@ __all__ = [
     "aggregate",
     "check_top_k",
     "from_embeddings",
+    "identification_threshold",
     "AUTO_FLAT_MAX",
     "KINDS",
     "MAX_TOP_K",

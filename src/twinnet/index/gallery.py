@@ -37,6 +37,7 @@ __all__ = [
     "aggregate",
     "check_top_k",
     "from_embeddings",
+    "identification_threshold",
     "MAX_TOP_K",
 ]
 
@@ -138,6 +139,24 @@ def _probability(spec: ModelSpec, cosines: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
+def identification_threshold(spec: ModelSpec, gallery: int) -> float:
+    """The probability a query's best class must reach against ``gallery`` images.
+
+    The model's pair threshold, raised with the gallery's size from the calibration's
+    "different" pairs so a query of a class not in the gallery is accepted with a chance of
+    about :data:`~twinnet.calibrate.OPEN_SET_FAR`
+    (:meth:`~twinnet.calibrate.Calibration.open_set_threshold`). Calibrations that record no
+    such tail (older models; re-run ``twinnet calibrate``) keep the pair threshold.
+    """
+    from ..calibrate import Calibration
+
+    try:
+        cal = Calibration.from_dict(dict(spec.calibration or {}))
+    except (TypeError, ValueError):
+        return float(spec.threshold)
+    return max(float(spec.threshold), cal.open_set_threshold(gallery))
+
+
 class GalleryIndex:
     """A gallery of labelled embeddings on disk, searched for open-set identification.
 
@@ -235,7 +254,8 @@ class GalleryIndex:
             path=str(self.path),
             count=len(s),
             classes=s.class_count,
-            threshold=self.spec.threshold,
+            threshold=identification_threshold(self.spec, len(s)),
+            pair_threshold=float(self.spec.threshold),
         )
         return meta
 
@@ -284,6 +304,7 @@ class GalleryIndex:
         n = min(len(s), max(top_k * NEIGHBOURS_PER_CLASS, MIN_NEIGHBOURS))
         out = []
         cos, ids = self._search(s, q, n)
+        threshold = identification_threshold(spec, len(s))
         for i in range(len(q)):
             best, wide = self._classes(s, cos[i], ids[i], top_k), n
             reachable = min(top_k, s.class_count)
@@ -292,7 +313,7 @@ class GalleryIndex:
                 wide = min(limit, wide * 4)
                 c, d = self._search(s, q[i : i + 1], wide)
                 best = self._classes(s, c[0], d[0], top_k)
-            out.append(self._answer(spec, best))
+            out.append(self._answer(spec, best, threshold))
         return out
 
     @staticmethod
@@ -310,14 +331,16 @@ class GalleryIndex:
         return aggregate(cos[ok], [s.labels[r] for r in rows], [s.paths[r] for r in rows], top_k)
 
     @staticmethod
-    def _answer(spec: ModelSpec, best: list[tuple[str, float, str]]) -> Identification:
+    def _answer(
+        spec: ModelSpec, best: list[tuple[str, float, str]], threshold: float
+    ) -> Identification:
         probs = _probability(spec, np.array([b[1] for b in best]))
         matches = [
             Match(label, float(p), path, cos)
             for (label, cos, path), p in zip(best, probs, strict=True)
         ]
-        known = bool(matches) and matches[0].probability >= spec.threshold
-        return Identification(known, matches, float(spec.threshold), spec.name)
+        known = bool(matches) and matches[0].probability >= threshold
+        return Identification(known, matches, float(threshold), spec.name)
 
     # ------------------------------------------------------------------ building
     @classmethod
