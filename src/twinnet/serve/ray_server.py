@@ -51,6 +51,7 @@ from .state import (
     load_info,
     remove_instance,
 )
+from .supervise import run_until_stopped
 
 __all__ = [
     "RAY_HINT",
@@ -362,28 +363,7 @@ def run_foreground(
 ) -> int:
     """The same server with its output on this terminal, until SIGTERM/SIGINT or its exit."""
     info, proc = launch(source, foreground=True, **kwargs)
-    stopping = {"flag": False}
-
-    def _on_signal(signum: int, _frame: Any) -> None:
-        stopping["flag"] = True
-
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        try:
-            wait_ready(info, timeout, should_stop=lambda: stopping["flag"])
-        except TwinnetError:
-            if stopping["flag"]:
-                return 0
-            raise
-        if on_ready is not None:
-            on_ready(info)
-        while not stopping["flag"] and proc.poll() is None:
-            time.sleep(0.2)
-        return 0 if stopping["flag"] else int(proc.returncode or 0)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        stop_info(info)
+    return run_until_stopped(info, proc, wait_ready, stop_info, timeout, on_ready)
 
 
 def replica_states(info: ServerInfo) -> dict[str, list[str]]:

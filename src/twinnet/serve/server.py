@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import TwinnetError
 from .health import describe_model, wait_ready
 from .launch import (
     DEFAULT_PORTS,
@@ -60,6 +59,7 @@ from .state import (
     stale_reason,
     state_root,
 )
+from .supervise import run_until_stopped
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -157,28 +157,9 @@ def run_foreground(
     """
     ports = {"inference": port, "management": management_port, "metrics": metrics_port}
     info, proc = launch(store, host, ports, auth, root, name, True, None, archive_options)
-    stopping = {"flag": False}
-
-    def _on_signal(signum: int, _frame: Any) -> None:
-        stopping["flag"] = True
-
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        try:
-            wait_ready(info, timeout, should_stop=lambda: stopping["flag"])
-        except TwinnetError:
-            if stopping["flag"]:
-                return 0
-            raise
-        if on_ready is not None:
-            on_ready(info)
-        while not stopping["flag"] and proc.poll() is None:
-            time.sleep(0.2)
-        return 0 if stopping["flag"] else int(proc.returncode or 0)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        _stop_info(info, timeout=30.0)
+    return run_until_stopped(
+        info, proc, wait_ready, lambda i: _stop_info(i, timeout=30.0), timeout, on_ready
+    )
 
 
 def status(root: str | os.PathLike | None = None, port: int | None = None) -> list[dict[str, Any]]:
