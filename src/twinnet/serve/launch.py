@@ -44,6 +44,7 @@ __all__ = [
     "launch",
     "port_free",
     "prepare_store",
+    "spawn",
     "write_config",
 ]
 
@@ -236,10 +237,18 @@ def _spawn(cmd: list[str], instance: Path, tmp: Path, foreground: bool) -> subpr
         "METRICS_LOCATION": str(instance / "logs"),
         "TS_DECODE_INPUT_REQUEST": "true",
     }
-    out = None if foreground else open(instance / "torchserve.out", "wb")  # noqa: SIM115
+    return spawn(cmd, instance, env, None if foreground else instance / "torchserve.out")
+
+
+def spawn(cmd: list[str], cwd: Path, env: dict[str, str], log: Path | None) -> subprocess.Popen:
+    """Start a server process in a session of its own, so a stop reaches its whole tree.
+
+    Its output goes to ``log``, or to this terminal when ``log`` is None (foreground).
+    """
+    out = None if log is None else open(log, "wb")  # noqa: SIM115
     try:
         proc = subprocess.Popen(
-            cmd, cwd=instance, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
     finally:

@@ -40,6 +40,7 @@ import psutil
 from ..errors import TwinnetError
 from ..spec import SPEC_FILE, ModelSpec
 from .health import http_get
+from .launch import spawn
 from .options import ServeOptions
 from .ray_launch import RAY_CONFIG_FILE, RayConfig, read_status
 from .state import (
@@ -166,18 +167,8 @@ def _ray_tmp(instance: Path) -> Path:
 
 
 def _spawn(config_path: Path, instance: Path, env: dict[str, str], foreground: bool) -> Any:
-    out = None if foreground else open(instance / "logs" / _SERVER_OUT, "wb")  # noqa: SIM115
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "twinnet.serve.ray_launch", str(config_path)],
-            cwd=instance, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-    finally:
-        if out is not None:
-            out.close()
-    CHILDREN[proc.pid] = proc
-    return proc
+    cmd = [sys.executable, "-m", "twinnet.serve.ray_launch", str(config_path)]
+    return spawn(cmd, instance, env, None if foreground else instance / "logs" / _SERVER_OUT)
 
 
 def _has_ray_token(env: dict[str, str]) -> bool:
