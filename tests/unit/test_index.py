@@ -170,7 +170,7 @@ def test_approximate_kinds_measure_and_reach_their_recall(tmp_path, kind):
 def test_auto_kind_is_exact_up_to_the_limit_then_approximate():
     assert choose_kind("auto", AUTO_FLAT_MAX)[0] == "flat"
     kind, reason = choose_kind("auto", AUTO_FLAT_MAX + 1)
-    assert kind == "hnsw" and "approximate" in reason
+    assert kind == "ivf" and "approximate" in reason
     with pytest.raises(TwinnetError, match="unknown index kind"):
         choose_kind("lsh", 10)
 

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--kind",
         default="auto",
         choices=("auto", "flat", "ivf", "hnsw"),
-        help="flat: exact; ivf, hnsw: approximate; auto: flat up to 100,000 images, then hnsw",
+        help="flat: exact; ivf, hnsw: approximate; auto: flat up to 100,000 images, then ivf",
     )
     b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     from ..runtime import PRECISIONS

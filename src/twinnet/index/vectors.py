@@ -76,8 +76,11 @@ def choose_kind(kind: str, count: int) -> tuple[str, str]:
             "flat",
             f"exact inner-product search; auto: {count:,} images, at most {AUTO_FLAT_MAX:,}",
         )
-    return "hnsw", (
-        f"approximate inner-product search; auto: {count:,} images, more than {AUTO_FLAT_MAX:,}"
+    # IVF over HNSW: at 1M vectors on 2 cores it builds in 46 s against 8.5 min and answers
+    # as fast at the same recall (bench/index_speed.py).
+    return "ivf", (
+        f"approximate inner-product search (IVF); auto: {count:,} images, "
+        f"more than {AUTO_FLAT_MAX:,}"
     )
 
 
