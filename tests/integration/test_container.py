@@ -5,7 +5,8 @@ on a directory laid out like ``/opt/ml/model`` (the unpacked ``model.tar.gz``), 
 ``SAGEMAKER_BIND_TO_PORT`` set. The test then behaves like SageMaker: polls ``/ping``,
 sends ``/invocations`` the bytes ``twinnet invoke`` sends, and stops it with SIGTERM.
 The contract tests run once per model head; one more container serves a model packaged
-with ``response_format="list"`` to the original sample's client.
+with ``response_format="list"`` to the original sample's client. The same package served
+with ``--engine ray`` (Ray Serve behind the same gateway) must keep the same contract.
 """
 
 from __future__ import annotations
@@ -94,14 +95,15 @@ def sagemaker_model_dir(any_head_model_dir, tmp_path_factory) -> Path:
     return _unpacked(any_head_model_dir, tmp_path_factory.mktemp("container"))
 
 
-def _run_container(model_dir: Path, log: Path, **env_settings: str):
-    """The entrypoint as a subprocess, watched from its first instant until ``/ping`` is 200;
-    yields what a test needs, then stops it with SIGTERM if it still runs."""
+def _run_container(model_dir: Path, log: Path, *args: str, **env_settings: str):
+    """The entrypoint as a subprocess (``args`` appended), watched from its first instant until
+    ``/ping`` is 200; yields what a test needs, then stops it with SIGTERM if it still runs."""
     port = _free_port()
     env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "TWINNET_HOST": "127.0.0.1",
            **env_settings}  # fmt: skip
     out = log.open("wb")
     cmd = [sys.executable, "-m", "twinnet", "container", "serve", "--model-dir", str(model_dir)]
+    cmd += args
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     history: list[tuple[float, object]] = []
@@ -423,3 +425,199 @@ def test_invocations_answers_identification(index_container):
     body, ctype = encode_multipart(query, query)
     r = requests.post(url, data=body, headers={"Content-Type": ctype}, timeout=60)
     assert r.status_code == 200 and r.json()["same"] is True
+
+
+# ------------------------------------------------------------------------ Ray Serve
+def _ray_family(pid: int) -> dict[int, str]:
+    """``{pid: name}`` of the container's descendants (psutil), and of every process in the
+    sessions they started: the Ray server's session holds Ray's GCS, raylet, agents and
+    workers wherever they were reparented."""
+    import psutil
+
+    kids = psutil.Process(pid).children(recursive=True)
+    family = {p.pid: p.name() for p in kids}
+    sessions = set()
+    for p in kids:
+        try:
+            sessions.add(os.getsid(p.pid))
+        except OSError:
+            pass
+    sessions -= {os.getsid(pid)}
+    for p in psutil.process_iter(["name"]):
+        try:
+            if os.getsid(p.pid) in sessions:
+                family[p.pid] = p.info["name"]
+        except OSError:
+            pass
+    return family
+
+
+def _left_alive(family: dict[int, str]) -> list[str]:
+    """Those of ``family`` still running (zombies waiting for their parent do not count)."""
+    import psutil
+
+    deadline = time.monotonic() + 10
+    while True:
+        left = []
+        for pid, name in family.items():
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{pid} {name}")
+            except psutil.NoSuchProcess:
+                pass
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def _ray_processes_ok(family: dict[int, str]) -> None:
+    names = set(family.values())
+    assert {"gcs_server", "raylet", "ray::ServeReplica:twin:TwinDeployment"} <= names, names
+
+
+@pytest.fixture(scope="module")
+def ray_container(random_model_dir, tmp_path_factory):
+    """``twinnet container serve --engine ray`` on the same model.tar.gz as TorchServe's."""
+    pytest.importorskip("ray")
+    work = tmp_path_factory.mktemp("ray-container")
+    model_dir = _unpacked(random_model_dir, work)
+    yield from _run_container(
+        model_dir, work / "container.log", "--engine", "ray",
+        TWINNET_WORKERS="1", TWINNET_THREADS="1", TWINNET_PRECISION="fp32",
+    )  # fmt: skip
+
+
+def test_ray_ping_is_503_until_the_model_is_ready(ray_container):
+    history = ray_container["history"]
+    statuses = [s for _, s in history]
+    assert statuses[-1] == 200
+    assert 503 in statuses[:-1], history  # answered "not ready" while Ray started the replica
+    assert all(s in ("refused", 503) for s in statuses[:-1]), history
+    assert ray_container["ready_logged_at_200"], "the launcher had not reported a ready replica"
+    _ray_processes_ok(_ray_family(ray_container["proc"].pid))  # it is Ray that serves
+    assert requests.get(f"{ray_container['url']}/ping", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("cam", [False, True])
+def test_ray_invocations_answers_as_twin_compare(ray_container, random_model_dir, cam):
+    from twinnet.inference import Twin
+
+    left, right = _png(11, (64, 48)), _png(12, (50, 50))
+    body, ctype = encode_multipart(left, right, cam=cam)
+    r = requests.post(
+        f"{ray_container['url']}/invocations", data=body, headers={"Content-Type": ctype},
+        timeout=60,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("application/json")
+    answer = r.json()
+    expected = Twin.load(random_model_dir, precision="fp32").compare(left, right, cam=cam)
+    assert set(answer) == {"same", "probability", "logits", "threshold", "model"} | (
+        {"cam"} if cam else set()
+    )
+    assert answer["logits"] == pytest.approx(list(expected.logits), abs=1e-3)
+    assert answer["probability"] == pytest.approx(expected.probability, abs=1e-3)
+    assert answer["same"] == expected.same
+    if cam:
+        assert np.allclose(answer["cam"]["left"], expected.cam_left, atol=1e-3)
+        assert np.allclose(answer["cam"]["right"], expected.cam_right, atol=1e-3)
+
+
+def test_ray_bad_requests_get_4xx_and_the_next_one_is_answered(ray_container):
+    url = f"{ray_container['url']}/invocations"
+    good, good_type = encode_multipart(_png(13, (40, 30)), _png(14, (30, 40)))
+    cases = [
+        (_bad_image, 400, "invalid_image"),
+        (_bad_cam, 400, "invalid_field"),
+        (_missing_right, 400, "missing_field"),
+        (_over_limit, 413, "payload_too_large"),
+    ]
+    for make, status, code in cases:
+        body, ctype = make()
+        r = requests.post(url, data=body, headers={"Content-Type": ctype}, timeout=60)
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+        r = requests.post(url, data=good, headers={"Content-Type": good_type}, timeout=60)
+        assert r.status_code == 200 and set(r.json()) >= {"same", "logits"}, r.text
+    assert requests.get(url, timeout=10).status_code == 405
+
+
+def test_ray_sigterm_exits_0_and_leaves_no_process(ray_container):
+    """Last of the Ray container's tests: it ends the container."""
+    proc = ray_container["proc"]
+    family = _ray_family(proc.pid)
+    _ray_processes_ok(family)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    assert not _left_alive(family), "processes outlived the container"
+    assert "SIGTERM: stopping Ray Serve" in ray_container["log"].read_text()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{ray_container['url']}/ping", timeout=2)
+
+
+def test_ray_sigterm_while_the_replica_loads(random_model_dir, tmp_path):
+    """A model directory served as it is (no .mar), stopped before it is ready."""
+    pytest.importorskip("ray")
+    port = _free_port()
+    env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "TWINNET_HOST": "127.0.0.1",
+           "TWINNET_ENGINE": "ray", "TWINNET_WORKERS": "1"}  # fmt: skip
+    cmd = [sys.executable, "-m", "twinnet", "container", "serve", "--model-dir",
+           str(random_model_dir)]  # fmt: skip
+    log = tmp_path / "log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 180
+            family: dict[int, str] = {}
+            while time.monotonic() < deadline and proc.poll() is None:
+                family.update(_ray_family(proc.pid))
+                if "ray::ServeReplica:twin:TwinDeployment" in family.values():
+                    break  # Ray is up and the replica is loading the model: stop it now
+                time.sleep(0.1)
+            assert "raylet" in family.values(), log.read_text()[-2000:]
+            assert requests.get(f"http://127.0.0.1:{port}/ping", timeout=5).status_code == 503
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0, log.read_text()[-2000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    assert not _left_alive(family), log.read_text()[-2000:]
+
+
+@pytest.fixture(scope="module")
+def ray_index_container(random_cosine_dir, tmp_path_factory):
+    """``twinnet package --index`` served by Ray Serve, chosen by ``TWINNET_ENGINE``."""
+    pytest.importorskip("ray")
+    pytest.importorskip("faiss")
+    from twinnet.datasets import make_shapes_dataset
+    from twinnet.inference import Twin
+
+    work = tmp_path_factory.mktemp("ray-index-container")
+    gallery = make_shapes_dataset(work / "gallery", classes=3, per_class=3, size=64)
+    twin = Twin.load(random_cosine_dir, device="cpu", precision="fp32")
+    library = twin.index(gallery, work / "idx")
+    model_dir = _unpacked(random_cosine_dir, work, index=work / "idx")
+    for running in _run_container(
+        model_dir, work / "container.log",
+        TWINNET_ENGINE="ray", TWINNET_WORKERS="1", TWINNET_THREADS="1",
+    ):  # fmt: skip
+        yield {**running, "gallery": gallery, "library": library}
+
+
+def test_ray_invocations_answers_identification(ray_index_container):
+    from twinnet.protocol import encode_identify_multipart
+
+    url, library = f"{ray_index_container['url']}/invocations", ray_index_container["library"]
+    _ray_processes_ok(_ray_family(ray_index_container["proc"].pid))
+    query = (ray_index_container["gallery"] / "circle_0" / "1.png").read_bytes()
+    body, ctype = encode_identify_multipart(query, 2)
+    r = requests.post(url, data=body, headers={"Content-Type": ctype}, timeout=60)
+    assert r.status_code == 200, r.text
+    answer, expected = r.json(), library.identify(query, top_k=2)[0].to_dict()
+    assert [m["label"] for m in answer["matches"]] == [m["label"] for m in expected["matches"]]
+    assert [m["probability"] for m in answer["matches"]] == pytest.approx(
+        [m["probability"] for m in expected["matches"]], abs=1e-3
+    )
+    assert (answer["known"], answer["threshold"]) == (expected["known"], expected["threshold"])
+    r = requests.post(url, files={"query": query}, data={"top_k": "0"}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["field"] == "top_k"

@@ -174,7 +174,7 @@ def _register_container(sub: argparse._SubParsersAction) -> None:
     csub = c.add_subparsers(dest="container_command", metavar="COMMAND")
     cs = csub.add_parser(
         "serve",
-        help="run TorchServe in the foreground for SageMaker",
+        help="run the model server in the foreground for SageMaker",
         description=(
             "Serve the .mar found in MODEL_DIR on SAGEMAKER_BIND_TO_PORT (default 8080): "
             "/ping and /invocations, token authorization off. Settings come from TWINNET_* "
@@ -182,6 +182,11 @@ def _register_container(sub: argparse._SubParsersAction) -> None:
         ),
     )
     cs.add_argument("--model-dir", default="/opt/ml/model", help="default /opt/ml/model")
+    cs.add_argument(
+        "--engine", choices=("torchserve", "ray"), default=None,
+        help="the serving engine (default: TWINNET_ENGINE, else torchserve); ray runs Ray "
+        "Serve on a local Ray instance and also serves a model directory",
+    )  # fmt: skip
     # SageMaker starts images as `docker run IMAGE serve`: with this command as the
     # ENTRYPOINT, that appends one more "serve", accepted here and ignored.
     cs.add_argument("sagemaker_mode", nargs="?", choices=["serve"], help=argparse.SUPPRESS)
@@ -320,7 +325,7 @@ def run_teardown(args: argparse.Namespace) -> int:
 
 
 def run_container_serve(args: argparse.Namespace) -> int:
-    """``twinnet container serve``: the image's ENTRYPOINT; returns TorchServe's exit status."""
+    """``twinnet container serve``: the image's ENTRYPOINT; returns the model server's exit status."""
     from ..deploy.container import serve
 
-    return serve(Path(args.model_dir))
+    return serve(Path(args.model_dir), engine=args.engine)

@@ -13,17 +13,23 @@ belongs to a :class:`~twinnet.deploy.gateway.Gateway`: it answers ``/ping`` itse
 TorchServe's management API, because TorchServe's own ``/ping`` reports healthy before the
 model has loaded; ``/invocations`` it forwards to TorchServe.
 
+With ``--engine ray`` (or ``TWINNET_ENGINE=ray``) the same gateway sits in front of Ray
+Serve's HTTP proxy instead, and the same ``model.tar.gz`` is served: see
+:mod:`.container_ray`.
+
 Settings (environment variables; all optional):
 
 =============================== ==============================================================
 ``SAGEMAKER_BIND_TO_PORT``      public port (default 8080)
 ``TWINNET_HOST``                public bind address (default 0.0.0.0)
+``TWINNET_ENGINE``              ``torchserve`` (default) or ``ray``; ``--engine`` wins
 ``TWINNET_BATCH_SIZE``          TorchServe batch size
 ``TWINNET_MAX_BATCH_DELAY``     milliseconds TorchServe waits to fill a batch
-``TWINNET_WORKERS``             worker processes (also ``SAGEMAKER_MODEL_SERVER_WORKERS``)
+``TWINNET_WORKERS``             worker processes, or Ray replicas (also
+                                ``SAGEMAKER_MODEL_SERVER_WORKERS``)
 ``TWINNET_THREADS``             torch threads per worker, or ``auto``
 ``TWINNET_RESPONSE_TIMEOUT``    seconds before TorchServe counts a batch as stuck (also
-                                ``SAGEMAKER_MODEL_SERVER_TIMEOUT``)
+                                ``SAGEMAKER_MODEL_SERVER_TIMEOUT``; TorchServe only)
 ``TWINNET_PRECISION``           ``auto``, ``bf16`` or ``fp32``
 ``TWINNET_RESPONSE_FORMAT``     ``object`` or ``list``: the answer to a request that names
                                 no ``format``
@@ -54,7 +60,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import TwinnetError
 from ..serve.options import CONFIG_FILE, MINIMUM, RESPONSE_FORMATS, ServeOptions, precisions
@@ -67,7 +73,11 @@ from .gateway import (
 )
 from .package import find_mar
 
+if TYPE_CHECKING:
+    from ..serve.state import ServerInfo
+
 __all__ = [
+    "ENGINES",
     "ContainerSettings",
     "settings_from_env",
     "apply_settings",
@@ -76,6 +86,9 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 8080
+#: The serving engines the container runs, the default first.
+ENGINES = ("torchserve", "ray")
+_ENGINE_NAMES = {"torchserve": "TorchServe", "ray": "Ray Serve"}
 DEFAULT_STARTUP_TIMEOUT = 600.0
 
 #: ServeOptions field -> environment variables, first one set wins.
@@ -101,6 +114,7 @@ class ContainerSettings:
         invocation_timeout: seconds one invocation may take before the container answers 504.
         gateway_threads: requests the gateway answers at once.
         max_connections: client connections the gateway keeps open at once.
+        engine: ``torchserve`` or ``ray``.
         overrides: :class:`~twinnet.serve.options.ServeOptions` fields to rewrite into
             ``model-config.yaml``.
     """
@@ -111,6 +125,7 @@ class ContainerSettings:
     invocation_timeout: float = DEFAULT_INVOCATION_TIMEOUT
     gateway_threads: int = DEFAULT_GATEWAY_THREADS
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    engine: str = ENGINES[0]
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -136,6 +151,13 @@ def _option(env: Mapping[str, str], option: str, var: str) -> Any:
     return _int(env, var, MINIMUM[option])
 
 
+def _engine(value: str, where: str) -> str:
+    engine = value.strip().lower()
+    if engine not in ENGINES:
+        raise TwinnetError(f"{where}={value!r}: expected {' or '.join(ENGINES)}")
+    return engine
+
+
 def settings_from_env(environ: Mapping[str, str] | None = None) -> ContainerSettings:
     """Read and check every setting up front, so a typo stops the container with one line."""
     env = os.environ if environ is None else environ
@@ -145,6 +167,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ContainerSett
         if settings.port > 65535:
             raise TwinnetError(f"SAGEMAKER_BIND_TO_PORT={settings.port}: not a port number")
     settings.host = env.get("TWINNET_HOST", "").strip() or settings.host
+    if env.get("TWINNET_ENGINE", "").strip():
+        settings.engine = _engine(env["TWINNET_ENGINE"], "TWINNET_ENGINE")
     if env.get("TWINNET_STARTUP_TIMEOUT", "").strip():
         settings.startup_timeout = float(_int(env, "TWINNET_STARTUP_TIMEOUT", 1))
     if env.get("TWINNET_INVOCATION_TIMEOUT", "").strip():
@@ -201,7 +225,7 @@ def apply_settings(mar: Path, overrides: Mapping[str, Any], store: Path) -> Path
 
 
 class _Stop(Exception):
-    """SIGTERM (or SIGINT) arrived: stop TorchServe and leave."""
+    """SIGTERM (or SIGINT) arrived: stop the model server and leave."""
 
 
 def _on_stop(signum: int, frame: Any) -> None:
@@ -221,7 +245,7 @@ def _bind_description(host: str) -> str:
 
 
 class _Follower(threading.Thread):
-    """Copies TorchServe's output file to our stdout as it grows (SageMaker ships stdout to CloudWatch)."""
+    """Copies the model server's output file to our stdout as it grows (SageMaker ships stdout to CloudWatch)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(name="twinnet-log", daemon=True)
@@ -279,11 +303,13 @@ class _Run:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
-def _serve_until_stopped(settings: ContainerSettings, mar: Path, run: _Run) -> int:
-    """Open the port, start TorchServe, turn ``/ping`` healthy; returns once TorchServe exits."""
-    from ..serve import server
-
-    run.gateway = Gateway(
+def _serve_until_stopped(settings: ContainerSettings, source: Path, run: _Run) -> int:
+    """Open the port, start the engine, turn ``/ping`` healthy; returns once the engine exits."""
+    if settings.engine == "ray":
+        from .container_ray import RayGateway as gateway_class
+    else:
+        gateway_class = Gateway
+    run.gateway = gateway_class(
         settings.host, settings.port, settings.invocation_timeout,
         threads=settings.gateway_threads, max_connections=settings.max_connections,
     )  # fmt: skip
@@ -296,28 +322,54 @@ def _serve_until_stopped(settings: ContainerSettings, mar: Path, run: _Run) -> i
     if settings.overrides:
         shown = ", ".join(f"{k}={v}" for k, v in settings.overrides.items())
         say(f"settings from the environment: {shown}")
-        mar = apply_settings(mar, settings.overrides, run.home / "store")
-    inference, management, metrics = server.free_loopback_ports(3, avoid={settings.port})
-    run.follower = _Follower(server.instance_dir(inference, run.root) / "torchserve.out")
-    run.follower.start()
-    run.inference = inference
-    info = server.start(
-        mar, host="127.0.0.1", port=inference, management_port=management,
-        metrics_port=metrics, auth=False, root=run.root, timeout=settings.startup_timeout,
-    )  # fmt: skip
+    start = _start_ray if settings.engine == "ray" else _start_torchserve
+    info = start(settings, source, run)
     # Said first, so the log line is out before /ping can answer 200.
     say(f"model {', '.join(info.models)} ready: /ping and /invocations on port {run.gateway.port}")
     run.gateway.upstream = info
     while info.alive():
         time.sleep(0.2)
-    say("TorchServe exited on its own; stopping")
+    say(f"{_ENGINE_NAMES[settings.engine]} exited on its own; stopping")
     return 1
 
 
+def _start_torchserve(settings: ContainerSettings, mar: Path, run: _Run) -> ServerInfo:
+    """TorchServe on loopback ports, with the environment's settings written into the archive."""
+    from ..serve import server
+
+    if settings.overrides:
+        mar = apply_settings(mar, settings.overrides, run.home / "store")
+    inference, management, metrics = server.free_loopback_ports(3, avoid={settings.port})
+    run.follower = _Follower(server.instance_dir(inference, run.root) / "torchserve.out")
+    run.follower.start()
+    run.inference = inference
+    return server.start(
+        mar, host="127.0.0.1", port=inference, management_port=management,
+        metrics_port=metrics, auth=False, root=run.root, timeout=settings.startup_timeout,
+    )  # fmt: skip
+
+
+def _start_ray(settings: ContainerSettings, source: Path, run: _Run) -> ServerInfo:
+    """Ray Serve's HTTP proxy on a loopback port (:mod:`.container_ray`)."""
+    from ..serve import server
+    from . import container_ray
+
+    (inference,) = server.free_loopback_ports(1, avoid={settings.port})
+    run.follower = _Follower(container_ray.log_file(inference, run.root))
+    run.follower.start()
+    run.inference = inference
+    return container_ray.start(source, settings, run.root, inference, run.home)
+
+
 def serve(
-    model_dir: str | os.PathLike = "/opt/ml/model", environ: Mapping[str, str] | None = None
+    model_dir: str | os.PathLike = "/opt/ml/model",
+    environ: Mapping[str, str] | None = None,
+    engine: str | None = None,
 ) -> int:
     """Serve the ``.mar`` in ``model_dir`` on SageMaker's port until SIGTERM; returns the exit status.
+
+    ``engine`` (``torchserve`` or ``ray``) replaces ``TWINNET_ENGINE``. Ray Serve also serves
+    ``model_dir`` itself when it is a model directory (see :mod:`.container_ray`).
 
     TorchServe listens on loopback only; the public port belongs to a
     :class:`~twinnet.deploy.gateway.Gateway` that is up at once (``/ping`` answers 503 while
@@ -331,16 +383,25 @@ def serve(
     owns the public port. TorchServe's output is copied to stdout.
 
     Returns:
-        0 after a requested stop, 1 if TorchServe exited on its own.
+        0 after a requested stop, 1 if the model server exited on its own.
     """
     settings = settings_from_env(environ)
-    mar = find_mar(model_dir)
+    if engine is not None:
+        settings.engine = _engine(engine, "--engine")
+    if settings.engine == "ray":
+        from ..serve.ray_server import check_ray
+        from .container_ray import find_source
+
+        check_ray()
+        source = find_source(model_dir)
+    else:
+        source = find_mar(model_dir)
     previous = {s: signal.signal(s, _on_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     run = _Run(home=Path(tempfile.mkdtemp(prefix="twinnet-container-")))
     try:
-        return _serve_until_stopped(settings, mar, run)
+        return _serve_until_stopped(settings, source, run)
     except _Stop as stop:
-        say(f"{stop}: stopping TorchServe")
+        say(f"{stop}: stopping {_ENGINE_NAMES[settings.engine]}")
         return 0
     finally:
         for sig in previous:  # nothing may interrupt the clean-up

@@ -233,7 +233,15 @@ def _is_server_process(proc: psutil.Process, info: ServerInfo) -> bool:
             on_time = abs(started - expected) <= _START_SLACK_S
         else:
             on_time = started >= expected - _START_SLACK_S
-        return on_time and str(info.config_file) in proc.cmdline()
+        if not on_time:
+            return False
+        cmdline = proc.cmdline()
+        for _ in range(10):  # empty while the process is being set up (exec): read it again
+            if cmdline:
+                break
+            time.sleep(0.05)
+            cmdline = proc.cmdline()
+        return str(info.config_file) in cmdline
     except psutil.Error:
         return False
 
