@@ -371,19 +371,24 @@ def test_the_sample_client_gets_its_list_from_invocations(list_container, random
 @pytest.fixture(scope="module")
 def index_container(random_cosine_dir, tmp_path_factory):
     """``twinnet package --index``: the cosine model with a gallery index, in the container."""
+    yield from _serve_with_index(
+        random_cosine_dir, tmp_path_factory.mktemp("index-container"),
+        TWINNET_WORKERS="1", TWINNET_THREADS="1", TWINNET_PRECISION="fp32",
+    )  # fmt: skip
+
+
+def _serve_with_index(model: Path, work: Path, **env_settings: str):
+    """Package ``model`` with an index of a generated gallery and run it in the container;
+    yields the running container with the gallery and the library's index."""
     pytest.importorskip("faiss")
     from twinnet.datasets import make_shapes_dataset
     from twinnet.inference import Twin
 
-    work = tmp_path_factory.mktemp("index-container")
     gallery = make_shapes_dataset(work / "gallery", classes=3, per_class=3, size=64)
-    twin = Twin.load(random_cosine_dir, device="cpu", precision="fp32")
+    twin = Twin.load(model, device="cpu", precision="fp32")
     library = twin.index(gallery, work / "idx")
-    model_dir = _unpacked(random_cosine_dir, work, index=work / "idx")
-    for running in _run_container(
-        model_dir, work / "container.log",
-        TWINNET_WORKERS="1", TWINNET_THREADS="1", TWINNET_PRECISION="fp32",
-    ):  # fmt: skip
+    model_dir = _unpacked(model, work, index=work / "idx")
+    for running in _run_container(model_dir, work / "container.log", **env_settings):
         yield {**running, "gallery": gallery, "library": library}
 
 
@@ -588,20 +593,10 @@ def test_ray_sigterm_while_the_replica_loads(random_model_dir, tmp_path):
 def ray_index_container(random_cosine_dir, tmp_path_factory):
     """``twinnet package --index`` served by Ray Serve, chosen by ``TWINNET_ENGINE``."""
     pytest.importorskip("ray")
-    pytest.importorskip("faiss")
-    from twinnet.datasets import make_shapes_dataset
-    from twinnet.inference import Twin
-
-    work = tmp_path_factory.mktemp("ray-index-container")
-    gallery = make_shapes_dataset(work / "gallery", classes=3, per_class=3, size=64)
-    twin = Twin.load(random_cosine_dir, device="cpu", precision="fp32")
-    library = twin.index(gallery, work / "idx")
-    model_dir = _unpacked(random_cosine_dir, work, index=work / "idx")
-    for running in _run_container(
-        model_dir, work / "container.log",
+    yield from _serve_with_index(
+        random_cosine_dir, tmp_path_factory.mktemp("ray-index-container"),
         TWINNET_ENGINE="ray", TWINNET_WORKERS="1", TWINNET_THREADS="1",
-    ):  # fmt: skip
-        yield {**running, "gallery": gallery, "library": library}
+    )  # fmt: skip
 
 
 def test_ray_invocations_answers_identification(ray_index_container):

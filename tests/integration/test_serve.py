@@ -140,12 +140,12 @@ def _serve_ray(model_dir: Path, state: Path):
     instance = instance_dir(port, state / "serve")
     info = load_info(instance)
     assert started.returncode == 0 and info is not None, started.stdout + started.stderr
-    assert f"http://127.0.0.1:{port}/predictions/twin" in started.stdout
-    assert "RUNNING (Ray Serve)" in started.stdout
     ray_dir = Path(info.instance, "tmp").resolve()
-    names = {cmd.split()[0].rsplit("/", 1)[-1] for _, cmd in _session(info)}
-    assert {"gcs_server", "raylet", "ray::ServeController", "ray::ProxyActor"} <= names, names
-    try:
+    try:  # from here on the server is stopped whatever fails
+        assert f"http://127.0.0.1:{port}/predictions/twin" in started.stdout
+        assert "RUNNING (Ray Serve)" in started.stdout
+        names = {cmd.split()[0].rsplit("/", 1)[-1] for _, cmd in _session(info)}
+        assert {"gcs_server", "raylet", "ray::ServeController", "ray::ProxyActor"} <= names, names
         yield info
     finally:
         stopped = _cli(state, "serve", "--stop", "--port", str(port), timeout=180)

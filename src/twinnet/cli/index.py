@@ -202,16 +202,9 @@ def _identify(args: argparse.Namespace) -> int:
         if not Path(query).is_file():
             raise TwinnetError(f"{query}: no such file")
     if remote:
-        from ..backends import open_backend
+        from .infer import remote_backend
 
-        backend = open_backend(
-            url=args.url,
-            endpoint=args.endpoint,
-            region=args.region,
-            token=args.token,
-            model_name=args.model_name,
-            profile=args.profile,
-        )
+        backend = remote_backend(args)
         results = [backend.identify(Path(q), top_k=top_k) for q in args.queries]
     else:
         results = _open(args).identify([Path(q) for q in args.queries], top_k=top_k)

@@ -53,6 +53,20 @@ def _add_aws_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", help="AWS profile from ~/.aws (default: AWS_PROFILE or 'default')")
 
 
+def remote_backend(args: argparse.Namespace):
+    """The server or endpoint that ``--url`` / ``--endpoint`` (and their options) name."""
+    from ..backends import open_backend
+
+    return open_backend(
+        url=args.url,
+        endpoint=args.endpoint,
+        region=args.region,
+        token=args.token,
+        model_name=args.model_name,
+        profile=args.profile,
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands to the `twinnet` parser."""
     p = sub.add_parser(
@@ -112,14 +126,7 @@ def run_compare(args: argparse.Namespace) -> int:
             raise TwinnetError(f"{path}: no such file")
     remote = bool(args.url or args.endpoint)
     if remote:
-        backend = open_backend(
-            url=args.url,
-            endpoint=args.endpoint,
-            region=args.region,
-            token=args.token,
-            model_name=args.model_name,
-            profile=args.profile,
-        )
+        backend = remote_backend(args)
     elif args.device != "auto" or args.precision != "auto":
         backend = _open_twin(args)
     else:
