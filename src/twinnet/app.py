@@ -501,6 +501,18 @@ def show_identification(result: Identification) -> None:
             )
 
 
+def identify_form(samples: dict[str, Path]) -> tuple[ImageInput | None, int, bool]:
+    """The query upload, how many classes to show, and whether Identify was pressed."""
+    query = image_picker("Image to identify", "identify", samples)
+    query_img = preview(query)
+    top_k = st.number_input(
+        "Classes shown", min_value=1, max_value=50, value=5, key="identify_top_k"
+    )
+    ready = query is not None and query_img is not None
+    pressed = st.button("Identify", type="primary", disabled=not ready, key="identify")
+    return (query if ready else None), int(top_k), pressed
+
+
 def identify_page(choice: BackendChoice | None, path: str, samples: dict[str, Path]) -> None:
     opened = attempt("opening the gallery index", lambda: get_index(choice, path))
     if opened is None:
@@ -511,21 +523,34 @@ def identify_page(choice: BackendChoice | None, path: str, samples: dict[str, Pa
         f"threshold {info['threshold']:.2f}; queries are embedded in this process by "
         f"{opened.model}."
     )
-    query = image_picker("Image to identify", "identify", samples)
-    query_img = preview(query)
-    top_k = st.number_input(
-        "Classes shown", min_value=1, max_value=50, value=5, key="identify_top_k"
-    )
-    ready = query_img is not None
-    pressed = st.button("Identify", type="primary", disabled=not ready, key="identify")
-    if query is None or not ready:
+    query, top_k, pressed = identify_form(samples)
+    if query is None:
         return
-    key = appidentify.result_key(
-        path, appidentify.index_stamp(path), opened.model, query, int(top_k)
-    )
+    key = appidentify.result_key(path, appidentify.index_stamp(path), opened.model, query, top_k)
     result = run_once(
         key, pressed, "Identifying…", "identifying",
-        lambda: appidentify.identify(opened.index, query, int(top_k)),
+        lambda: appidentify.identify(opened.index, query, top_k),
+    )  # fmt: skip
+    if result is not None:
+        show_identification(result)
+
+
+def remote_identify_page(choice: BackendChoice | None, samples: dict[str, Path]) -> None:
+    """Identify answered by the server, from the gallery index its model was served with."""
+    if choice is None or not choice.remote:
+        st.info(
+            "Identify asks the server: choose a TorchServe server or a SageMaker endpoint "
+            "whose model was served or deployed with --index."
+        )
+        return
+    st.caption(f"The gallery index is the one {choice.label} serves with its model.")
+    query, top_k, pressed = identify_form(samples)
+    if query is None:
+        return
+    key = appidentify.result_key("remote", 0.0, choice.key, query, top_k)
+    result = run_once(
+        key, pressed, "Identifying…", "identifying",
+        lambda: appidentify.identify_remote(get_backend(choice), query, top_k),
     )  # fmt: skip
     if result is not None:
         show_identification(result)
@@ -542,15 +567,17 @@ def main() -> None:
         st.caption(f"Answers from {choice.label}.")
     samples = sample_names(samples_for(choice))
     index = appidentify.index_from_env()
-    modes = (*MODES, IDENTIFY) if index else MODES
+    remote = appidentify.remote_from_env()
+    modes = (*MODES, IDENTIFY) if index or remote else MODES
     mode = st.radio("Mode", modes, horizontal=True, label_visibility="collapsed", key="mode")
     if mode == MODES[0]:
         compare_page(choice, samples)
     elif mode == MODES[1]:
         gallery_page(choice, samples)
-    else:
-        assert index is not None
+    elif index:
         identify_page(choice, index, samples)
+    else:
+        remote_identify_page(choice, samples)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
 """Identify in the app: which class of a gallery index an uploaded image shows, if any.
 
-``twinnet app --index INDEX_DIR`` hands the index to the script in ``TWINNET_APP_INDEX``.
-Queries are embedded in the app's process: by the app's own model when it is the one the
-index was built with (so one copy sits in memory), otherwise by the model directory the
-index records. Remote backends have no identify request, so with one the index's model
-directory has to be on the app's machine. Kept free of Streamlit so it can be tested
-directly; ``app.py`` only lays it out.
+Two ways in, said in the app's environment:
+
+- ``twinnet app --index INDEX_DIR`` (``TWINNET_APP_INDEX``): queries are embedded in the
+  app's process, by the app's own model when it is the one the index was built with (so one
+  copy sits in memory), otherwise by the model directory the index records, which then has
+  to be on the app's machine.
+- ``twinnet app --url URL | --endpoint NAME --identify`` (``TWINNET_APP_IDENTIFY``): the
+  server answers, from the index its archive or package carries (``--index`` at serve,
+  package or deploy time); the app holds neither model nor index.
+
+Kept free of Streamlit so it can be tested directly; ``app.py`` only lays it out.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from .appkit import ENV, ImageInput
+from .appkit import ENV, ImageInput, remote_payload
 from .errors import TwinnetError
 from .imaging import decode_image
 
@@ -32,7 +37,9 @@ __all__ = [
     "Row",
     "check_startup",
     "identify",
+    "identify_remote",
     "index_from_env",
+    "remote_from_env",
     "index_stamp",
     "markdown_escape",
     "open_index",
@@ -51,6 +58,12 @@ def index_from_env(env: Mapping[str, str] | None = None) -> str | None:
     """The index directory ``twinnet app --index`` was started with, or ``None``."""
     env = os.environ if env is None else env
     return env.get(ENV["index"], "").strip() or None
+
+
+def remote_from_env(env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``twinnet app --identify`` asked for the server's own identification."""
+    env = os.environ if env is None else env
+    return env.get(ENV["identify"], "").strip() not in ("", "0")
 
 
 def index_stamp(path: str | os.PathLike[str]) -> float:
@@ -161,6 +174,22 @@ def identify(index: GalleryIndex, image: ImageInput, top_k: int = 5) -> Identifi
     """The index's answer for one uploaded image (raises ImageError naming an unreadable one)."""
     decode_image(image.data, name=image.name)  # a named error before any model work
     return index.identify([image.data], top_k=top_k)[0]
+
+
+def identify_remote(backend: object, image: ImageInput, top_k: int = 5) -> Identification:
+    """The server's answer for one uploaded image (a model served or deployed with ``--index``).
+
+    The upload is read here first, so a file that is no image is named without a round trip;
+    large photos travel as a smaller JPEG, as comparisons do.
+    """
+    decode_image(image.data, name=image.name)
+    ask = getattr(backend, "identify", None)
+    if ask is None:
+        raise TwinnetError(
+            "this backend cannot identify: --identify asks a TorchServe server or a "
+            "SageMaker endpoint; with a model in the app's process use --index INDEX_DIR"
+        )
+    return ask(remote_payload(image), top_k=int(top_k))
 
 
 def verdict(result: Identification) -> str:

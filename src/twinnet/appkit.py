@@ -53,6 +53,7 @@ ENV = {
     "region": "TWINNET_APP_REGION",
     "samples": "TWINNET_APP_SAMPLES",
     "index": "TWINNET_APP_INDEX",
+    "identify": "TWINNET_APP_IDENTIFY",
     "locked": "TWINNET_APP_LOCKED",
 }
 #: File types the uploaders accept: the suffixes training and search read, without the dot.

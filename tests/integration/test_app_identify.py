@@ -317,6 +317,87 @@ def test_without_an_index_the_app_has_no_identify_mode(
     assert at.radio(key="mode").options == ["Compare two images", "Search a gallery"]
 
 
+# --------------------------------------------------------------------------- the server's index
+
+
+@pytest.fixture(scope="module")
+def served_index(random_cosine_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """TorchServe with an archive that carries a gallery index (``twinnet serve --index``)."""
+    from twinnet.datasets import make_shapes_dataset
+    from twinnet.serve import server
+
+    if shutil.which("java") is None:
+        pytest.skip("TorchServe needs Java 17")
+    base = tmp_path_factory.mktemp("served-index")
+    gallery = make_shapes_dataset(base / "gallery", classes=3, per_class=3, size=64)
+    twin = Twin.load(random_cosine_dir, device="cpu", precision="fp32")
+    index = GalleryIndex.build(twin, gallery, base / "idx", model_dir=random_cosine_dir)
+    with pytest.MonkeyPatch.context() as mp:
+        # The client finds the token of a local server in the state root, as a user's would.
+        mp.setenv("TWINNET_HOME", str(base / "home"))
+        ports = [closed_port() for _ in range(3)]
+        info = server.start(
+            random_cosine_dir,
+            port=ports[0],
+            management_port=ports[1],
+            metrics_port=ports[2],
+            default_workers=1,
+            index=index.path,
+            precision="fp32",
+        )
+        try:
+            yield f"http://127.0.0.1:{info.port}", gallery, index
+        finally:
+            server.stop(port=info.port)
+
+
+def test_identify_asks_the_server_that_holds_the_index(
+    monkeypatch: pytest.MonkeyPatch, served_index
+) -> None:
+    url, gallery, index = served_index
+    at = new_app(monkeypatch, url=url, identify="1")
+    assert at.radio(key="mode").options == ["Compare two images", "Search a gallery", "Identify"]
+    to_identify(at)
+    (caption,) = [c.value for c in at.caption if c.value.startswith("The gallery index")]
+    assert f"TorchServe at {url}" in caption
+    data = (gallery / "triangle_2" / "2.png").read_bytes()
+    identify(at, "q.png", data, top_k=2)
+    assert not errors(at)
+    expected = GalleryIndex.open(index.path).identify([data], top_k=2)[0]
+    assert shown_verdict(at) == expected_verdict(expected)
+    assert shown_rows(at) == expected_rows(expected)
+    # The gallery is on this machine, so each match shows its picture beside the query's.
+    assert len(at.image) == 1 + len(expected.matches)
+
+    # A bad upload is named before any request; the next good one is answered.
+    uploader = next(u for u in at.file_uploader if u.label == "Image to identify")
+    uploader.set_value(("broken.png", b"not an image", "image/png"))
+    at.run()
+    assert any("broken.png" in e and "not a readable image" in e for e in errors(at))
+    assert at.button(key="identify").disabled
+    other = (gallery / "square_1" / "1.png").read_bytes()
+    identify(at, "q2.png", other)
+    assert not errors(at)
+    # (the page keeps the top-k set before)
+    expected = GalleryIndex.open(index.path).identify([other], top_k=2)[0]
+    assert shown_rows(at) == expected_rows(expected)
+
+
+def test_identify_without_a_server_that_answers_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, random_cosine_dir: Path
+) -> None:
+    port = closed_port()
+    at = to_identify(new_app(monkeypatch, url=f"http://127.0.0.1:{port}", identify="1"))
+    identify(at, "q.png", noise_png())
+    (message,) = errors(at)
+    assert message.startswith("cannot connect to") and str(port) in message
+    assert not at.success and not at.warning
+    # A model in process cannot be asked: the page says what to choose instead.
+    at = to_identify(new_app(monkeypatch, model=str(random_cosine_dir), identify="1"))
+    assert any("Identify asks the server" in i.value for i in at.info)
+    assert not at.file_uploader or all(u.label != "Image to identify" for u in at.file_uploader)
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -336,6 +417,8 @@ def test_the_command_line_refuses_what_cannot_identify(
     assert "concat head" in err and "Traceback" not in err
     code, err = _app(capsys, "--index", tmp_path)
     assert code == 2 and "is not a gallery index" in err and "twinnet index build" in err
+    code, err = _app(capsys, "--model", random_model_dir, "--identify")
+    assert code == 2 and err.startswith("error: --identify asks a server") and "--url" in err
 
 
 def test_the_command_line_hands_the_index_to_the_app(moved_index: tuple[Path, Path]) -> None:
@@ -346,6 +429,12 @@ def test_the_command_line_hands_the_index_to_the_app(moved_index: tuple[Path, Pa
     args = build_parser().parse_args(["app", "--url", "http://127.0.0.1:8080", "--index", "x"])
     _, env = build_command(args, environ={"TWINNET_APP_INDEX": str(index)})
     assert env["TWINNET_APP_INDEX"] == str(Path("x").resolve())
+    assert "TWINNET_APP_IDENTIFY" not in env
     args = build_parser().parse_args(["app"])
     _, env = build_command(args, environ={"TWINNET_APP_INDEX": str(index)})
     assert "TWINNET_APP_INDEX" not in env  # only this command line decides
+    args = build_parser().parse_args(["app", "--endpoint", "pets", "--identify"])
+    _, env = build_command(args, environ={})
+    assert env["TWINNET_APP_IDENTIFY"] == "1" and "TWINNET_APP_INDEX" not in env
+    with pytest.raises(SystemExit):  # one way to identify at a time
+        build_parser().parse_args(["app", "--url", "http://h", "--identify", "--index", "x"])

@@ -42,10 +42,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="a folder of sample images to offer (default: MODEL_DIR/samples when present)",
     )
-    p.add_argument(
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
         "--index",
         metavar="INDEX_DIR",
-        help="a gallery index (`twinnet index build`): adds the Identify mode",
+        help="a gallery index (`twinnet index build`): adds the Identify mode, run in the app",
+    )
+    where.add_argument(
+        "--identify",
+        action="store_true",
+        help=(
+            "with --url or --endpoint: adds the Identify mode, answered by that server "
+            "(a model served, packaged or deployed with --index)"
+        ),
     )
     p.add_argument("--port", type=int, default=8501, help="port to listen on (default 8501)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -66,6 +75,11 @@ def _check(args: argparse.Namespace) -> None:
             )
     if args.url and not args.url.startswith(("http://", "https://")):
         raise TwinnetError(f"--url must start with http:// or https://, got {args.url}")
+    if getattr(args, "identify", False) and not (args.url or args.endpoint):
+        raise TwinnetError(
+            "--identify asks a server that holds a gallery index: give --url or --endpoint "
+            "(or --index INDEX_DIR to identify in the app's process)"
+        )
     if args.region and not args.endpoint:
         raise TwinnetError("--region goes with --endpoint")
     if args.samples and not Path(args.samples).is_dir():
@@ -103,6 +117,8 @@ def build_command(
         env[ENV["samples"]] = str(Path(args.samples).resolve())
     if getattr(args, "index", None):
         env[ENV["index"]] = str(Path(args.index).resolve())
+    if getattr(args, "identify", False):
+        env[ENV["identify"]] = "1"
     if not is_loopback(args.host):
         env[ENV["locked"]] = "1"
     env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
