@@ -39,10 +39,10 @@ __all__ = [
     "identify",
     "identify_remote",
     "index_from_env",
-    "remote_from_env",
     "index_stamp",
     "markdown_escape",
     "open_index",
+    "remote_from_env",
     "require_cosine",
     "result_key",
     "rows",
@@ -164,8 +164,10 @@ def open_index(
     )
     if backend:
         raise TwinnetError(
-            f"Identify runs in the app's process (the app does not ask {backend} to identify), "
-            f"and the index {path} {where}. Copy that model directory here, or {fix}."
+            f"With --index, Identify runs in the app's process (it does not ask {backend}), "
+            f"and the index {path} {where}. Copy that model directory here, or {fix}; or, "
+            "when the server holds the index itself (served or deployed with --index), "
+            "start the app with --identify instead of --index."
         )
     raise TwinnetError(f"the index {path} {where}; {fix}.")
 

@@ -264,7 +264,8 @@ def test_a_remote_backend_without_the_model_here_says_so(
     port = closed_port()
     at = to_identify(new_app(monkeypatch, url=f"http://127.0.0.1:{port}", index=str(index)))
     (message,) = errors(at)
-    assert message.startswith("Identify runs in the app's process")
+    assert message.startswith("With --index, Identify runs in the app's process")
+    assert "--identify instead of --index" in message
     assert f"TorchServe at http://127.0.0.1:{port}" in message
     assert "not on this machine" in message and f"--index {index}" in message
     assert not at.file_uploader, "nothing to upload while Identify cannot run"
