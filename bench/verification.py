@@ -13,8 +13,15 @@ Data sets:
 - AT&T faces (../shared/data/att-faces): train on s1-s30 (a quarter of them held out for
   calibration), test on s31-s40; resnet18 from scratch.
 - scikit-learn digits: train on 0-6 (two held out for calibration), test on 7-9.
+- Omniglot (../shared/data/omniglot-background, or --data DIR): an alphabet-disjoint split,
+  24 alphabets to train on and 6 (drawn with seed 0) to test on; or, with --test DIR (the 20
+  evaluation alphabets), all of DIR to train on and --test to test on. The rows are recipes
+  rather than heads: ``--recipe small-grey`` (the default command for such data) against the
+  previous defaults (CosFace 0.35/30 on class-balanced batches, fastai's flips and warps,
+  a fifth of the classes held out for calibration), both resnet18 at 48 px for 10 epochs.
 
-    .venv/bin/python bench/verification.py [--quick] [--only att|digits] [--heads cosine,concat]
+    .venv/bin/python bench/verification.py [--quick] [--only att|digits|omniglot]
+        [--heads cosine,concat] [--data OMNIGLOT_DIR] [--test DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 ATT = ROOT.parent / "shared" / "data" / "att-faces"
+OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot-background"
 
 #: (name, train args) per data set; the budget is the same for both heads.
 RECIPES = {
@@ -42,7 +50,19 @@ RECIPES = {
     "digits": {
         "size": 32, "epochs": 8, "lr": 3e-3, "bs": 32, "valid_pct": 0.3, "epoch_pairs": 1024,
     },
+    "omniglot": {"epochs": 10},
 }  # fmt: skip
+#: Omniglot's rows: the command a user types, and the defaults before ``--recipe small-grey``.
+OMNIGLOT_ROWS = {
+    "small-grey (default)": {"recipe": "small-grey"},
+    "previous defaults": {
+        "arch": "resnet18", "size": 48, "pretrained": False, "frozen_epochs": 0, "lr": 3e-3,
+        "bs": 64, "loss": "cosface", "sampler": "balanced", "augment": "fastai",
+        "calib_max_classes": 10**6,
+    },
+}  # fmt: skip
+#: Alphabets of the background set held out for testing when no --test folder is given.
+OMNIGLOT_TEST_ALPHABETS = 6
 PAIRS = 2000
 WAY = 10
 TRIALS = 400
@@ -55,8 +75,31 @@ def _copy_classes(src: Path, dst: Path, names: list[str]) -> Path:
     return dst
 
 
-def prepare(name: str, work: Path) -> tuple[Path, Path, int]:
+def prepare_omniglot(work: Path, data: Path, test: Path | None) -> tuple[Path, Path]:
+    """Training and test folders of Omniglot, disjoint by alphabet (the part before ``__``)."""
+    if not data.is_dir():
+        raise SystemExit(f"{data} not found (the Omniglot background set lives in ../shared/data)")
+    if test is not None:
+        return data, test
+    names = sorted(p.name for p in data.iterdir() if p.is_dir())
+    alphabets = sorted({n.split("__")[0] for n in names})
+    held = set(np.random.default_rng(0).choice(alphabets, OMNIGLOT_TEST_ALPHABETS, replace=False))
+    print(f"[omniglot] unseen alphabets: {', '.join(sorted(held))}", file=sys.stderr)
+    train = _copy_classes(
+        data, work / "omniglot-train", [n for n in names if n.split("__")[0] not in held]
+    )
+    test = _copy_classes(
+        data, work / "omniglot-test", [n for n in names if n.split("__")[0] in held]
+    )
+    return train, test
+
+
+def prepare(
+    name: str, work: Path, data: Path = OMNIGLOT, test: Path | None = None
+) -> tuple[Path, Path, int]:
     """Training folder, unseen test folder and the N of N-way for one data set."""
+    if name == "omniglot":
+        return (*prepare_omniglot(work, data, test), 20)
     if name == "att":
         if not ATT.is_dir():
             raise SystemExit(f"{ATT} not found (the AT&T faces live in ../shared/data)")
@@ -71,7 +114,9 @@ def prepare(name: str, work: Path) -> tuple[Path, Path, int]:
     return train, test, 3
 
 
-def raw_pixel_row(spec, train: Path, test: Path, calib_classes: list[str], way: int) -> dict:
+def raw_pixel_row(
+    spec, train: Path, test: Path, calib_classes: list[str], way: int, pairs: int = PAIRS
+) -> dict:
     """The raw-pixel cosine baseline, calibrated on the model's calibration classes."""
     from twinnet.calibrate import fit_calibration
     from twinnet.data import check_images, draw_pairs, scan_folder
@@ -87,7 +132,7 @@ def raw_pixel_row(spec, train: Path, test: Path, calib_classes: list[str], way: 
 
     def pair_scores(items, seed_tag):
         emb = embed(items)
-        drawn = draw_pairs(items.labels, PAIRS, np.random.default_rng(seed_tag), swap=True)
+        drawn = draw_pairs(items.labels, pairs, np.random.default_rng(seed_tag), swap=True)
         return np.einsum("nd,nd->n", emb[drawn[:, 0]], emb[drawn[:, 1]]), drawn[:, 2].astype(bool)
 
     all_train, _ = check_images(scan_folder(train))
@@ -120,45 +165,61 @@ def raw_pixel_row(spec, train: Path, test: Path, calib_classes: list[str], way: 
     }
 
 
-def model_row(head: str, train: Path, test: Path, recipe: dict, way: int, out: Path) -> dict:
-    """Train one head, then evaluate it on the unseen classes."""
+def head_config(head: str, recipe: dict) -> dict:
+    """TrainConfig fields of one head on the AT&T or digits recipe."""
+    return dict(
+        split="classes", valid_pct=recipe["valid_pct"], arch="resnet18", size=recipe["size"],
+        pretrained=False, frozen_epochs=0, epochs=recipe["epochs"], lr=recipe["lr"],
+        bs=recipe["bs"], head=head, epoch_pairs=recipe["epoch_pairs"],
+    )  # fmt: skip
+
+
+def model_row(
+    label: str, fields: dict, train: Path, test: Path, way: int, out: Path, pairs: int = PAIRS
+) -> dict:
+    """Train one configuration, then evaluate it on the unseen classes."""
     from twinnet.evaluate import evaluate, evaluation_items
     from twinnet.inference import Twin
     from twinnet.metrics import best_threshold
     from twinnet.train import TrainConfig
     from twinnet.train import train as run_train
 
-    cfg = TrainConfig(
-        out=str(out), data=str(train), split="classes", valid_pct=recipe["valid_pct"],
-        seed=0, arch="resnet18", size=recipe["size"], pretrained=False, frozen_epochs=0,
-        epochs=recipe["epochs"], lr=recipe["lr"], bs=recipe["bs"], head=head,
-        epoch_pairs=recipe["epoch_pairs"], workers=0,
-    )  # fmt: skip
+    cfg = TrainConfig(out=str(out), data=str(train), seed=0, workers=0, **fields)
     started = time.monotonic()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         result = run_train(cfg)
     seconds = time.monotonic() - started
     twin = Twin.load(out)
     items = evaluation_items(test, twin.spec)
-    report = evaluate(twin, items, pairs=PAIRS, way=way, trials=TRIALS, seed=0)
+    report = evaluate(twin, items, pairs=pairs, way=way, trials=TRIALS, seed=0)
     # best possible threshold on the test pairs themselves, from the same pairs' margins
     from twinnet.data import draw_pairs
 
-    drawn = draw_pairs(items.labels, PAIRS, np.random.default_rng([0, 10]), swap=True)
+    drawn = draw_pairs(items.labels, pairs, np.random.default_rng([0, 10]), swap=True)
     files = [str(f) for f in items.files]
     res = twin.compare_batch([(files[a], files[b]) for a, b, _ in drawn])
     margins = np.array([r.logits[1] - r.logits[0] for r in res])
     return {
-        "model": f"{head} head",
+        "model": label,
         "train_s": seconds,
         "accuracy": report["accuracy"],
         "best_accuracy": best_threshold(drawn[:, 2].astype(bool), margins)[1],
         "auc": report["auc"],
         "eer": report["eer"],
         "way_accuracy": report["way_accuracy"],
-        "calib_classes": result.spec.split.get("valid_classes", []),
+        "calib_classes": result.spec.split.get("calibration_classes")
+        or result.spec.split.get("valid_classes", []),
         "spec": result.spec,
     }
+
+
+def configurations(name: str, recipe: dict, heads: list[str]) -> dict[str, dict]:
+    """The rows to train for one data set: label -> TrainConfig fields."""
+    if name == "omniglot":
+        return {
+            label: {**fields, "epochs": recipe["epochs"]} for label, fields in OMNIGLOT_ROWS.items()
+        }
+    return {f"{head} head": head_config(head, recipe) for head in heads}
 
 
 def main() -> None:
@@ -166,9 +227,16 @@ def main() -> None:
     parser.add_argument("--only", choices=tuple(RECIPES), help="one data set")
     parser.add_argument("--heads", default="cosine,concat", help="comma-separated heads")
     parser.add_argument("--quick", action="store_true", help="a quarter of the epochs")
+    parser.add_argument("--data", type=Path, default=OMNIGLOT, help="Omniglot background folder")
+    parser.add_argument(
+        "--test", type=Path, help="Omniglot folder to test on (all of --data trains)"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args()
     names = [args.only] if args.only else list(RECIPES)
+    if not args.only and not args.data.is_dir():
+        print(f"[omniglot] skipped: {args.data} not found", file=sys.stderr)
+        names.remove("omniglot")
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
     rows = []
     with tempfile.TemporaryDirectory(prefix="twinnet-verif-") as tmp:
@@ -177,19 +245,20 @@ def main() -> None:
             recipe = dict(RECIPES[name])
             if args.quick:
                 recipe["epochs"] = max(1, recipe["epochs"] // 4)
-            train, test, way = prepare(name, work)
+            train, test, way = prepare(name, work, args.data, args.test)
+            pairs = 2 * PAIRS if name == "omniglot" else PAIRS
             model_rows = []
-            for head in heads:
-                print(f"[{name}] training the {head} head ...", file=sys.stderr, flush=True)
-                model_rows.append(
-                    model_row(head, train, test, recipe, way, work / f"{name}-{head}")
-                )
+            for label, fields in configurations(name, recipe, heads).items():
+                print(f"[{name}] training {label} ...", file=sys.stderr, flush=True)
+                out = work / f"{name}-{len(model_rows)}"
+                model_rows.append(model_row(label, fields, train, test, way, out, pairs))
             spec = model_rows[0]["spec"]
-            baseline = raw_pixel_row(spec, train, test, model_rows[0]["calib_classes"], way)
+            calib = model_rows[0]["calib_classes"]
+            baseline = raw_pixel_row(spec, train, test, calib, way, pairs)
             for row in [*model_rows, baseline]:
                 row.pop("spec", None)
                 row.pop("calib_classes", None)
-                rows.append({"data": name, "way": way, **row})
+                rows.append({"data": name, "way": way, "pairs": pairs, **row})
     print(
         "\n| data | model | train s | pair acc (calibrated) | best acc | acc - best | AUC | EER "
         "| N-way |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
@@ -200,7 +269,10 @@ def main() -> None:
             f"{r['best_accuracy']:.4f} | {r['accuracy'] - r['best_accuracy']:+.4f} | "
             f"{r['auc']:.4f} | {r['eer']:.4f} | {r['way_accuracy']:.4f} ({r['way']}-way) |"
         )
-    print(f"\n{PAIRS} balanced pairs and {TRIALS} N-way trials of the unseen classes, seed 0")
+    print(
+        f"\n{PAIRS} balanced pairs ({2 * PAIRS} for Omniglot) and {TRIALS} N-way trials of the "
+        "unseen classes, seed 0"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

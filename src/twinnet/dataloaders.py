@@ -23,9 +23,9 @@ quiet_fastai_import()
 
 from fastai.data.core import DataLoaders, TfmdDL  # noqa: E402
 from fastai.torch_core import TensorCategory, TensorImage  # noqa: E402
-from fastai.vision.augment import aug_transforms  # noqa: E402
 from fasttransform import ItemTransform, Pipeline, Transform  # noqa: E402
 
+from .augment import batch_augmentations  # noqa: E402
 from .imaging import Preprocess  # noqa: E402
 
 __all__ = [
@@ -109,8 +109,9 @@ class ImageDataset:
     """Single images and their class indices, as fastai items ``(image, label)``.
 
     Training datasets (``per_class`` set) lay their items out as class-balanced batches,
-    drawn afresh for every pass (:meth:`next_epoch`) from ``(seed, pass)``; other datasets
-    list every image once, in a seeded shuffled order so batches mix classes.
+    drawn afresh for every pass (:meth:`next_epoch`) from ``(seed, pass)``, or, with
+    ``balanced=False``, as a fresh shuffle of all images (what a class-proxy loss needs);
+    other datasets list every image once, in a seeded shuffled order so batches mix classes.
     """
 
     def __init__(
@@ -121,14 +122,18 @@ class ImageDataset:
         per_class: int | None = None,
         batch_size: int = 32,
         n_batches: int = 0,
+        balanced: bool = True,
     ) -> None:
         self.items, self.store, self.seed = items, store, seed
         self.train = per_class is not None
+        self.balanced = balanced
         self.split_idx = 0 if self.train else 1
-        self.per_class = per_class or 1
+        self.per_class = per_class if per_class and balanced else 1
         # with fewer usable classes than a batch wants, batches shrink and stay whole
         usable = int((np.bincount(items.labels) >= 2).sum()) if len(items) else 0
         self.classes_per_batch = min(max(2, batch_size // self.per_class), max(2, usable))
+        if not balanced:
+            self.classes_per_batch = batch_size
         self.n_batches = n_batches
         self.epoch = -1
         if self.train:
@@ -140,6 +145,12 @@ class ImageDataset:
         """Draw the next pass's class-balanced batches."""
         self.epoch += 1
         rng = np.random.default_rng([self.seed, 2, self.epoch])
+        if not self.balanced:
+            n = self.n_batches * self.batch_size
+            passes = -(-n // max(1, len(self.items)))
+            self.order = np.concatenate([rng.permutation(len(self.items)) for _ in range(passes)])
+            self.order = self.order[:n]
+            return
         self.order = draw_class_batches(
             self.items.labels, self.n_batches, self.per_class, self.classes_per_batch, rng
         )
@@ -211,10 +222,13 @@ class PairDL(TfmdDL):
         super().before_iter()
 
 
-def _batch_tfms(preprocess: Preprocess, augment: bool) -> list[Transform]:
+def _batch_tfms(preprocess: Preprocess, augment: bool | str) -> list[Transform]:
+    """Augmentation (a policy of :mod:`twinnet.augment`; True means ``fastai``), then normalisation."""
+    policy = {True: "fastai", False: "none"}.get(augment, augment)
     tfms: list[Transform] = [SpecNormalize(preprocess)]
-    if augment:
-        tfms.insert(0, PairAugment(aug_transforms()))
+    aug = batch_augmentations(policy)
+    if aug:
+        tfms.insert(0, PairAugment(aug))
     return tfms
 
 
@@ -224,7 +238,7 @@ def make_dataloaders(
     preprocess: Preprocess,
     *,
     bs: int = 32,
-    augment: bool = True,
+    augment: bool | str = True,
     workers: int = 0,
     device: torch.device | str | None = None,
 ) -> DataLoaders:
@@ -273,7 +287,7 @@ def build_dataloaders(
     seed: int = 0,
     epoch_pairs: int | None = None,
     valid_pairs: int | None = None,
-    augment: bool = True,
+    augment: bool | str = True,
     workers: int = 0,
     cache: dict[Path, torch.Tensor] | None = None,
     device: torch.device | str | None = None,
@@ -287,7 +301,8 @@ def build_dataloaders(
         seed: draws the pairs.
         epoch_pairs: training pairs per epoch; default ``max(training images, 1024)``.
         valid_pairs: validation pairs; default ``max(validation images, 256)``.
-        augment: apply fastai's ``aug_transforms`` to training batches, to each side alone.
+        augment: the augmentation policy of training batches (True: ``fastai``), to each
+            side alone.
         workers: DataLoader worker processes.
         cache: resized images from :func:`check_images`.
         device: where batches go; fastai's default device when None.

@@ -6,7 +6,27 @@ one-line message or a 4xx response instead of a traceback.
 
 from __future__ import annotations
 
-__all__ = ["TwinnetError", "ImageError", "SpecError", "DataError"]
+from typing import TypeVar
+
+__all__ = ["TwinnetError", "ImageError", "SpecError", "DataError", "detached"]
+
+E = TypeVar("E", bound=BaseException)
+
+
+def detached(exc: E) -> E:
+    """``exc`` without its traceback and chained exceptions, ready to be kept as a value.
+
+    An exception kept after its ``except`` block (a bad row's answer, a bad image among
+    good ones) holds its traceback; the traceback's frames hold the request's bytes and,
+    through their callers, the list that holds the exception. That reference cycle is freed
+    only by a full garbage collection, which a long-lived server process with millions of
+    objects runs rarely: every rejected request would leave its payload behind. An error
+    answered as a value needs only its message and fields.
+    """
+    exc.__traceback__ = None
+    exc.__context__ = None
+    exc.__cause__ = None
+    return exc
 
 
 class TwinnetError(Exception):

@@ -29,7 +29,7 @@ from PIL import Image
 from . import explain
 from .cache import EmbeddingCache, content_key
 from .data import IMAGE_SUFFIXES
-from .errors import ImageError, TwinnetError
+from .errors import ImageError, TwinnetError, detached
 from .imaging import ImageSource, build_transforms, decode_image, read_bytes, source_name
 from .model import TwinModel
 from .result import CompareResult
@@ -274,7 +274,7 @@ class Twin:
             # then a copy, since the image already has the network's size.
             return self.preprocess.resize(self._decode(*item))
         except ImageError as exc:
-            return exc
+            return detached(exc)  # kept as a value: no frames (and payloads) pinned
 
     def _decode_many(
         self, items: list[tuple[bytes | Image.Image, str]]
@@ -347,8 +347,8 @@ class Twin:
             for key, img in zip(batch_keys, decoded, strict=True):
                 if isinstance(img, ImageError):
                     img.field = payloads[key][2]
-                    if not collect:
-                        raise img
+                    if not collect:  # a fresh exception: ``img`` stays free of this frame
+                        raise ImageError(str(img), field=img.field) from None
                     first_label = payloads[key][1]
                     for i in pending[key]:  # the same bad bytes may sit in several places
                         label = _label(sources[i], fields[i])
@@ -464,8 +464,8 @@ class Twin:
         if not collect:
             for i, f in enumerate(feats):
                 if isinstance(f, ImageError):
-                    if len(pairs) == 1:
-                        raise f
+                    if len(pairs) == 1:  # a fresh exception: ``feats`` must not hold it
+                        raise ImageError(str(f), field=f.field) from None
                     raise ImageError(f"pair {i // 2}: {f}", field=f.field) from None
         results: list[CompareResult | ImageError | None] = [None] * len(pairs)
         good = []

@@ -55,6 +55,7 @@ def _train(args: argparse.Namespace) -> int:
         split=args.split,
         valid_pct=args.valid_pct,
         seed=args.seed,
+        recipe=args.recipe,
         arch=args.arch,
         size=args.size,
         resize=args.resize,
@@ -99,6 +100,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     from ..losses import LOSSES
     from ..runtime import PRECISIONS
     from ..spec import ARCHS, HEADS, RESIZE_METHODS
+    from ..train import PRESETS
 
     p = sub.add_parser(
         "train",
@@ -119,13 +121,20 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--valid-pct", type=float, default=0.2, help="share held out (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of split, pairs and weights")
-    p.add_argument("--arch", choices=tuple(ARCHS), default="resnet50")
-    p.add_argument("--size", type=int, default=224, help="square input side in pixels")
+    p.add_argument(
+        "--recipe",
+        choices=tuple(PRESETS),
+        help="a measured preset for the options you leave out. small-grey: small grey images "
+        "with many classes (handwriting, glyphs, digits): "
+        + " ".join(f"{k.replace('_', '-')}={v}" for k, v in PRESETS["small-grey"].items())
+        + ", no flips. Without it: the sample's Oxford-IIIT Pet recipe",
+    )
+    p.add_argument("--arch", choices=tuple(ARCHS), help="encoder (default resnet50)")
+    p.add_argument("--size", type=int, help="square input side in pixels (default 224)")
     p.add_argument("--resize", choices=RESIZE_METHODS, default="squish")
     p.add_argument(
         "--pretrained",
         action=argparse.BooleanOptionalAction,
-        default=True,
         help="start from torchvision's ImageNet weights (default: yes)",
     )
     p.add_argument(
@@ -158,8 +167,8 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--loss",
         choices=LOSSES,
-        help="cosine head: cosface (default), arcface, multisimilarity, contrastive; "
-        "concat head: pair-ce",
+        help="cosine head: cosface (default), normface, arcface (class proxies), "
+        "multisimilarity, contrastive (pairs in a batch); concat head: pair-ce",
     )
     p.add_argument(
         "--embedding-dim", type=int, default=128, help="cosine head's embedding width (default 128)"
@@ -174,7 +183,8 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         "--calib-pct",
         type=float,
         default=0.2,
-        help="cosine head with --split random: share of classes held out to fit the threshold",
+        help="cosine head with --split random: share of classes held out to fit the threshold "
+        "(default 0.2, at most 50 classes)",
     )
     p.add_argument(
         "--precision",
@@ -182,15 +192,17 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto: bf16 autocast on CPUs with native bf16; fp32 turns it off",
     )
-    p.add_argument("--bs", type=int, default=32, help="pairs (concat) or images (cosine) per batch")
+    p.add_argument(
+        "--bs", type=int, help="pairs (concat) or images (cosine) per batch (default 32)"
+    )
     p.add_argument(
         "--workers", type=int, help="DataLoader processes (default: 0 when images fit in memory)"
     )
     p.add_argument(
         "--aug",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="fastai aug_transforms on training batches (default: on)",
+        help="augment training batches (default: on; fastai's aug_transforms, or small "
+        "affine moves without flips with --recipe small-grey)",
     )
     p.add_argument(
         "--epoch-pairs",

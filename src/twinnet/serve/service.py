@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from twinnet.errors import ImageError
+from twinnet.errors import ImageError, detached
 from twinnet.protocol import (
     CUSTOM_ATTRIBUTES_HEADER,
     QUERY_FIELD,
@@ -145,10 +145,10 @@ class TwinService:
                 raise ProtocolError("bad_request", NO_INDEX, QUERY_FIELD)
             return request
         except ProtocolError as exc:
-            return exc
+            return detached(exc)
         except Exception as exc:  # a parser bug must not fail the other rows
             logger.exception("twinnet: cannot parse a request")
-            return error_from_exception(exc)
+            return detached(error_from_exception(exc))
 
     def predict(self, requests: Sequence[Request | ProtocolError]) -> list[Any]:
         """Results for valid rows (CompareResult, Identification or ProtocolError), errors
@@ -165,9 +165,11 @@ class TwinService:
                 results = self.twin.compare_batch(pairs, cam=cam, return_exceptions=True)
             except Exception as exc:
                 logger.exception("twinnet: batch of %d failed", len(idx))
-                results = [exc] * len(idx)
+                results = [detached(exc)] * len(idx)
             for i, res in zip(idx, results, strict=True):
-                out[i] = error_from_exception(res) if isinstance(res, BaseException) else res
+                out[i] = (
+                    detached(error_from_exception(res)) if isinstance(res, BaseException) else res
+                )
         idx = [i for i, r in enumerate(requests) if isinstance(r, IdentifyRequest)]
         if idx:
             try:
@@ -175,7 +177,7 @@ class TwinService:
             except Exception as exc:
                 logger.exception("twinnet: identification of %d queries failed", len(idx))
                 for i in idx:
-                    out[i] = error_from_exception(exc)
+                    out[i] = detached(error_from_exception(exc))
         return out
 
     def _identify(self, requests: Sequence[Any], idx: list[int], out: list[Any]) -> None:
@@ -210,7 +212,7 @@ class TwinService:
             try:
                 self.twin.decode(query, QUERY_FIELD)
             except ImageError as exc:
-                out[n] = error_from_exception(exc)
+                out[n] = detached(error_from_exception(exc))
             else:
                 good.append(n)
         if good:
