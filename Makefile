@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/inference_speed.py
 	$(BIN)/python bench/serve_load.py
 	$(BIN)/python bench/verification.py
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

@@ -208,10 +208,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 10,
         "lr": 3e-3,
         "bs": 64,
-        "loss": "normface",
         "sampler": "random",
         "augment": "affine",
-        "wd": 5e-4,
     },
 }
 SAMPLERS = ("balanced", "random")

@@ -75,7 +75,7 @@ def test_small_grey_recipe_verifies_unseen_alphabets_well_above_raw_pixels(omnig
     out, test = omniglot
     spec = ModelSpec.load(out)
     assert spec.recipe["recipe"] == "small-grey" and spec.recipe["augment"] == "affine"
-    assert spec.recipe["loss"] == "normface" and spec.recipe["sampler"] == "random"
+    assert spec.recipe["loss"] == "cosface" and spec.recipe["sampler"] == "random"
     assert spec.image_size == 48 and spec.arch == "resnet18"
     held = spec.split["calibration_classes"]
     assert len(held) == 31 and not {c.split("__")[0] for c in held} & set(TEST_ALPHABETS)

@@ -45,15 +45,15 @@ def test_small_grey_preset_resolves_to_its_measured_values():
     cfg = resolve_defaults(TrainConfig(out="m", recipe="small-grey"))
     assert (cfg.arch, cfg.size, cfg.pretrained) == ("resnet18", 48, False)
     assert (cfg.frozen_epochs, cfg.epochs, cfg.lr, cfg.bs) == (0, 10, 3e-3, 64)
-    assert (cfg.loss, cfg.sampler, cfg.augment, cfg.wd) == ("normface", "random", "affine", 5e-4)
+    assert (cfg.loss, cfg.sampler, cfg.augment, cfg.wd) == ("cosface", "random", "affine", None)
     _check_config(cfg)
 
 
 def test_options_given_beat_the_preset():
     cfg = resolve_defaults(
-        TrainConfig(out="m", recipe="small-grey", size=32, epochs=3, loss="cosface", augment=True)
+        TrainConfig(out="m", recipe="small-grey", size=32, epochs=3, loss="normface", augment=True)
     )
-    assert (cfg.size, cfg.epochs, cfg.loss) == (32, 3, "cosface")
+    assert (cfg.size, cfg.epochs, cfg.loss) == (32, 3, "normface")
     assert cfg.augment == "affine"  # --aug means "on": the preset's policy
     assert resolve_defaults(TrainConfig(out="m", recipe="small-grey", augment=False)).augment == (
         "none"

@@ -401,10 +401,13 @@ def _info(args: argparse.Namespace) -> int:
     if r.get("source") == "seed-import":
         print("recipe     imported from the seed format")
     elif r:
+        preset = f"{r['recipe']}: " if r.get("recipe") else ""
         print(
-            f"recipe     pretrained={r.get('pretrained')} frozen_epochs={r.get('frozen_epochs')} "
-            f"lr={r.get('lr')} epochs={r.get('epochs')} lr=slice({r.get('lr_lo')}, {r.get('lr_hi')}) "
-            f"bs={r.get('bs')} aug={r.get('augment')} processes={r.get('world_size')}"
+            f"recipe     {preset}pretrained={r.get('pretrained')} "
+            f"frozen_epochs={r.get('frozen_epochs')} lr={r.get('lr')} epochs={r.get('epochs')} "
+            f"lr=slice({r.get('lr_lo')}, {r.get('lr_hi')}) bs={r.get('bs')} "
+            f"loss={r.get('loss')} sampler={r.get('sampler', 'balanced')} "
+            f"aug={r.get('augment')} wd={r.get('wd')} processes={r.get('world_size')}"
         )
     m = spec.metrics
     if m:
