@@ -3,7 +3,8 @@
 The pipeline is the model's own: items are decoded by :func:`~twinnet.imaging.decode_image`
 and resized by ``build_transforms(spec).to_unit_tensor``, and the batch is normalised by the
 same :class:`~twinnet.imaging.Preprocess`, so training sees exactly what inference sees.
-fastai's ``aug_transforms`` run in between, on the training batches only. Kept apart from
+The augmentation policy (:mod:`twinnet.augment`) runs in between, on the training batches
+only. Kept apart from
 :mod:`twinnet.data` so that sampling and folder scanning (used by evaluation) do not import
 fastai.
 """
@@ -172,7 +173,7 @@ class ImageDataset:
 
 
 class PairAugment(ItemTransform):
-    """fastai's ``aug_transforms`` on a batch, drawn independently for every image of an item.
+    """Batch augmentations (a policy of :mod:`twinnet.augment`), drawn for every image of an item.
 
     fastai draws one random transform per batch element and applies it to every image of a
     tuple (right for image + mask, wrong for two photos), so the image parts of a batch (both
