@@ -18,7 +18,7 @@ from fasttransform import Transform
 
 from .errors import TwinnetError
 
-__all__ = ["AUG_POLICIES", "AffineJitter", "SmallAffine", "batch_augmentations"]
+__all__ = ["AUG_POLICIES", "AffineJitter", "SmallAffine", "batch_augmentations", "policy_name"]
 
 #: Augmentation policies by name; ``none`` trains on the images as they are.
 AUG_POLICIES = ("fastai", "affine", "none")
@@ -73,6 +73,11 @@ class SmallAffine(Transform):
         if j.brightness:
             out = out + uniform(-j.brightness, j.brightness).view(n, 1, 1, 1)
         return out.clamp_(0.0, 1.0).to(x.dtype).as_subclass(type(x))
+
+
+def policy_name(augment: bool | str) -> str:
+    """The policy an ``augment`` setting names: True means ``fastai``, False ``none``."""
+    return {True: "fastai", False: "none"}.get(augment, augment)  # type: ignore[arg-type]
 
 
 def batch_augmentations(policy: str) -> list[Transform]:

@@ -26,7 +26,7 @@ from fastai.data.core import DataLoaders, TfmdDL  # noqa: E402
 from fastai.torch_core import TensorCategory, TensorImage  # noqa: E402
 from fasttransform import ItemTransform, Pipeline, Transform  # noqa: E402
 
-from .augment import batch_augmentations  # noqa: E402
+from .augment import batch_augmentations, policy_name  # noqa: E402
 from .imaging import Preprocess  # noqa: E402
 
 __all__ = [
@@ -225,9 +225,8 @@ class PairDL(TfmdDL):
 
 def _batch_tfms(preprocess: Preprocess, augment: bool | str) -> list[Transform]:
     """Augmentation (a policy of :mod:`twinnet.augment`; True means ``fastai``), then normalisation."""
-    policy = {True: "fastai", False: "none"}.get(augment, augment)
     tfms: list[Transform] = [SpecNormalize(preprocess)]
-    aug = batch_augmentations(policy)
+    aug = batch_augmentations(policy_name(augment))
     if aug:
         tfms.insert(0, PairAugment(aug))
     return tfms

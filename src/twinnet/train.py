@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import AUG_POLICIES
+from .augment import AUG_POLICIES, policy_name
 from .errors import DataError, TwinnetError
 from .fastai_compat import quiet_fastai_import
 from .losses import PROXY_LOSSES, default_loss
@@ -45,8 +45,8 @@ __all__ = [
 ]
 
 
-#: With many classes, a few dozen calibrate the threshold as well as a fifth of them, and
-#: every class kept for training helps more (measured on Omniglot).
+#: With many classes, a few dozen calibrate the threshold as well as a fifth of them
+#: (measured on Omniglot); the rest go to training.
 CALIB_MAX_CLASSES = 50
 
 
@@ -231,14 +231,13 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     cfg = replace(cfg, **values)
     frozen, epochs, lr = RECIPE_DEFAULTS[bool(cfg.pretrained)]
     loss = cfg.loss or default_loss(cfg.head)
-    augment = {True: "fastai", False: "none"}.get(cfg.augment, cfg.augment)
     return replace(
         cfg,
         frozen_epochs=frozen if cfg.frozen_epochs is None else cfg.frozen_epochs,
         epochs=epochs if cfg.epochs is None else cfg.epochs,
         lr=lr if cfg.lr is None else cfg.lr,
         loss=loss,
-        augment=augment,
+        augment=policy_name(cfg.augment),
         # a preset's random batches suit its proxy loss; a pair loss needs balanced ones
         sampler=asked_sampler
         or (cfg.sampler if cfg.sampler and loss in PROXY_LOSSES else "balanced"),
@@ -396,8 +395,9 @@ def calibration_classes(
     """How many classes ``--split random`` holds out for calibration: ``calib_pct``, at most 50.
 
     A threshold is one number and its mapping two: a few dozen classes (tens of thousands of
-    pairs) fit them as well as a fifth of a large data set does, and every class left in
-    training makes the encoder better (measured on Omniglot's 964 characters).
+    pairs) fit them as well as a fifth of a large data set does (on Omniglot's unseen
+    alphabets, thresholds fitted on 50 and on 161 held-out characters lost 0.0040 and 0.0038
+    of accuracy against the best one), and the classes it frees go to training.
     """
     return max(2, min(round(calib_pct * n_classes), max_classes))
 
