@@ -130,10 +130,11 @@ class ImageDataset:
         self.balanced = balanced
         self.split_idx = 0 if self.train else 1
         self.per_class = per_class if per_class and balanced else 1
-        # with fewer usable classes than a batch wants, batches shrink and stay whole
-        usable = int((np.bincount(items.labels) >= 2).sum()) if len(items) else 0
-        self.classes_per_batch = min(max(2, batch_size // self.per_class), max(2, usable))
-        if not balanced:
+        if balanced:
+            # with fewer usable classes than a batch wants, batches shrink and stay whole
+            usable = int((np.bincount(items.labels) >= 2).sum()) if len(items) else 0
+            self.classes_per_batch = min(max(2, batch_size // self.per_class), max(2, usable))
+        else:  # a plain shuffle: a batch is ``batch_size`` images, whatever their classes
             self.classes_per_batch = batch_size
         self.n_batches = n_batches
         self.epoch = -1
@@ -143,7 +144,7 @@ class ImageDataset:
             self.order = np.random.default_rng([seed, 3]).permutation(len(items))
 
     def next_epoch(self) -> None:
-        """Draw the next pass's class-balanced batches."""
+        """Draw the next pass's class-balanced batches (or its shuffle)."""
         self.epoch += 1
         rng = np.random.default_rng([self.seed, 2, self.epoch])
         if not self.balanced:
