@@ -66,8 +66,8 @@ def _timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 def train_att(work: Path, quick: bool) -> tuple[Path, float]:
     """Train the cosine head on s1-s30 with bench/verification.py's AT&T recipe."""
-    from twinnet.train import TrainConfig
-    from twinnet.train import train as run_train
+    from twinnet.train.fit import TrainConfig
+    from twinnet.train.fit import train as run_train
     from verification import RECIPES, prepare  # bench/ is on sys.path when run as a script
 
     recipe = dict(RECIPES["att"])
@@ -128,9 +128,9 @@ def raw_pixel_answers(spec, gallery: Path, queries: list[Path]) -> tuple[list[st
     The threshold is calibrated, as in bench/verification.py, on pairs of the model's own
     calibration classes (part of s1-s30), never on the test people.
     """
-    from twinnet.calibrate import fit_calibration
-    from twinnet.data import check_images, draw_pairs, scan_folder
-    from twinnet.imaging import build_transforms, decode_image
+    from twinnet.core.calibration import fit_calibration
+    from twinnet.core.imaging import build_transforms, decode_image
+    from twinnet.data.items import check_images, draw_pairs, scan_folder
 
     pre = build_transforms(spec)
 
@@ -164,8 +164,8 @@ def with_gallery_calibration(model_dir: Path, work: Path) -> Path:
     calibration classes (part of s1-s30, never the test people) records the tail from which
     the index raises the threshold with the gallery's size.
     """
-    from twinnet.calibrate import recalibrate
-    from twinnet.spec import ModelSpec
+    from twinnet.core.spec import ModelSpec
+    from twinnet.evaluate.calibrate import recalibrate
 
     spec = ModelSpec.load(model_dir)
     if (spec.calibration or {}).get("impostor_tail"):
@@ -190,7 +190,7 @@ def _copy_classes(src: Path, dst: Path, names: list[str]) -> Path:
 def identification(model_dir: Path, work: Path) -> tuple[list[dict], dict]:
     """Rows of the identification table: the model through the index, and raw pixels."""
     from twinnet.index import GalleryIndex
-    from twinnet.inference import Twin
+    from twinnet.infer.twin import Twin
 
     gallery, known, unknown = att_split(work)
     queries = [p for p, _ in known] + unknown
@@ -323,10 +323,10 @@ def resnet50_twin(work: Path):
     """A resnet50 cosine model at 224 px with seeded random weights (speed needs no training)."""
     import torch
 
-    from twinnet.artifacts import save_model_dir
-    from twinnet.inference import Twin
-    from twinnet.model import build_model
-    from twinnet.spec import ModelSpec
+    from twinnet.core.artifacts import save_model_dir
+    from twinnet.core.model import build_model
+    from twinnet.core.spec import ModelSpec
+    from twinnet.infer.twin import Twin
 
     torch.manual_seed(0)
     spec = ModelSpec(arch="resnet50", image_size=224, head="cosine")

@@ -135,11 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
     args = parser.parse_args(argv)
 
-    from twinnet.artifacts import save_model_dir
-    from twinnet.inference import Twin
-    from twinnet.model import build_model
-    from twinnet.runtime import cpu_has_native_bf16
-    from twinnet.spec import ModelSpec
+    from twinnet.core.artifacts import save_model_dir
+    from twinnet.core.model import build_model
+    from twinnet.core.spec import ModelSpec
+    from twinnet.infer.runtime import cpu_has_native_bf16
+    from twinnet.infer.twin import Twin
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -85,12 +85,12 @@ import psutil
 import requests
 from PIL import Image
 
+from twinnet.contract.protocol import encode_multipart
+from twinnet.engines.ray import server as ray_server
+from twinnet.engines.server import read_keys, start, stop
+from twinnet.engines.state import ServerInfo
+from twinnet.engines.torchserve.archive import ServeOptions, build_archive, usable_cpus
 from twinnet.errors import TwinnetError
-from twinnet.protocol import encode_multipart
-from twinnet.serve import ray_server
-from twinnet.serve.archive import ServeOptions, build_archive, usable_cpus
-from twinnet.serve.server import read_keys, start, stop
-from twinnet.serve.state import ServerInfo
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "samples"
 WORKLOADS = ("repeat", "verify", "unique")
@@ -313,9 +313,9 @@ def load_avg() -> str:
 def make_model(root: Path, arch: str, size: int) -> Path:
     import torch
 
-    from twinnet.artifacts import save_model_dir
-    from twinnet.model import build_model
-    from twinnet.spec import ModelSpec
+    from twinnet.core.artifacts import save_model_dir
+    from twinnet.core.model import build_model
+    from twinnet.core.spec import ModelSpec
 
     torch.manual_seed(0)
     spec = ModelSpec(arch=arch, image_size=size)

@@ -239,12 +239,12 @@ def prepare_model(work: Path) -> tuple[Path, Path, Path]:
     """(model directory, index directory, unpacked SageMaker model directory)."""
     import torch
 
-    from twinnet.artifacts import save_model_dir
-    from twinnet.datasets import make_shapes_dataset
-    from twinnet.deploy.package import package
-    from twinnet.inference import Twin
-    from twinnet.model import build_model
-    from twinnet.spec import ModelSpec
+    from twinnet.container.package import package
+    from twinnet.core.artifacts import save_model_dir
+    from twinnet.core.model import build_model
+    from twinnet.core.spec import ModelSpec
+    from twinnet.data.datasets import make_shapes_dataset
+    from twinnet.infer.twin import Twin
 
     torch.manual_seed(0)
     spec = ModelSpec(arch="resnet18", image_size=64, head="cosine", embedding_dim=64)
@@ -263,7 +263,7 @@ def prepare_model(work: Path) -> tuple[Path, Path, Path]:
 def serving(engine: str, work: Path, model: Path, index: Path, unpacked: Path):
     """Yield ``(url, root pids, gateway pid)`` of a running server; stop it afterwards."""
     if engine == "torchserve":
-        from twinnet.serve import server
+        from twinnet.engines import server
 
         ports = [free_port() for _ in range(3)]
         info = server.start(

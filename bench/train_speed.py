@@ -21,9 +21,9 @@ import time
 import torch
 from torch.nn import functional as F
 
-from twinnet.fastai_compat import quiet_fastai_import
-from twinnet.model import build_model
-from twinnet.spec import ModelSpec
+from twinnet.core.model import build_model
+from twinnet.core.spec import ModelSpec
+from twinnet.train.fastai_compat import quiet_fastai_import
 
 quiet_fastai_import()
 
@@ -33,9 +33,9 @@ from fastai.data.load import DataLoader  # noqa: E402
 from fastai.learner import Learner  # noqa: E402
 from fastai.losses import CrossEntropyLossFlat  # noqa: E402
 
-from twinnet.losses import build_metric_loss  # noqa: E402
-from twinnet.runtime import cpu_has_native_bf16  # noqa: E402
-from twinnet.train import _bf16_callback, _EmbeddingNet, twin_splitter  # noqa: E402
+from twinnet.infer.runtime import cpu_has_native_bf16  # noqa: E402
+from twinnet.train.fit import _bf16_callback, _EmbeddingNet, twin_splitter  # noqa: E402
+from twinnet.train.losses import build_metric_loss  # noqa: E402
 
 #: (arch, image size, pairs per batch, timed batches per round)
 CONFIGS = [("resnet18", 64, 32, 8), ("resnet50", 224, 8, 3)]

@@ -106,7 +106,7 @@ def prepare(
         train = _copy_classes(ATT, work / "att-train", [f"s{i}" for i in range(1, 31)])
         test = _copy_classes(ATT, work / "att-test", [f"s{i}" for i in range(31, 41)])
         return train, test, 10
-    from twinnet.datasets import export_digits
+    from twinnet.data.datasets import export_digits
 
     root = export_digits()
     train = _copy_classes(root, work / "digits-train", [str(d) for d in range(7)])
@@ -118,10 +118,10 @@ def raw_pixel_row(
     spec, train: Path, test: Path, calib_classes: list[str], way: int, pairs: int = PAIRS
 ) -> dict:
     """The raw-pixel cosine baseline, calibrated on the model's calibration classes."""
-    from twinnet.calibrate import fit_calibration
-    from twinnet.data import check_images, draw_pairs, scan_folder
-    from twinnet.imaging import build_transforms, decode_image
-    from twinnet.metrics import best_threshold, eer, roc_auc
+    from twinnet.core.calibration import fit_calibration
+    from twinnet.core.imaging import build_transforms, decode_image
+    from twinnet.core.metrics import best_threshold, eer, roc_auc
+    from twinnet.data.items import check_images, draw_pairs, scan_folder
 
     pre = build_transforms(spec)
 
@@ -178,11 +178,11 @@ def model_row(
     label: str, fields: dict, train: Path, test: Path, way: int, out: Path, pairs: int = PAIRS
 ) -> dict:
     """Train one configuration, then evaluate it on the unseen classes."""
-    from twinnet.evaluate import evaluate, evaluation_items
-    from twinnet.inference import Twin
-    from twinnet.metrics import best_threshold
-    from twinnet.train import TrainConfig
-    from twinnet.train import train as run_train
+    from twinnet.core.metrics import best_threshold
+    from twinnet.evaluate.verification import evaluate, evaluation_items
+    from twinnet.infer.twin import Twin
+    from twinnet.train.fit import TrainConfig
+    from twinnet.train.fit import train as run_train
 
     cfg = TrainConfig(out=str(out), data=str(train), seed=0, workers=0, **fields)
     started = time.monotonic()
@@ -193,7 +193,7 @@ def model_row(
     items = evaluation_items(test, twin.spec)
     report = evaluate(twin, items, pairs=pairs, way=way, trials=TRIALS, seed=0)
     # best possible threshold on the test pairs themselves, from the same pairs' margins
-    from twinnet.data import draw_pairs
+    from twinnet.data.items import draw_pairs
 
     drawn = draw_pairs(items.labels, pairs, np.random.default_rng([0, 10]), swap=True)
     files = [str(f) for f in items.files]

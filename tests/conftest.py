@@ -21,7 +21,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
     """Six classes of coloured shapes, 16 images each, 64 px: "same class" is learnable."""
-    from twinnet.datasets import make_shapes_dataset
+    from twinnet.data.datasets import make_shapes_dataset
 
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), classes=6, per_class=16, size=64)
 
@@ -31,9 +31,9 @@ def random_model_dir(tmp_path_factory) -> Path:
     """An untrained resnet18 model directory at 64 px (fast; for plumbing tests)."""
     import torch
 
-    from twinnet.artifacts import save_model_dir
-    from twinnet.model import build_model
-    from twinnet.spec import ModelSpec
+    from twinnet.core.artifacts import save_model_dir
+    from twinnet.core.model import build_model
+    from twinnet.core.spec import ModelSpec
 
     torch.manual_seed(0)
     spec = ModelSpec(arch="resnet18", image_size=64)
@@ -46,9 +46,9 @@ def random_cosine_dir(tmp_path_factory) -> Path:
     """An untrained resnet18 cosine-head model directory at 64 px (fast; for plumbing tests)."""
     import torch
 
-    from twinnet.artifacts import save_model_dir
-    from twinnet.model import build_model
-    from twinnet.spec import ModelSpec
+    from twinnet.core.artifacts import save_model_dir
+    from twinnet.core.model import build_model
+    from twinnet.core.spec import ModelSpec
 
     torch.manual_seed(0)
     spec = ModelSpec(arch="resnet18", image_size=64, head="cosine", embedding_dim=64)
@@ -80,7 +80,7 @@ def trained_model_dir(request, tmp_path_factory) -> Path:
     skip-and-warn path. The data are next to the model, in ``<model_dir>/../data``.
     """
     from twinnet.cli import main
-    from twinnet.datasets import make_shapes_dataset
+    from twinnet.data.datasets import make_shapes_dataset
 
     base = tmp_path_factory.mktemp("trained")
     data = make_shapes_dataset(base / "data", classes=6, per_class=40, size=32)

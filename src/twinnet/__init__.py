@@ -6,10 +6,10 @@ that need them, so ``from twinnet import Twin`` stays light.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from twinnet.core.version import __version__
 
-from .errors import DataError, ImageError, SpecError, TwinnetError
-from .spec import ModelSpec
+from twinnet.core.spec import ModelSpec
+from twinnet.errors import DataError, ImageError, SpecError, TwinnetError
 
 __all__ = [
     "__version__",
@@ -30,19 +30,19 @@ __all__ = [
 def __getattr__(name: str):
     """Import the torch-heavy API on first use."""
     if name == "build_model":
-        from .model import build_model
+        from twinnet.core.model import build_model
 
         return build_model
     if name == "build_transforms":
-        from .imaging import build_transforms
+        from twinnet.core.imaging import build_transforms
 
         return build_transforms
     if name in ("load_model_dir", "save_model_dir"):
-        from . import artifacts
+        from twinnet.core import artifacts
 
         return getattr(artifacts, name)
     if name in ("Twin", "CompareResult"):
-        from . import inference
+        from twinnet.infer import twin as inference
 
         return getattr(inference, name)
     raise AttributeError(f"module 'twinnet' has no attribute {name!r}")

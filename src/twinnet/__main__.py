@@ -1,5 +1,5 @@
 """``python -m twinnet`` (and ``torchrun -m twinnet``) runs the CLI."""
 
-from .cli import main
+from twinnet.cli import main
 
 raise SystemExit(main())

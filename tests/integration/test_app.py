@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from twinnet import appkit
+from twinnet.app import kit as appkit
 
 pytestmark = pytest.mark.integration
 
-APP = str(Path(__file__).resolve().parents[2] / "src" / "twinnet" / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "src" / "twinnet" / "app" / "page.py")
 TIMEOUT = 180
 
 
@@ -34,7 +34,7 @@ def model_dir(trained_model_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def twin(model_dir: Path):
     """The library itself, to check that the page shows what the library answers."""
-    from twinnet.inference import Twin
+    from twinnet.infer.twin import Twin
 
     return Twin.load(model_dir)
 
@@ -316,7 +316,7 @@ def moto_sagemaker(monkeypatch: pytest.MonkeyPatch):
                 }
             ],
         )
-        from twinnet.deploy.sagemaker import TAG_MANAGED
+        from twinnet.aws.sagemaker import TAG_MANAGED
 
         tags = [{"Key": TAG_MANAGED, "Value": "twinnet"}]
         sm.create_endpoint(EndpointName="twin-staging", EndpointConfigName="twin-config", Tags=tags)
@@ -393,7 +393,7 @@ def test_an_endpoint_that_does_not_exist_is_an_error(
 @pytest.fixture(scope="module")
 def torchserve(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """``twinnet serve`` of the model on free loopback ports, token auth on, always stopped."""
-    from twinnet.serve import server
+    from twinnet.engines import server
 
     if shutil.which("java") is None:
         pytest.skip("TorchServe needs Java 17")

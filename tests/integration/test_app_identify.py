@@ -21,13 +21,13 @@ from PIL import Image
 pytest.importorskip("faiss")
 pytest.importorskip("streamlit")
 
-from twinnet import appkit  # noqa: E402
+from twinnet.app import kit as appkit  # noqa: E402
 from twinnet.index import GalleryIndex  # noqa: E402
-from twinnet.inference import Twin  # noqa: E402
+from twinnet.infer.twin import Twin  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-APP = str(Path(__file__).resolve().parents[2] / "src" / "twinnet" / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "src" / "twinnet" / "app" / "page.py")
 TIMEOUT = 180
 GALLERY_CLASSES = 4
 ROW = re.compile(r"#(\d+) (.+)  \n(\d+\.\d)% · (reaches|below) the threshold")
@@ -245,7 +245,7 @@ def moved_index(random_cosine_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
     model = tmp_path / "model"
     shutil.copytree(random_cosine_dir, model)
     gallery = tmp_path / "gallery"
-    from twinnet.datasets import make_shapes_dataset
+    from twinnet.data.datasets import make_shapes_dataset
 
     make_shapes_dataset(gallery, classes=3, per_class=3, size=64)
     index = tmp_path / "idx"
@@ -277,7 +277,7 @@ def test_a_remote_backend_without_the_model_here_says_so(
 def test_a_remote_backend_identifies_with_the_indexs_model(
     monkeypatch: pytest.MonkeyPatch, random_cosine_dir: Path, tmp_path: Path
 ) -> None:
-    from twinnet.datasets import make_shapes_dataset
+    from twinnet.data.datasets import make_shapes_dataset
 
     gallery = make_shapes_dataset(tmp_path / "gallery", classes=3, per_class=3, size=64)
     index = tmp_path / "idx"
@@ -324,8 +324,8 @@ def test_without_an_index_the_app_has_no_identify_mode(
 @pytest.fixture(scope="module")
 def served_index(random_cosine_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """TorchServe with an archive that carries a gallery index (``twinnet serve --index``)."""
-    from twinnet.datasets import make_shapes_dataset
-    from twinnet.serve import server
+    from twinnet.data.datasets import make_shapes_dataset
+    from twinnet.engines import server
 
     if shutil.which("java") is None:
         pytest.skip("TorchServe needs Java 17")

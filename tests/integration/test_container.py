@@ -30,9 +30,10 @@ import requests
 import yaml
 from PIL import Image
 
-from twinnet.deploy.container import apply_settings
-from twinnet.deploy.package import package
-from twinnet.protocol import encode_multipart
+from twinnet.container.main import apply_settings
+from twinnet.container.package import package
+from twinnet.contract.protocol import encode_multipart
+from twinnet.index import GalleryIndex
 
 pytestmark = pytest.mark.integration
 
@@ -174,7 +175,7 @@ def test_ping_is_200_only_once_the_model_is_ready(container):
 
 @pytest.mark.parametrize("cam", [False, True])
 def test_invocations_answers_what_invoke_sends(container, any_head_model_dir, cam):
-    from twinnet.inference import Twin
+    from twinnet.infer.twin import Twin
 
     left, right = _png(3, (64, 48)), _png(4, (50, 50))
     body, ctype = encode_multipart(left, right, cam=cam)  # the bytes `twinnet invoke` sends
@@ -338,7 +339,7 @@ def test_the_sample_client_gets_its_list_from_invocations(list_container, random
     """The request built exactly as the sample's app and notebook build it, its body sent as
     is (as ``invoke_endpoint(ContentType=..., Body=req.body)`` sends it), and the answer read
     as a Python literal, as the sample reads it (``ast.literal_eval``, never ``eval``)."""
-    from twinnet.inference import Twin
+    from twinnet.infer.twin import Twin
 
     left, right = _png(8, (64, 48)), _png(9, (50, 50))
     url = f"{list_container['url']}/invocations"
@@ -381,19 +382,19 @@ def _serve_with_index(model: Path, work: Path, **env_settings: str):
     """Package ``model`` with an index of a generated gallery and run it in the container;
     yields the running container with the gallery and the library's index."""
     pytest.importorskip("faiss")
-    from twinnet.datasets import make_shapes_dataset
-    from twinnet.inference import Twin
+    from twinnet.data.datasets import make_shapes_dataset
+    from twinnet.infer.twin import Twin
 
     gallery = make_shapes_dataset(work / "gallery", classes=3, per_class=3, size=64)
     twin = Twin.load(model, device="cpu", precision="fp32")
-    library = twin.index(gallery, work / "idx")
+    library = GalleryIndex.build(twin, gallery, work / "idx")
     model_dir = _unpacked(model, work, index=work / "idx")
     for running in _run_container(model_dir, work / "container.log", **env_settings):
         yield {**running, "gallery": gallery, "library": library}
 
 
 def test_invocations_answers_identification(index_container):
-    from twinnet.protocol import encode_identify_json, encode_identify_multipart
+    from twinnet.contract.protocol import encode_identify_json, encode_identify_multipart
 
     url, library = f"{index_container['url']}/invocations", index_container["library"]
     query = (index_container["gallery"] / "circle_0" / "1.png").read_bytes()
@@ -505,7 +506,7 @@ def test_ray_ping_is_503_until_the_model_is_ready(ray_container):
 
 @pytest.mark.parametrize("cam", [False, True])
 def test_ray_invocations_answers_as_twin_compare(ray_container, random_model_dir, cam):
-    from twinnet.inference import Twin
+    from twinnet.infer.twin import Twin
 
     left, right = _png(11, (64, 48)), _png(12, (50, 50))
     body, ctype = encode_multipart(left, right, cam=cam)
@@ -600,7 +601,7 @@ def ray_index_container(random_cosine_dir, tmp_path_factory):
 
 
 def test_ray_invocations_answers_identification(ray_index_container):
-    from twinnet.protocol import encode_identify_multipart
+    from twinnet.contract.protocol import encode_identify_multipart
 
     url, library = f"{ray_index_container['url']}/invocations", ray_index_container["library"]
     _ray_processes_ok(_ray_family(ray_index_container["proc"].pid))

@@ -22,10 +22,11 @@ import pytest
 import requests
 from PIL import Image
 
+from twinnet.aws.endpoints import missing_endpoint
+from twinnet.aws.sagemaker import Autoscale, deploy, list_endpoints, teardown
 from twinnet.cli import main
-from twinnet.deploy.endpoints import missing_endpoint
-from twinnet.deploy.sagemaker import Autoscale, deploy, list_endpoints, teardown
 from twinnet.errors import TwinnetError
+from twinnet.index import GalleryIndex
 
 pytestmark = pytest.mark.integration
 
@@ -304,11 +305,13 @@ def test_deploy_with_an_index_then_identify_on_the_endpoint(
     """``deploy --index`` ships the gallery index in the artifact, and ``identify --endpoint``
     sends the identification request and reads the contract's answer (moto's canned one)."""
     pytest.importorskip("faiss")
-    from twinnet.datasets import make_shapes_dataset
-    from twinnet.inference import Twin
+    from twinnet.data.datasets import make_shapes_dataset
+    from twinnet.infer.twin import Twin
 
     gallery = make_shapes_dataset(tmp_path / "gallery", classes=2, per_class=2, size=64)
-    Twin.load(random_cosine_dir, device="cpu", precision="fp32").index(gallery, tmp_path / "idx")
+    GalleryIndex.build(
+        Twin.load(random_cosine_dir, device="cpu", precision="fp32"), gallery, tmp_path / "idx"
+    )
     argv = _deploy_args(random_cosine_dir, "--index", str(tmp_path / "idx"), "--wait")
     assert main([*argv, "--region", REGION]) == 0
     capsys.readouterr()

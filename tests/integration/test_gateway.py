@@ -1,6 +1,6 @@
 """The SageMaker container's HTTP gateway, in front of a stub model server on loopback.
 
-The gateway is the unit under test: a real :class:`~twinnet.deploy.gateway.Gateway` on a
+The gateway is the unit under test: a real :class:`~twinnet.container.gateway.Gateway` on a
 loopback port, in front of a tiny HTTP server that answers like TorchServe's inference
 API (``POST /invocations``) and management API (``GET /models/<name>``). Bad framing is
 sent byte for byte over raw sockets, as an attacker or a broken client would send it.
@@ -20,9 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from twinnet.deploy.gateway import Gateway
-from twinnet.protocol import MAX_REQUEST_BYTES
-from twinnet.serve.server import ServerInfo
+from twinnet.container.gateway import Gateway
+from twinnet.contract.protocol import MAX_REQUEST_BYTES
+from twinnet.engines.server import ServerInfo
 
 pytestmark = pytest.mark.integration
 
@@ -394,7 +394,7 @@ def test_an_unreachable_model_server_is_503(backend):
 
 def test_ready_means_a_ready_worker_for_ping_and_for_the_launcher(backend):
     """One definition: the gateway's /ping and ``twinnet serve`` both ask ``model_ready``."""
-    from twinnet.serve.health import describe_model, model_ready
+    from twinnet.engines.health import describe_model, model_ready
 
     gateway = _gateway(backend)
     try:

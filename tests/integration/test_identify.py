@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("faiss")
 
 from twinnet.cli import main  # noqa: E402
-from twinnet.datasets import make_shapes_dataset  # noqa: E402
-from twinnet.inference import Twin  # noqa: E402
+from twinnet.data.datasets import make_shapes_dataset  # noqa: E402
+from twinnet.infer.twin import Twin  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from twinnet.cli import main
-from twinnet.spec import ModelSpec
+from twinnet.core.spec import ModelSpec
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def omniglot(shared_data, tmp_path_factory):
 
 
 def _raw_pixels(items, spec) -> np.ndarray:
-    from twinnet.imaging import build_transforms, decode_image
+    from twinnet.core.imaging import build_transforms, decode_image
 
     pre = build_transforms(spec)
     x = np.stack([pre.to_unit_tensor(decode_image(f)).numpy().ravel() for f in items.files])
@@ -67,10 +67,10 @@ def _way(emb: np.ndarray, labels: np.ndarray, way: int, seed: int) -> float:
 
 
 def test_small_grey_recipe_verifies_unseen_alphabets_well_above_raw_pixels(omniglot):
-    from twinnet.data import draw_pairs
-    from twinnet.evaluate import evaluation_items
-    from twinnet.inference import Twin
-    from twinnet.metrics import best_threshold
+    from twinnet.core.metrics import best_threshold
+    from twinnet.data.items import draw_pairs
+    from twinnet.evaluate.verification import evaluation_items
+    from twinnet.infer.twin import Twin
 
     out, test = omniglot
     spec = ModelSpec.load(out)

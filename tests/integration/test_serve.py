@@ -77,8 +77,8 @@ def state(tmp_path_factory):
 
 def _serve(model_dir: Path, state: Path, store: Path, **options):
     """Archive ``model_dir`` into ``store``, start TorchServe on it; yield it, then stop it."""
-    from twinnet.serve.archive import build_archive
-    from twinnet.serve.server import start, stop
+    from twinnet.engines.server import start, stop
+    from twinnet.engines.torchserve.archive import build_archive
 
     mar = build_archive(model_dir, store, workers=1, precision="fp32", **options)
     assert mar == store / "twin.mar"
@@ -129,7 +129,7 @@ def _session(info) -> list[tuple[int, str]]:
 def _serve_ray(model_dir: Path, state: Path):
     """`twinnet serve --engine ray` on ``model_dir``; yield it, then `twinnet serve --stop` it
     and check that no Ray process, file or directory of it is left."""
-    from twinnet.serve.state import instance_dir, load_info
+    from twinnet.engines.state import instance_dir, load_info
 
     (port,) = _free_ports(1)
     started = _cli(
@@ -186,7 +186,7 @@ def server(served, state, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def twin(served):
-    from twinnet.inference import Twin
+    from twinnet.infer.twin import Twin
 
     return Twin.load(served[1], precision="fp32")
 
@@ -197,7 +197,7 @@ def _only(server, engine: str) -> None:
 
 
 def _token(info) -> str:
-    from twinnet.serve.server import read_keys
+    from twinnet.engines.server import read_keys
 
     return read_keys(info.key_file)["inference"]
 
@@ -270,7 +270,7 @@ def test_json_body_and_format_list(server, twin, images, route):
 
 
 def test_client_and_ping(server, twin, images):
-    from twinnet.client import HttpClient
+    from twinnet.clients.remote import HttpClient
 
     with HttpClient(server.inference_url) as client:  # token found through TWINNET_HOME
         result = client.compare(images[0], images[2], cam=True)
@@ -358,7 +358,7 @@ def test_body_over_the_frontend_cap_is_413(server, images):
     The body is not sent in full (TorchServe closes the connection once it has answered,
     and a client still sending would see only a reset), so the status is always checked.
     """
-    from twinnet.serve.server import FRONTEND_MAX_REQUEST_BYTES
+    from twinnet.engines.server import FRONTEND_MAX_REQUEST_BYTES
 
     head = (
         f"POST /predictions/twin HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
@@ -380,9 +380,9 @@ def test_body_over_the_frontend_cap_is_413(server, images):
 
 # ------------------------------------------------------------------------ 5. token auth
 def test_token_auth(server, images, twin):
-    from twinnet.client import HttpClient
+    from twinnet.clients.remote import HttpClient
+    from twinnet.engines.server import read_keys
     from twinnet.errors import TwinnetError
-    from twinnet.serve.server import read_keys
 
     files = {"left": images[0], "right": images[1]}
     for route in ("/predictions/twin", "/invocations"):
@@ -417,7 +417,7 @@ def test_token_auth(server, images, twin):
 
 # ------------------------------------------------------------------------ 4. worker restart
 def test_killed_worker_is_restarted(server, images):
-    from twinnet.serve.server import describe_model
+    from twinnet.engines.server import describe_model
 
     _only(server, "torchserve")
 
@@ -452,7 +452,7 @@ def test_killed_replica_is_replaced_mid_load(server, twin, images):
     requests succeed again (some in flight at the kill may fail; none may hang)."""
     import psutil
 
-    from twinnet.serve.ray_server import replica_states
+    from twinnet.engines.ray.server import replica_states
 
     _only(server, "ray")
     (old,) = _replicas(server)
@@ -665,7 +665,7 @@ def check_sample_answer(text: str, expected, side: int) -> None:
 def test_the_sample_client_gets_its_list_from_a_list_archive(
     list_server, random_model_dir, images, cam
 ):
-    from twinnet.inference import Twin
+    from twinnet.infer.twin import Twin
 
     url = list_server.inference_url + "/predictions/twin"
     body, ctype = sample_request(url, images[0], images[1], cam)
@@ -683,7 +683,7 @@ def test_the_sample_client_gets_its_list_from_a_list_archive(
     assert named.json()["logits"] == pytest.approx(
         list(twin.compare(images[0], images[1]).logits), abs=1e-4
     )
-    from twinnet.client import HttpClient
+    from twinnet.clients.remote import HttpClient
 
     with HttpClient(list_server.inference_url) as client:
         result = client.compare(images[0], images[1])
@@ -705,13 +705,15 @@ def test_an_object_archive_answers_the_sample_request_with_the_object(server, tw
 def identify_gallery(random_cosine_dir, tmp_path_factory):
     """A labelled gallery of shapes and its index, built in process with the cosine model."""
     pytest.importorskip("faiss")
-    from twinnet.datasets import make_shapes_dataset
-    from twinnet.inference import Twin
+    from twinnet.data.datasets import make_shapes_dataset
+    from twinnet.infer.twin import Twin
 
     base = tmp_path_factory.mktemp("identify")
     gallery = make_shapes_dataset(base / "gallery", classes=4, per_class=3, size=64)
     twin = Twin.load(random_cosine_dir, device="cpu", precision="fp32")
-    return gallery, twin.index(gallery, base / "idx", model_dir=random_cosine_dir)
+    from twinnet.index import GalleryIndex
+
+    return gallery, GalleryIndex.build(twin, gallery, base / "idx", model_dir=random_cosine_dir)
 
 
 @pytest.fixture(scope="module")
@@ -740,7 +742,7 @@ def _same_identification(answer: dict, expected) -> None:
 def test_identification_multipart_and_json_equal_the_library(
     index_server, identify_gallery, random_cosine_dir, route
 ):
-    from twinnet.inference import Twin
+    from twinnet.infer.twin import Twin
 
     images, library = identify_gallery
     query = (images / "square_1" / "1.png").read_bytes()
@@ -796,7 +798,7 @@ def test_bad_identification_requests_get_4xx_and_the_server_keeps_answering(
 
 def test_identify_cli_and_client_over_the_url(index_server, identify_gallery, capsys):
     from twinnet.cli import main
-    from twinnet.client import HttpClient
+    from twinnet.clients.remote import HttpClient
 
     images, library = identify_gallery
     query = images / "cross_3" / "0.png"

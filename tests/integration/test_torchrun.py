@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from twinnet.artifacts import load_model_dir
+from twinnet.core.artifacts import load_model_dir
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("head", ["cosine", "concat"])
 def test_two_process_training_writes_a_loadable_model(tmp_path, head):
-    from twinnet.datasets import make_shapes_dataset
+    from twinnet.data.datasets import make_shapes_dataset
 
     data = make_shapes_dataset(tmp_path / "data", classes=5, per_class=8, size=32)
     out = tmp_path / "model"

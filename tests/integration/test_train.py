@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from twinnet.artifacts import load_model_dir
 from twinnet.cli import main
-from twinnet.spec import ModelSpec
+from twinnet.core.artifacts import load_model_dir
+from twinnet.core.spec import ModelSpec
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def test_training_learns_same_versus_different(trained_model_dir):
 @pytest.fixture(scope="module")
 def unseen_model(tmp_path_factory):
     """A cosine model trained on 7 of 10 shape classes; its other 3 calibrate and test it."""
-    from twinnet.datasets import make_shapes_dataset
+    from twinnet.data.datasets import make_shapes_dataset
 
     base = tmp_path_factory.mktemp("unseen")
     data = make_shapes_dataset(base / "data", classes=10, per_class=24, size=32)
@@ -111,8 +111,8 @@ def test_calibrate_refits_the_threshold_and_evaluate_uses_it(unseen_model, tmp_p
 
 
 def test_calibrate_refuses_a_concat_model(shapes_dir, tmp_path, capsys):
-    from twinnet.artifacts import save_model_dir
-    from twinnet.model import build_model
+    from twinnet.core.artifacts import save_model_dir
+    from twinnet.core.model import build_model
 
     spec = ModelSpec(arch="resnet18", image_size=32, head="concat")
     save_model_dir(build_model(spec).eval(), spec, tmp_path / "concat")
@@ -158,7 +158,7 @@ def test_info_prints_the_recipe_and_metrics(trained_model_dir, capsys):
 
 
 def test_training_refuses_a_single_class_before_any_work(tmp_path, capsys):
-    from twinnet.datasets import make_shapes_dataset
+    from twinnet.data.datasets import make_shapes_dataset
 
     data = make_shapes_dataset(tmp_path / "one", classes=1, per_class=4, size=16)
     code = main(["train", str(data), "--out", str(tmp_path / "m"), "--no-pretrained"])

@@ -7,8 +7,8 @@ import io
 import pytest
 from PIL import Image
 
-from twinnet.appidentify import identify_remote, remote_from_env
-from twinnet.appkit import ENV, ImageInput
+from twinnet.app.identify import identify_remote, remote_from_env
+from twinnet.app.kit import ENV, ImageInput
 from twinnet.errors import ImageError, TwinnetError
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,4 @@
-"""The app's helpers (twinnet.appkit, the backend choice, the result cache) and ``twinnet app``."""
+"""The app's helpers (twinnet.app.kit, the backend choice, the result cache) and ``twinnet app``."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from twinnet import appkit
-from twinnet.appkit import ImageInput
-from twinnet.backends import BackendChoice
-from twinnet.cache import LruCache
+from twinnet.app import kit as appkit
+from twinnet.app.kit import ImageInput
+from twinnet.clients.backends import BackendChoice
 from twinnet.errors import ImageError, TwinnetError
+from twinnet.infer.cache import LruCache
 
 pytestmark = pytest.mark.unit
 
@@ -220,7 +220,7 @@ def test_missing_aws_credentials_become_advice() -> None:
 def test_aws_client_errors_are_worded_as_everywhere_else() -> None:
     from botocore.exceptions import ClientError
 
-    from twinnet.deploy.aws import describe_error
+    from twinnet.aws.session import describe_error
 
     denied = ClientError(
         {"Error": {"Code": "UnrecognizedClientException", "Message": "bad token"}}, "ListEndpoints"
@@ -244,8 +244,8 @@ def test_listing_endpoints_without_credentials_is_a_twinnet_error(
     no_aws: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Real boto3, no credentials anywhere: the sidebar gets advice, not a traceback."""
-    from twinnet.client import SageMakerClient
-    from twinnet.deploy.endpoints import list_endpoints
+    from twinnet.aws.endpoints import list_endpoints
+    from twinnet.clients.remote import SageMakerClient
 
     with pytest.raises(TwinnetError, match="no AWS credentials"):
         list_endpoints(region="us-east-1")
@@ -258,7 +258,7 @@ def test_listing_endpoints_without_credentials_is_a_twinnet_error(
 def test_default_region_comes_from_the_aws_configuration(
     no_aws: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from twinnet.deploy.aws import default_region
+    from twinnet.aws.session import default_region
 
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
@@ -271,8 +271,8 @@ def test_default_region_comes_from_the_aws_configuration(
 
 def test_remote_backends_say_they_have_no_spec_and_no_search() -> None:
     """The Backend protocol: callers read ``spec`` and ``search``; they never probe."""
-    from twinnet.backends import resize_method
-    from twinnet.client import HttpClient
+    from twinnet.clients.backends import resize_method
+    from twinnet.clients.remote import HttpClient
 
     server = BackendChoice("url", "http://127.0.0.1:1", token="t").open()
     assert isinstance(server, HttpClient)
@@ -297,7 +297,7 @@ def test_command_runs_streamlit_headless_on_loopback(tmp_path: Path) -> None:
         environ={"TWINNET_APP_URL": "http://stale:1", "PATH": "/bin"},
     )
     flags = dict(zip(argv[5::2], argv[6::2], strict=True))
-    assert argv[1:4] == ["-m", "streamlit", "run"] and argv[4].endswith("twinnet/app.py")
+    assert argv[1:4] == ["-m", "streamlit", "run"] and argv[4].endswith("twinnet/app/page.py")
     assert flags["--server.address"] == "127.0.0.1" and flags["--server.port"] == "9123"
     assert flags["--server.headless"] == "true"
     assert flags["--browser.gatherUsageStats"] == "false"

@@ -14,8 +14,8 @@ pytest.importorskip("faiss")
 pytest.importorskip("model_archiver")
 
 from twinnet.cli import main  # noqa: E402
+from twinnet.engines.torchserve.archive import build_archive  # noqa: E402
 from twinnet.errors import TwinnetError  # noqa: E402
-from twinnet.serve.archive import build_archive  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
@@ -24,7 +24,7 @@ INDEX_FILES = {"index.json", "model.json", "gallery.sqlite", "vectors.npy", "fai
 
 @pytest.fixture(scope="module")
 def gallery(tmp_path_factory):
-    from twinnet.datasets import make_shapes_dataset
+    from twinnet.data.datasets import make_shapes_dataset
 
     return make_shapes_dataset(tmp_path_factory.mktemp("gallery"), classes=3, per_class=2, size=64)
 
@@ -32,10 +32,12 @@ def gallery(tmp_path_factory):
 @pytest.fixture(scope="module")
 def index_dir(random_cosine_dir, gallery, tmp_path_factory):
     """An index of ``gallery`` built with the cosine model at fp32."""
-    from twinnet.inference import Twin
+    from twinnet.infer.twin import Twin
 
     out = tmp_path_factory.mktemp("built") / "idx"
-    Twin.load(random_cosine_dir, device="cpu", precision="fp32").index(gallery, out)
+    from twinnet.index import GalleryIndex
+
+    GalleryIndex.build(Twin.load(random_cosine_dir, device="cpu", precision="fp32"), gallery, out)
     return out
 
 
@@ -66,9 +68,9 @@ def test_the_archive_ships_the_index_beside_the_model_at_its_precision(
 def test_an_index_of_another_model_is_refused(index_dir, tmp_path):
     import torch
 
-    from twinnet.artifacts import save_model_dir
-    from twinnet.model import build_model
-    from twinnet.spec import ModelSpec
+    from twinnet.core.artifacts import save_model_dir
+    from twinnet.core.model import build_model
+    from twinnet.core.spec import ModelSpec
 
     torch.manual_seed(1)  # other weights, same architecture and preprocessing
     spec = ModelSpec(arch="resnet18", image_size=64, head="cosine", embedding_dim=64)
@@ -97,7 +99,7 @@ def test_not_an_index_is_refused(random_cosine_dir, tmp_path):
 
 
 def test_package_and_the_cli_take_index(random_cosine_dir, index_dir, tmp_path, capsys):
-    from twinnet.deploy.package import package
+    from twinnet.container.package import package
 
     tarball = package(random_cosine_dir, tmp_path / "model.tar.gz", index=index_dir)
     with tarfile.open(tarball) as tar:
@@ -123,7 +125,7 @@ def test_package_and_the_cli_take_index(random_cosine_dir, index_dir, tmp_path, 
 
 
 def test_the_index_must_not_change_while_it_is_archived(random_cosine_dir, index_dir, tmp_path):
-    from twinnet.serve import gallery as shipped
+    from twinnet.contract import gallery as shipped
 
     checked = shipped.check_index(random_cosine_dir, index_dir)
     meta = json.loads((index_dir / "index.json").read_text())
@@ -139,10 +141,10 @@ def test_the_deploy_digest_follows_the_index_content_not_its_path(
     random_cosine_dir, index_dir, tmp_path
 ):
     """Adding images to the same index folder must make `deploy` ship a new artifact."""
-    from twinnet.datasets import make_shapes_dataset
-    from twinnet.deploy.plan import artifact_digest
+    from twinnet.aws.plan import artifact_digest
+    from twinnet.data.datasets import make_shapes_dataset
     from twinnet.index import GalleryIndex
-    from twinnet.inference import Twin
+    from twinnet.infer.twin import Twin
 
     copy = tmp_path / "idx"
     shutil.copytree(index_dir, copy)

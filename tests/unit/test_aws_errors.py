@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from twinnet import appkit
-from twinnet.client import SageMakerClient, _sagemaker_error
-from twinnet.deploy.aws import (
+from twinnet.app import kit as appkit
+from twinnet.aws.session import (
     CREDENTIAL_CODES,
     NO_CREDENTIALS,
     aws,
@@ -18,6 +17,7 @@ from twinnet.deploy.aws import (
     describe_error,
     new_session,
 )
+from twinnet.clients.remote import SageMakerClient, _sagemaker_error
 from twinnet.errors import TwinnetError
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from twinnet.calibrate import Calibration, fit_calibration, parse_target
+from twinnet.core.calibration import Calibration, fit_calibration, parse_target
 
 pytestmark = pytest.mark.unit
 
@@ -184,7 +184,7 @@ def test_bad_targets_are_refused(text: str) -> None:
 
 # --------------------------------------------------------- identification against a gallery
 def test_the_impostor_tail_is_read_off_the_different_pairs():
-    from twinnet.calibrate import impostor_tail
+    from twinnet.core.calibration import impostor_tail
 
     scores = np.linspace(0.0, 0.999, 1000)[::-1]  # 1000 "different" pairs, any order
     tail = impostor_tail(scores)
@@ -216,7 +216,7 @@ def test_the_open_set_threshold_rises_with_the_gallery_and_keeps_the_pair_thresh
 
 def test_a_stranger_is_accepted_about_as_often_as_the_open_set_rate_says():
     """Strangers meet every gallery image: at the pair threshold most of them would pass."""
-    from twinnet.calibrate import OPEN_SET_FAR
+    from twinnet.core.calibration import OPEN_SET_FAR
 
     rng = np.random.default_rng(0)
     cal = _gaussian_calibration(rng)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from twinnet.artifacts import load_model_dir, save_model_dir
-from twinnet.calibrate import fit_calibration
-from twinnet.inference import Twin
-from twinnet.model import CosineHead, build_model
-from twinnet.spec import SPEC_FILE, ModelSpec
+from twinnet.core.artifacts import load_model_dir, save_model_dir
+from twinnet.core.calibration import fit_calibration
+from twinnet.core.model import CosineHead, build_model
+from twinnet.core.spec import SPEC_FILE, ModelSpec
+from twinnet.infer.twin import Twin
 
 pytestmark = pytest.mark.unit
 

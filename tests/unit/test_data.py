@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from twinnet.data import (
+from twinnet.core.imaging import build_transforms
+from twinnet.core.spec import ModelSpec
+from twinnet.data.items import (
     IMAGE_SUFFIXES,
     UnreadableImagesWarning,
     check_images,
@@ -19,11 +21,9 @@ from twinnet.data import (
     scan_folder,
     split_items,
 )
-from twinnet.dataloaders import ImageDataset, ImageStore, PairDataset
 from twinnet.errors import DataError, TwinnetError
-from twinnet.evaluate import roc_auc
-from twinnet.imaging import build_transforms
-from twinnet.spec import ModelSpec
+from twinnet.evaluate.verification import roc_auc
+from twinnet.train.loaders import ImageDataset, ImageStore, PairDataset
 
 pytestmark = pytest.mark.unit
 
@@ -83,10 +83,10 @@ def test_one_list_of_image_suffixes_and_no_fastai_in_the_sampling_module():
     import subprocess
     import sys
 
-    from twinnet import inference
+    from twinnet.infer import twin as inference
 
     assert inference.IMAGE_SUFFIXES is IMAGE_SUFFIXES and ".pbm" in IMAGE_SUFFIXES
-    code = "import sys, twinnet.data, twinnet.evaluate; print('fastai' in sys.modules)"
+    code = "import sys, twinnet.data.items, twinnet.evaluate.verification; print('fastai' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -176,7 +176,7 @@ def test_bad_label_sources_are_clear_errors(tmp_path, labels):
 
 
 def _items(n_classes: int = 10, per_class: int = 6):
-    from twinnet.data import LabelledImages
+    from twinnet.data.items import LabelledImages
 
     labels = np.repeat(np.arange(n_classes), per_class)
     files = [Path(f"/x/{i}.png") for i in range(len(labels))]
@@ -246,7 +246,7 @@ def test_grey_images_become_rgb_tensors_identical_to_inference(tmp_path):
     fresh = ImageStore(pre)(path)
     assert cached.shape == (3, 16, 16)
     assert np.array_equal(cached.numpy(), fresh.numpy())
-    from twinnet.imaging import decode_image
+    from twinnet.core.imaging import decode_image
 
     assert np.array_equal(fresh.numpy(), pre.to_unit_tensor(decode_image(path)).numpy())
 
@@ -263,7 +263,7 @@ def test_roc_auc_matches_hand_worked_values():
 
 
 def test_digits_export_writes_the_real_scikit_learn_digits(tmp_path):
-    from twinnet.datasets import export_digits
+    from twinnet.data.datasets import export_digits
 
     root = export_digits(tmp_path / "digits")
     items = scan_folder(root)
@@ -278,7 +278,7 @@ def test_digits_export_writes_the_real_scikit_learn_digits(tmp_path):
     "url", ["http://pets.invalid/oxford-iiit-pet.tgz", "http://192.0.2.1/p.tgz"]
 )
 def test_pets_download_fails_fast_and_names_data_dir_when_unreachable(url):
-    from twinnet.datasets import download_pets
+    from twinnet.data.datasets import download_pets
 
     start = time.monotonic()
     with pytest.raises(TwinnetError, match="--data"):

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from twinnet.cli import main
-from twinnet.client import prepare_body
-from twinnet.deploy.package import find_mar
-from twinnet.deploy.sagemaker import (
+from twinnet.aws.sagemaker import (
     Autoscale,
     parse_autoscale,
     validate_endpoint_name,
     validate_role_arn,
 )
+from twinnet.cli import main
+from twinnet.clients.remote import prepare_body
+from twinnet.container.package import find_mar
+from twinnet.contract.protocol import MAX_REQUEST_BYTES, encode_multipart
 from twinnet.errors import ImageError, TwinnetError
-from twinnet.protocol import MAX_REQUEST_BYTES, encode_multipart
 
 pytestmark = pytest.mark.unit
 
@@ -360,7 +360,7 @@ def test_container_accepts_sagemakers_serve_argument():
 
 
 def test_container_settings_from_environment():
-    from twinnet.deploy.container import settings_from_env
+    from twinnet.container.settings import settings_from_env
 
     default = settings_from_env({})
     assert (default.port, default.host, default.overrides) == (8080, "0.0.0.0", {})
@@ -401,7 +401,7 @@ def test_container_settings_from_environment():
     ],
 )
 def test_container_settings_rejected(env, fragment):
-    from twinnet.deploy.container import settings_from_env
+    from twinnet.container.settings import settings_from_env
 
     with pytest.raises(TwinnetError, match=re.escape(fragment)):
         settings_from_env(env)
@@ -411,9 +411,9 @@ def test_package_records_the_response_format_and_changes_the_digest(random_model
     import tarfile
     import zipfile
 
+    from twinnet.aws.plan import artifact_digest
     from twinnet.cli import main
-    from twinnet.deploy.plan import artifact_digest
-    from twinnet.serve.options import CONFIG_FILE, ServeOptions
+    from twinnet.contract.options import CONFIG_FILE, ServeOptions
 
     out = tmp_path / "model.tar.gz"
     assert (

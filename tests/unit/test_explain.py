@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from twinnet.explain import heatmap, normalize_cam, overlay, side_by_side, upsample_cam
-from twinnet.imaging import build_transforms, decode_image
-from twinnet.inference import Twin
-from twinnet.model import build_model
-from twinnet.spec import ModelSpec
+from twinnet.core.imaging import build_transforms, decode_image
+from twinnet.core.model import build_model
+from twinnet.core.spec import ModelSpec
+from twinnet.infer.explain import heatmap, normalize_cam, overlay, side_by_side, upsample_cam
+from twinnet.infer.twin import Twin
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from twinnet.deploy.container import settings_from_env
+from twinnet.container.settings import settings_from_env
 from twinnet.errors import TwinnetError
 
 pytestmark = pytest.mark.unit

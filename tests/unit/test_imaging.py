@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from twinnet.core.imaging import build_transforms, decode_image
+from twinnet.core.spec import ModelSpec
 from twinnet.errors import ImageError
-from twinnet.imaging import build_transforms, decode_image
-from twinnet.spec import ModelSpec
 
 pytestmark = pytest.mark.unit
 

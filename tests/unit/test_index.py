@@ -15,6 +15,7 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
+from twinnet.core.spec import ModelSpec  # noqa: E402
 from twinnet.errors import TwinnetError  # noqa: E402
 from twinnet.index import (  # noqa: E402
     AUTO_FLAT_MAX,
@@ -26,7 +27,6 @@ from twinnet.index import (  # noqa: E402
     store,  # noqa: E402
 )
 from twinnet.index.vectors import choose_kind  # noqa: E402
-from twinnet.spec import ModelSpec  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
@@ -334,14 +334,14 @@ def test_build_refuses_to_replace_a_folder_that_is_not_an_index(tmp_path):
 
 @pytest.fixture(scope="module")
 def twin(random_cosine_dir):
-    from twinnet.inference import Twin
+    from twinnet.infer.twin import Twin
 
     return Twin.load(random_cosine_dir, device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from twinnet.datasets import make_shapes_dataset
+    from twinnet.data.datasets import make_shapes_dataset
 
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), classes=2, per_class=3, size=64)
 
@@ -349,9 +349,9 @@ def images(tmp_path_factory):
 def test_a_different_model_or_preprocessing_is_refused(tmp_path, twin, random_cosine_dir, images):
     import torch
 
-    from twinnet.artifacts import save_model_dir
-    from twinnet.inference import Twin
-    from twinnet.model import build_model
+    from twinnet.core.artifacts import save_model_dir
+    from twinnet.core.model import build_model
+    from twinnet.infer.twin import Twin
 
     vecs, labels, _ = _random_gallery(n=10, classes=2)
     spec = _spec(dim=twin.spec.embedding_dim)
@@ -373,11 +373,11 @@ def test_a_different_model_or_preprocessing_is_refused(tmp_path, twin, random_co
 
 
 def test_a_concat_model_is_refused_with_what_to_run(tmp_path, random_model_dir, images):
-    from twinnet.inference import Twin
+    from twinnet.infer.twin import Twin
 
     concat = Twin.load(random_model_dir, device="cpu", precision="fp32")
     with pytest.raises(TwinnetError, match=r"needs a cosine model.*--head cosine"):
-        concat.index(images, tmp_path / "idx")
+        GalleryIndex.build(concat, images, tmp_path / "idx")
     with pytest.raises(TwinnetError, match="needs a cosine model"):
         from_embeddings(tmp_path / "idx", np.eye(2), ["a", "b"], concat.spec, "fp")
     assert not (tmp_path / "idx").exists()
@@ -386,10 +386,10 @@ def test_a_concat_model_is_refused_with_what_to_run(tmp_path, random_model_dir, 
 def test_add_skips_images_whose_bytes_are_in_and_encodes_only_new_ones(
     tmp_path, twin, random_cosine_dir, images
 ):
-    from twinnet.inference import Twin
+    from twinnet.infer.twin import Twin
 
     path = tmp_path / "idx"
-    built = twin.index(images, path, model_dir=random_cosine_dir)
+    built = GalleryIndex.build(twin, images, path, model_dir=random_cosine_dir)
     assert len(built) == 6 and built.last_update.added == 6
 
     fresh = Twin.load(random_cosine_dir, device="cpu", precision="fp32")  # empty cache
@@ -402,7 +402,7 @@ def test_add_skips_images_whose_bytes_are_in_and_encodes_only_new_ones(
     (more / "renamed").mkdir(parents=True)
     shutil.copy(images / "circle_0" / "0.png", more / "renamed" / "copy.png")  # same bytes
     shutil.copy(images / "circle_0" / "1.png", more / "renamed" / "again.png")
-    from twinnet.datasets import make_shapes_dataset
+    from twinnet.data.datasets import make_shapes_dataset
 
     make_shapes_dataset(more, classes=1, per_class=2, size=64, seed=5)  # 2 new images
     update = index.add(more)
@@ -415,10 +415,10 @@ def test_add_skips_images_whose_bytes_are_in_and_encodes_only_new_ones(
 def test_an_interrupted_add_leaves_the_old_index(
     tmp_path, twin, random_cosine_dir, images, monkeypatch
 ):
-    from twinnet.datasets import make_shapes_dataset
+    from twinnet.data.datasets import make_shapes_dataset
 
     path = tmp_path / "idx"
-    index = twin.index(images, path, model_dir=random_cosine_dir)
+    index = GalleryIndex.build(twin, images, path, model_dir=random_cosine_dir)
     more = make_shapes_dataset(tmp_path / "more", classes=1, per_class=2, size=64, seed=3)
 
     def crash(*args, **kwargs):
@@ -434,8 +434,8 @@ def test_an_interrupted_add_leaves_the_old_index(
 
 def test_fp32_and_auto_without_bf16_share_a_fingerprint(random_cosine_dir, monkeypatch):
     """An index built at ``auto`` on a CPU without native bf16 records fp32 and must reopen."""
-    from twinnet import runtime
-    from twinnet.inference import Twin
+    from twinnet.infer import runtime
+    from twinnet.infer.twin import Twin
 
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     auto = Twin.load(random_cosine_dir, device="cpu", precision="auto", cache_mb=0)
@@ -471,7 +471,7 @@ def test_recorded_recall_is_what_new_queries_get(tmp_path, kind):
 
 def test_the_identification_threshold_rises_with_the_gallery_from_the_calibration(tmp_path):
     """A stranger meets every gallery image, so the pair threshold is raised with the size."""
-    from twinnet.calibrate import Calibration
+    from twinnet.core.calibration import Calibration
     from twinnet.index import identification_threshold
 
     cal = Calibration(

@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from twinnet.cache import EmbeddingCache
 from twinnet.cli import main
 from twinnet.errors import ImageError, TwinnetError
-from twinnet.inference import Hit, Twin, list_images
-from twinnet.runtime import cpu_has_native_bf16, resolve_runtime
+from twinnet.infer.cache import EmbeddingCache
+from twinnet.infer.runtime import cpu_has_native_bf16, resolve_runtime
+from twinnet.infer.twin import Hit, Twin, list_images
 
 pytestmark = pytest.mark.unit
 
@@ -55,7 +55,7 @@ def test_every_input_kind_gives_the_same_answer(twin, files):
 
 
 def test_fp32_is_exactly_the_plain_pytorch_forward(twin, files):
-    from twinnet.imaging import build_transforms, decode_image
+    from twinnet.core.imaging import build_transforms, decode_image
 
     pre = build_transforms(twin.spec)
     left, right = (pre(decode_image(f))[None] for f in files[:2])
@@ -117,9 +117,9 @@ def test_cache_is_a_bounded_lru():
 
 
 def test_cache_keys_separate_models_and_precisions(random_model_dir, tmp_path):
-    from twinnet.artifacts import save_model_dir
-    from twinnet.model import build_model
-    from twinnet.spec import ModelSpec
+    from twinnet.core.artifacts import save_model_dir
+    from twinnet.core.model import build_model
+    from twinnet.core.spec import ModelSpec
 
     torch.manual_seed(1)
     spec = ModelSpec(arch="resnet18", image_size=64)
@@ -218,8 +218,8 @@ def test_seed_import_resnet50_gives_the_logits_of_a_plain_pytorch_forward(tmp_pa
     from torch import nn
     from torchvision import transforms
 
-    from twinnet.artifacts import import_seed
-    from twinnet.model import AdaptiveConcatPool2d
+    from twinnet.core.artifacts import import_seed
+    from twinnet.core.model import AdaptiveConcatPool2d
 
     torch.manual_seed(0)
     encoder = nn.Sequential(*list(torchvision.models.resnet50().children())[:-2])
@@ -315,8 +315,8 @@ def _fit_head(twin: Twin, files: list[Path], labels: list[str], rng: random.Rand
 def test_default_precision_agrees_with_fp32(tmp_path, request):
     """A resnet18 encoder (seeded) with a head fitted on real pairs: on held-out real pairs the
     default path must keep decisions and logits within the stated bound."""
-    from twinnet.model import build_model
-    from twinnet.spec import ModelSpec
+    from twinnet.core.model import build_model
+    from twinnet.core.spec import ModelSpec
 
     shared = Path(__file__).resolve().parents[2].parent / "shared" / "data"
     if shared.is_dir():
@@ -332,7 +332,7 @@ def test_default_precision_agrees_with_fp32(tmp_path, request):
         ]
         fit_files, fit_labels = [fit_files[i] for i in train], [fit_labels[i] for i in train]
     else:
-        from twinnet.datasets import make_shapes_dataset
+        from twinnet.data.datasets import make_shapes_dataset
 
         root = make_shapes_dataset(tmp_path / "shapes", classes=8, per_class=30, size=96, seed=3)
         files, labels = _labelled(root, "*.png")

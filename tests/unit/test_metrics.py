@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from twinnet.metrics import (
+from twinnet.core.metrics import (
     accuracy_at,
     best_threshold,
     eer,

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import twinnet.protocol as protocol
-from twinnet.errors import ImageError, TwinnetError
-from twinnet.protocol import (
+import twinnet.contract.protocol as protocol
+from twinnet.contract.protocol import (
     MAX_REQUEST_BYTES,
     CompareRequest,
     ProtocolError,
@@ -28,7 +27,8 @@ from twinnet.protocol import (
     parse_format,
     render_result,
 )
-from twinnet.result import CompareResult
+from twinnet.core.result import CompareResult
+from twinnet.errors import ImageError, TwinnetError
 
 pytestmark = pytest.mark.unit
 
@@ -316,7 +316,7 @@ def _free_port() -> int:
 
 
 def test_http_client_connection_refused_is_one_clear_line():
-    from twinnet.client import HttpClient
+    from twinnet.clients.remote import HttpClient
 
     client = HttpClient(f"http://127.0.0.1:{_free_port()}", token="t", timeout=5)
     with pytest.raises(TwinnetError, match="cannot connect to .*twinnet serve"):
@@ -324,7 +324,7 @@ def test_http_client_connection_refused_is_one_clear_line():
 
 
 def test_clients_refuse_oversized_requests_before_sending():
-    from twinnet.client import HttpClient
+    from twinnet.clients.remote import HttpClient
 
     # Nothing listens on this port: the refusal must come before any connection attempt.
     client = HttpClient(f"http://127.0.0.1:{_free_port()}", token="t")
@@ -334,7 +334,7 @@ def test_clients_refuse_oversized_requests_before_sending():
 
 
 def test_http_client_routes():
-    from twinnet.client import HttpClient
+    from twinnet.clients.remote import HttpClient
 
     assert HttpClient("127.0.0.1:1", token="t").endpoint == "http://127.0.0.1:1/predictions/twin"
     assert HttpClient("http://h:1/invocations", token="t").endpoint == "http://h:1/invocations"
@@ -345,7 +345,7 @@ def test_http_client_routes():
 
 def test_sagemaker_client_without_credentials(no_aws, monkeypatch):
     pytest.importorskip("boto3")
-    from twinnet.client import SageMakerClient
+    from twinnet.clients.remote import SageMakerClient
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     client = SageMakerClient("twin-endpoint")
@@ -355,7 +355,7 @@ def test_sagemaker_client_without_credentials(no_aws, monkeypatch):
 
 def test_sagemaker_error_messages():
     botocore = pytest.importorskip("botocore.exceptions")
-    from twinnet.client import _sagemaker_error
+    from twinnet.clients.remote import _sagemaker_error
 
     def err(code, message, **extra):
         return botocore.ClientError(
@@ -389,8 +389,8 @@ def handler_and_twin(random_model_dir):
     import torch
     from ts.context import Context
 
-    from twinnet.inference import Twin
-    from twinnet.serve.handler import TwinHandler
+    from twinnet.engines.torchserve.handler import TwinHandler
+    from twinnet.infer.twin import Twin
 
     threads = torch.get_num_threads()  # leave the test process's thread count as it is
     config = {"minWorkers": 1, "twinnet": {"threads": threads, "precision": "fp32", "cache_mb": 16}}
@@ -512,9 +512,9 @@ def test_handler_answers_in_the_archives_default_format(any_head_model_dir):
     import torch
     from ts.context import Context
 
-    from twinnet.inference import Twin
-    from twinnet.serve.handler import TwinHandler
-    from twinnet.serve.options import ServeOptions
+    from twinnet.contract.options import ServeOptions
+    from twinnet.engines.torchserve.handler import TwinHandler
+    from twinnet.infer.twin import Twin
 
     threads = torch.get_num_threads()
     options = ServeOptions(workers=1, threads=threads, precision="fp32", response_format="list")
@@ -545,7 +545,7 @@ def test_handler_answers_in_the_archives_default_format(any_head_model_dir):
 
 # ------------------------------------------------------------------------ identification requests
 def test_identify_request_forms():
-    from twinnet.protocol import (
+    from twinnet.contract.protocol import (
         DEFAULT_TOP_K,
         IdentifyRequest,
         encode_identify_json,
@@ -610,7 +610,7 @@ def test_bad_identify_requests_name_code_and_field(fields, code, field):
 
 
 def test_identify_client_refuses_a_bad_top_k_before_sending():
-    from twinnet.client import HttpClient
+    from twinnet.clients.remote import HttpClient
 
     client = HttpClient(f"http://127.0.0.1:{_free_port()}", token="t", timeout=5)
     for bad in (0, 101):
@@ -621,7 +621,7 @@ def test_identify_client_refuses_a_bad_top_k_before_sending():
 
 
 def test_identification_answers_parse_back(monkeypatch):
-    from twinnet.client import _parse_identification
+    from twinnet.clients.remote import _parse_identification
 
     answer = {
         "known": True,
@@ -643,14 +643,16 @@ def indexed_model(random_cosine_dir, tmp_path_factory):
     pytest.importorskip("faiss")
     import shutil
 
-    from twinnet.datasets import make_shapes_dataset
-    from twinnet.inference import Twin
+    from twinnet.data.datasets import make_shapes_dataset
+    from twinnet.infer.twin import Twin
 
     base = tmp_path_factory.mktemp("indexed")
     model = base / "model"
     shutil.copytree(random_cosine_dir, model)
     gallery = make_shapes_dataset(base / "gallery", classes=4, per_class=3, size=64)
-    Twin.load(model, device="cpu", precision="fp32").index(gallery, model / "index")
+    from twinnet.index import GalleryIndex
+
+    GalleryIndex.build(Twin.load(model, device="cpu", precision="fp32"), gallery, model / "index")
     return model, gallery
 
 
@@ -660,10 +662,10 @@ def index_handler(indexed_model):
     import torch
     from ts.context import Context
 
+    from twinnet.contract.options import ServeOptions
+    from twinnet.engines.torchserve.handler import TwinHandler
     from twinnet.index import GalleryIndex
-    from twinnet.inference import Twin
-    from twinnet.serve.handler import TwinHandler
-    from twinnet.serve.options import ServeOptions
+    from twinnet.infer.twin import Twin
 
     model, _ = indexed_model
     threads = torch.get_num_threads()

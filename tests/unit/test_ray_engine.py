@@ -17,20 +17,20 @@ pytest.importorskip("starlette")
 
 from starlette.requests import Request  # noqa: E402
 
-from twinnet.errors import TwinnetError  # noqa: E402
-from twinnet.protocol import MAX_REQUEST_BYTES, encode_multipart  # noqa: E402
-from twinnet.serve.options import ServeOptions, usable_cpus  # noqa: E402
-from twinnet.serve.ray_engine import parse_autoscale, plan  # noqa: E402
-from twinnet.serve.ray_ingress import (  # noqa: E402
+from twinnet.contract.options import ServeOptions, usable_cpus  # noqa: E402
+from twinnet.contract.protocol import MAX_REQUEST_BYTES, encode_multipart  # noqa: E402
+from twinnet.contract.service import Reply, Row  # noqa: E402
+from twinnet.engines.ray.engine import parse_autoscale, plan  # noqa: E402
+from twinnet.engines.ray.ingress import (  # noqa: E402
     BATCH_HEADER,
     Gate,
     answer,
     key_digest,
     row_from,
 )
-from twinnet.serve.ray_server import launch, parse_address  # noqa: E402
-from twinnet.serve.service import Reply, Row  # noqa: E402
-from twinnet.serve.state import ServerInfo, load_info  # noqa: E402
+from twinnet.engines.ray.server import launch, parse_address  # noqa: E402
+from twinnet.engines.state import ServerInfo, load_info  # noqa: E402
+from twinnet.errors import TwinnetError  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
@@ -314,7 +314,7 @@ def _session_with_a_child() -> tuple[subprocess.Popen, int]:
 
 
 def test_reap_kills_what_a_dead_server_left_in_its_session(tmp_path: Path):
-    from twinnet.serve.ray_server import reap
+    from twinnet.engines.ray.server import reap
 
     leader, orphan = _session_with_a_child()
     leader.kill()
@@ -325,7 +325,7 @@ def test_reap_kills_what_a_dead_server_left_in_its_session(tmp_path: Path):
 
 
 def test_reap_spares_a_reused_pid_and_kills_by_the_ray_directory(tmp_path: Path):
-    from twinnet.serve.ray_server import reap
+    from twinnet.engines.ray.server import reap
 
     other, its_child = _session_with_a_child()  # the recorded pid runs again: another program
     info = _record(tmp_path, other.pid)

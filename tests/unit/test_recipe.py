@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from twinnet.augment import AffineJitter, SmallAffine, batch_augmentations
 from twinnet.errors import TwinnetError
-from twinnet.train import (
+from twinnet.train.augment import AffineJitter, SmallAffine, batch_augmentations
+from twinnet.train.fit import (
     CALIB_MAX_CLASSES,
     PRESETS,
     TrainConfig,
@@ -134,8 +134,8 @@ def test_brightness_changes_whole_images_by_at_most_its_range():
 
 
 def test_random_sampler_shuffles_every_image_once_per_pass():
-    from twinnet.data import LabelledImages
-    from twinnet.dataloaders import ImageDataset
+    from twinnet.data.items import LabelledImages
+    from twinnet.train.loaders import ImageDataset
 
     labels = np.repeat(np.arange(10), 5)
     items = LabelledImages(

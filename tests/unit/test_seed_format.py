@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from twinnet.artifacts import load_model_dir, save_model_dir
 from twinnet.cli import main
-from twinnet.model import build_model
-from twinnet.spec import ModelSpec
+from twinnet.core.artifacts import load_model_dir, save_model_dir
+from twinnet.core.model import build_model
+from twinnet.core.spec import ModelSpec
 
 pytestmark = pytest.mark.unit
 

@@ -12,10 +12,8 @@ import zipfile
 import pytest
 import yaml
 
-from twinnet.errors import TwinnetError
-from twinnet.serve.archive import build_archive
-from twinnet.serve.options import ServeOptions, resolve_threads
-from twinnet.serve.server import (
+from twinnet.contract.options import ServeOptions, resolve_threads
+from twinnet.engines.server import (
     FRONTEND_MAX_REQUEST_BYTES,
     ServerInfo,
     check_java,
@@ -23,6 +21,8 @@ from twinnet.serve.server import (
     port_free,
     write_config,
 )
+from twinnet.engines.torchserve.archive import build_archive
+from twinnet.errors import TwinnetError
 
 pytestmark = pytest.mark.unit
 

@@ -8,10 +8,11 @@ import zipfile
 import pytest
 import yaml
 
-from twinnet.deploy.container import apply_settings, read_options, settings_from_env
+from twinnet.container.main import apply_settings
+from twinnet.container.settings import read_options, settings_from_env
+from twinnet.contract.options import CONFIG_FILE, ServeOptions
+from twinnet.engines.torchserve.archive import archive_files, build_archive
 from twinnet.errors import TwinnetError
-from twinnet.serve.archive import archive_files, build_archive
-from twinnet.serve.options import CONFIG_FILE, ServeOptions
 
 pytestmark = pytest.mark.unit
 

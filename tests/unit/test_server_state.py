@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from twinnet.serve import server
+from twinnet.engines import server
 
 pytestmark = pytest.mark.unit
 

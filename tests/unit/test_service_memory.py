@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from twinnet.inference import Twin
-from twinnet.serve.service import Row, TwinService
+from twinnet.contract.service import Row, TwinService
+from twinnet.infer.twin import Twin
 
 pytestmark = pytest.mark.unit
 
@@ -41,13 +41,15 @@ def _photo(seed: int, side: int = 96) -> bytes:
 
 @pytest.fixture(scope="module")
 def service(random_cosine_dir, tmp_path_factory):
-    from twinnet.datasets import make_shapes_dataset
+    from twinnet.data.datasets import make_shapes_dataset
 
     gallery = make_shapes_dataset(
         tmp_path_factory.mktemp("gallery"), classes=3, per_class=2, size=64
     )
     twin = Twin.load(random_cosine_dir, device="cpu", precision="fp32", cache_mb=0)
-    index = twin.index(gallery, tmp_path_factory.mktemp("index") / "idx")
+    from twinnet.index import GalleryIndex
+
+    index = GalleryIndex.build(twin, gallery, tmp_path_factory.mktemp("index") / "idx")
     return TwinService(twin, gallery=index)
 
 

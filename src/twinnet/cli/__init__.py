@@ -12,8 +12,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
-from ..errors import TwinnetError
+from twinnet.core.version import __version__
+from twinnet.errors import TwinnetError
 
 __all__ = ["main", "build_parser"]
 

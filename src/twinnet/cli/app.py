@@ -1,7 +1,7 @@
 """``twinnet app``: start the Streamlit app on loopback, with a backend chosen up front.
 
 The choice travels to the script in ``TWINNET_APP_*`` environment variables (see
-:data:`twinnet.appkit.ENV`). Streamlit runs headless: no browser is opened and no usage
+:data:`twinnet.app.kit.ENV`). Streamlit runs headless: no browser is opened and no usage
 statistics are sent.
 """
 
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..errors import TwinnetError
+from twinnet.errors import TwinnetError
 
 __all__ = ["register", "build_command", "exposure_warning", "run_app"]
 
@@ -66,7 +66,7 @@ def _check(args: argparse.Namespace) -> None:
     if not 0 < args.port < 65536:
         raise TwinnetError(f"--port must be between 1 and 65535, got {args.port}")
     if args.model:
-        from ..artifacts import is_model_dir
+        from twinnet.core.artifacts import is_model_dir
 
         if not is_model_dir(args.model):
             raise TwinnetError(
@@ -89,7 +89,7 @@ def _check(args: argparse.Namespace) -> None:
     except ImportError:
         raise TwinnetError("the app needs Streamlit: pip install 'twinnet[app]'") from None
     if getattr(args, "index", None):
-        from ..appidentify import check_startup
+        from twinnet.app.identify import check_startup
 
         check_startup(args.index, model_dir=args.model)
 
@@ -98,9 +98,9 @@ def build_command(
     args: argparse.Namespace, environ: Mapping[str, str] | None = None
 ) -> tuple[list[str], dict[str, str]]:
     """The ``streamlit run`` command line and its environment for parsed ``twinnet app`` args."""
-    from .. import app as app_module
-    from ..appkit import ENV, choice_to_env, is_loopback
-    from ..backends import BackendChoice
+    from twinnet.app import page as app_module
+    from twinnet.app.kit import ENV, choice_to_env, is_loopback
+    from twinnet.clients.backends import BackendChoice
 
     env = {k: v for k, v in (os.environ if environ is None else environ).items()}
     for name in ENV.values():  # only this command line decides
@@ -152,7 +152,7 @@ def build_command(
 
 def exposure_warning(host: str) -> str | None:
     """What to tell the operator when ``host`` is reachable from other machines."""
-    from ..appkit import is_loopback
+    from twinnet.app.kit import is_loopback
 
     if is_loopback(host):
         return None

@@ -1,7 +1,7 @@
 """Subcommands of the deploy stage: package, deploy, endpoints, teardown, container.
 
 (``twinnet invoke`` is ``twinnet compare --endpoint``: see :mod:`twinnet.cli.infer`.)
-Each handler parses, calls :mod:`twinnet.deploy` and prints. AWS settings come from the
+Each handler parses, calls :mod:`twinnet.aws` and prints. AWS settings come from the
 standard places (environment variables, ``~/.aws``, ``AWS_ENDPOINT_URL``), with
 ``--profile`` and ``--region`` on top.
 """
@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import TwinnetError
+from twinnet.errors import TwinnetError
 
 __all__ = [
     "register",
@@ -32,7 +32,7 @@ def _add_aws_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_archive_options(p: argparse.ArgumentParser) -> None:
-    from ..serve.options import RESPONSE_FORMATS
+    from twinnet.contract.options import RESPONSE_FORMATS
 
     p.add_argument("--batch-size", type=int, default=None, help="TorchServe batch size")
     p.add_argument(
@@ -83,7 +83,7 @@ def parse_env(items: list[str] | None) -> dict[str, str]:
 
 def _autoscale(text: str):
     """argparse ``type=`` for ``--autoscale``: parse early so a typo fails before any AWS call."""
-    from ..deploy.scaling import parse_autoscale
+    from twinnet.aws.scaling import parse_autoscale
 
     try:
         return parse_autoscale(text)
@@ -196,7 +196,7 @@ def _register_container(sub: argparse._SubParsersAction) -> None:
 
 def run_package(args: argparse.Namespace) -> int:
     """``twinnet package MODEL_DIR --out model.tar.gz``."""
-    from ..deploy.package import package
+    from twinnet.container.package import package
 
     out = package(args.model_dir, args.out, **_archive_options(args))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
@@ -231,7 +231,7 @@ class _Progress:
 
 def run_deploy(args: argparse.Namespace) -> int:
     """``twinnet deploy MODEL_DIR --endpoint NAME --bucket B --role ARN --image URI``."""
-    from ..deploy.rollout import deploy
+    from twinnet.aws.rollout import deploy
 
     # deploy() checks every argument before it looks for credentials.
     result = deploy(
@@ -266,8 +266,8 @@ def run_deploy(args: argparse.Namespace) -> int:
 
 def run_endpoints(args: argparse.Namespace) -> int:
     """``twinnet endpoints``: one line per twinnet endpoint."""
-    from ..deploy.aws import open_session
-    from ..deploy.endpoints import list_endpoints
+    from twinnet.aws.endpoints import list_endpoints
+    from twinnet.aws.session import open_session
 
     session = open_session(region=args.region, profile=args.profile)
     rows = list_endpoints(session)
@@ -297,9 +297,9 @@ def run_endpoints(args: argparse.Namespace) -> int:
 
 def run_teardown(args: argparse.Namespace) -> int:
     """``twinnet teardown NAME [--delete-artifacts]``: say what was deleted."""
-    from ..deploy.aws import open_session
-    from ..deploy.resources import validate_endpoint_name
-    from ..deploy.teardown import teardown
+    from twinnet.aws.resources import validate_endpoint_name
+    from twinnet.aws.session import open_session
+    from twinnet.aws.teardown import teardown
 
     validate_endpoint_name(args.endpoint)
     session = open_session(region=args.region, profile=args.profile)
@@ -326,6 +326,6 @@ def run_teardown(args: argparse.Namespace) -> int:
 
 def run_container_serve(args: argparse.Namespace) -> int:
     """``twinnet container serve``: the image's ENTRYPOINT; returns the model server's exit status."""
-    from ..deploy.container import serve
+    from twinnet.container.main import serve
 
     return serve(Path(args.model_dir), engine=args.engine)

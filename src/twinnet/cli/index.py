@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import TwinnetError
+from twinnet.errors import TwinnetError
 
 __all__ = ["register"]
 
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="flat: exact; ivf, hnsw: approximate; auto: flat up to 100,000 images, then ivf",
     )
     b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    from ..runtime import PRECISIONS
+    from twinnet.infer.runtime import PRECISIONS
 
     b.add_argument(
         "--precision",
@@ -111,14 +111,14 @@ def _model_option(p: argparse.ArgumentParser) -> None:
 
 
 def _open(args: argparse.Namespace):
-    from ..index import GalleryIndex
+    from twinnet.index import GalleryIndex
 
     return GalleryIndex.open(args.index, model_dir=getattr(args, "model", None))
 
 
 def _build(args: argparse.Namespace) -> int:
-    from ..index import GalleryIndex
-    from ..inference import Twin
+    from twinnet.index import GalleryIndex
+    from twinnet.infer.twin import Twin
 
     twin = Twin.load(args.model_dir, device=args.device, precision=args.precision)
     gallery = GalleryIndex.build(
@@ -193,8 +193,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _identify(args: argparse.Namespace) -> int:
-    from ..index import check_top_k
-    from ..protocol import parse_top_k
+    from twinnet.contract.protocol import parse_top_k
+    from twinnet.index import check_top_k
 
     remote = bool(args.url or args.endpoint)
     top_k = parse_top_k(args.top_k) if remote else check_top_k(args.top_k)
@@ -202,7 +202,7 @@ def _identify(args: argparse.Namespace) -> int:
         if not Path(query).is_file():
             raise TwinnetError(f"{query}: no such file")
     if remote:
-        from .infer import remote_backend
+        from twinnet.cli.infer import remote_backend
 
         backend = remote_backend(args)
         results = [backend.identify(Path(q), top_k=top_k) for q in args.queries]

@@ -1,6 +1,6 @@
 """Subcommands of the infer stage: ``twinnet compare`` (alias ``invoke``) and ``twinnet search``.
 
-``compare`` runs wherever :func:`twinnet.backends.open_backend` points (a model directory,
+``compare`` runs wherever :func:`twinnet.clients.backends.open_backend` points (a model directory,
 a TorchServe URL or a SageMaker endpoint); ``invoke NAME A B`` is ``compare --endpoint NAME
 A B``, the same code path; ``search`` runs in process.
 """
@@ -12,8 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import TwinnetError
-from ..result import CompareResult
+from twinnet.core.result import CompareResult
+from twinnet.errors import TwinnetError
 
 __all__ = ["register", "run_compare", "run_search", "print_compare"]
 
@@ -29,7 +29,7 @@ def _add_local_options(p: argparse.ArgumentParser) -> None:
         help=f"model directory (default: ${MODEL_ENV})",
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    from ..runtime import PRECISIONS
+    from twinnet.infer.runtime import PRECISIONS
 
     p.add_argument(
         "--precision",
@@ -55,7 +55,7 @@ def _add_aws_options(p: argparse.ArgumentParser) -> None:
 
 def remote_backend(args: argparse.Namespace):
     """The server or endpoint that ``--url`` / ``--endpoint`` (and their options) name."""
-    from ..backends import open_backend
+    from twinnet.clients.backends import open_backend
 
     return open_backend(
         url=args.url,
@@ -110,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _open_twin(args: argparse.Namespace):
-    from ..inference import Twin
+    from twinnet.infer.twin import Twin
 
     if not args.model:
         raise TwinnetError(f"no model: pass --model DIR or set ${MODEL_ENV}")
@@ -119,7 +119,7 @@ def _open_twin(args: argparse.Namespace):
 
 def run_compare(args: argparse.Namespace) -> int:
     """``twinnet compare A B`` (and ``invoke NAME A B``): print the verdict; optionally the Grad-CAM picture."""
-    from ..backends import open_backend, resize_method
+    from twinnet.clients.backends import open_backend, resize_method
 
     for path in (args.left, args.right):
         if not Path(path).is_file():
@@ -137,7 +137,7 @@ def run_compare(args: argparse.Namespace) -> int:
         backend = open_backend(model=args.model)
     result = backend.compare(Path(args.left), Path(args.right), cam=bool(args.cam))
     if args.cam:
-        from ..explain import save_cam_picture
+        from twinnet.infer.explain import save_cam_picture
 
         method = resize_method(backend)
         save_cam_picture(Path(args.left), Path(args.right), result, args.cam, method)

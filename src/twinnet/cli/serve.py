@@ -2,7 +2,7 @@
 
 ``serve`` starts TorchServe (or Ray Serve, ``--engine ray``) in the background and returns
 once the model answers; the server's files (config, token, logs) live in
-``$TWINNET_HOME/serve/<port>`` (default ``~/.cache/twinnet/serve/<port>``), where
+``$TWINNET_HOME/serve/<port>`` (default ``~/.cache/twinnet/engines/<port>``), where
 ``twinnet compare --url`` and the app find the inference token.
 """
 
@@ -13,15 +13,15 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..errors import TwinnetError
-from ..spec import SPEC_FILE
+from twinnet.core.spec import SPEC_FILE
+from twinnet.errors import TwinnetError
 
 __all__ = ["register"]
 
 
 def _archive_options(p: argparse.ArgumentParser) -> None:
-    from ..runtime import PRECISIONS
-    from ..serve.options import RESPONSE_FORMATS, ServeOptions
+    from twinnet.contract.options import RESPONSE_FORMATS, ServeOptions
+    from twinnet.infer.runtime import PRECISIONS
 
     default = ServeOptions()
     p.add_argument(
@@ -55,8 +55,8 @@ def _archive_options(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace):
-    """The archive's :class:`~twinnet.serve.options.ServeOptions` from the command line."""
-    from ..serve.options import ServeOptions
+    """The archive's :class:`~twinnet.contract.options.ServeOptions` from the command line."""
+    from twinnet.contract.options import ServeOptions
 
     return ServeOptions(
         batch_size=args.batch_size,
@@ -139,7 +139,7 @@ def _ray_options(p: argparse.ArgumentParser) -> None:
 
 def _engine_options(args: argparse.Namespace) -> tuple[object, str, dict]:
     """The engine's module, its name and its start options, from the command line."""
-    from ..serve import server
+    from twinnet.engines import server
 
     common = dict(
         host=args.host, port=args.port or 8080, auth=not args.no_auth, name=args.name,
@@ -148,7 +148,7 @@ def _engine_options(args: argparse.Namespace) -> tuple[object, str, dict]:
     if args.index:
         common["index"] = args.index
     if args.engine == "ray":
-        from ..serve import ray_server
+        from twinnet.engines.ray import server as ray_server
 
         extra = dict(replicas=args.replicas, autoscale=args.autoscale, address=args.address)
         return ray_server, "Ray Serve", {**common, **extra}
@@ -162,7 +162,7 @@ def _engine_options(args: argparse.Namespace) -> tuple[object, str, dict]:
 
 
 def _archive(args: argparse.Namespace) -> int:
-    from ..serve.archive import build_archive
+    from twinnet.engines.torchserve.archive import build_archive
 
     mar = build_archive(
         args.model_dir, args.out, name=args.name, options=_options(args), index=args.index
@@ -177,7 +177,7 @@ def _print_ready(info) -> None:
         f"  inference:  {info.inference_url}/predictions/{info.models[0]}  (also /invocations, /ping)"
     )
     if info.engine == "ray":
-        from ..serve.ray_server import replica_states
+        from twinnet.engines.ray.server import replica_states
 
         replicas = ", ".join(replica_states(info)[info.models[0]])
         print(f"  replicas:   {replicas} (Ray Serve)")
@@ -193,7 +193,7 @@ def _print_ready(info) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..serve import server
+    from twinnet.engines import server
 
     if args.status:
         entries = server.status(port=args.port)

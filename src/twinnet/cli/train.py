@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from ..errors import TwinnetError
+from twinnet.errors import TwinnetError
 
 __all__ = ["register"]
 
@@ -20,7 +20,7 @@ def _data_dir(args: argparse.Namespace) -> str | None:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    from ..datasets import DATASETS
+    from twinnet.data.datasets import DATASETS
 
     p.add_argument("data_dir", nargs="?", metavar="DATA_DIR", help="labelled image folder")
     p.add_argument("--data", metavar="DIR", help="the same as DATA_DIR")
@@ -45,7 +45,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..train import TrainConfig, train
+    from twinnet.train.fit import TrainConfig, train
 
     cfg = TrainConfig(
         out=args.out,
@@ -97,10 +97,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _register_train(sub: argparse._SubParsersAction) -> None:
-    from ..losses import LOSSES
-    from ..runtime import PRECISIONS
-    from ..spec import ARCHS, HEADS, RESIZE_METHODS
-    from ..train import PRESETS
+    from twinnet.core.spec import ARCHS, HEADS, RESIZE_METHODS
+    from twinnet.infer.runtime import PRECISIONS
+    from twinnet.train.fit import PRESETS
+    from twinnet.train.losses import LOSSES
 
     p = sub.add_parser(
         "train",
@@ -223,7 +223,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 def _labelled_data(args: argparse.Namespace, default_to_training: bool) -> tuple[str, str | None]:
     """DATA_DIR, --data or --dataset, and the label source; optionally the training folder."""
-    from ..datasets import resolve_dataset
+    from twinnet.data.datasets import resolve_dataset
 
     data, labels = _data_dir(args), args.labels
     if args.dataset:
@@ -232,7 +232,7 @@ def _labelled_data(args: argparse.Namespace, default_to_training: bool) -> tuple
         data, dataset_labels = resolve_dataset(args.dataset)
         labels = labels or dataset_labels
     if not data and default_to_training:
-        from ..spec import ModelSpec
+        from twinnet.core.spec import ModelSpec
 
         data = ModelSpec.load(args.model_dir).recipe.get("data")
         if data and not Path(data).is_dir():
@@ -243,8 +243,8 @@ def _labelled_data(args: argparse.Namespace, default_to_training: bool) -> tuple
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate, evaluation_items
-    from ..inference import Twin
+    from twinnet.evaluate.verification import evaluate, evaluation_items
+    from twinnet.infer.twin import Twin
 
     data, labels = _labelled_data(args, default_to_training=True)
     if args.pairs < 0 or args.trials < 1:
@@ -312,7 +312,7 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from ..calibrate import recalibrate
+    from twinnet.evaluate.calibrate import recalibrate
 
     data, labels = _labelled_data(args, default_to_training=False)
     before, after = recalibrate(
@@ -362,7 +362,7 @@ def _register_calibrate(sub: argparse._SubParsersAction) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from ..spec import ModelSpec
+    from twinnet.core.spec import ModelSpec
 
     spec = ModelSpec.load(args.model_dir)
     if args.json:
@@ -428,7 +428,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _import_seed(args: argparse.Namespace) -> int:
-    from ..artifacts import import_seed
+    from twinnet.core.artifacts import import_seed
 
     out = import_seed(
         args.encoder_pth, args.head_pth, args.out, arch=args.arch, image_size=args.size
@@ -438,7 +438,7 @@ def _import_seed(args: argparse.Namespace) -> int:
 
 
 def _export_seed(args: argparse.Namespace) -> int:
-    from ..artifacts import export_seed
+    from twinnet.core.artifacts import export_seed
 
     enc, head = export_seed(args.model_dir, args.out)
     print(f"wrote {enc} and {head}")
@@ -447,7 +447,7 @@ def _export_seed(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands to the `twinnet` parser."""
-    from ..spec import ARCHS
+    from twinnet.core.spec import ARCHS
 
     _register_train(sub)
     _register_evaluate(sub)

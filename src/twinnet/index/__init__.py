@@ -9,8 +9,8 @@ Needs a cosine model, and ``pip install 'twinnet[index]'``.
 
 from __future__ import annotations
 
-from .build import Update
-from .gallery import (
+from twinnet.index.build import Update
+from twinnet.index.gallery import (
     MAX_TOP_K,
     GalleryIndex,
     Identification,
@@ -20,7 +20,7 @@ from .gallery import (
     from_embeddings,
     identification_threshold,
 )
-from .vectors import AUTO_FLAT_MAX, KINDS, TARGET_RECALL
+from twinnet.index.vectors import AUTO_FLAT_MAX, KINDS, TARGET_RECALL
 
 __all__ = [
     "GalleryIndex",

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import __version__
-from ..spec import ModelSpec
-from . import store, vectors
+from twinnet.core.version import __version__
+from twinnet.core.spec import ModelSpec
+from twinnet.index import store, vectors
 
 if TYPE_CHECKING:
-    from ..inference import Twin
+    from twinnet.infer.twin import Twin
 
 __all__ = ["Update", "embed_folder", "model_info", "new_version", "appended", "retuned", "now"]
 
@@ -74,7 +74,7 @@ def embed_folder(
 
     Returns the embeddings, their (paths, labels, hashes), and what was skipped.
     """
-    from ..data import check_images, scan_folder
+    from twinnet.data.items import check_images, scan_folder
 
     items = scan_folder(folder, labels)
     seen = set(known)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import TwinnetError
-from .store import Stored
+from twinnet.errors import TwinnetError
+from twinnet.index.store import Stored
 
 __all__ = ["write_parquet", "ROWS_PER_GROUP"]
 

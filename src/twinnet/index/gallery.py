@@ -19,15 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DataError, TwinnetError
-from ..spec import ModelSpec
-from . import build as builder
-from . import store, vectors
-from .build import Update
+from twinnet.core.calibration import Calibration, probability
+from twinnet.core.spec import ModelSpec
+from twinnet.errors import DataError, TwinnetError
+from twinnet.index import build as builder
+from twinnet.index import store, vectors
+from twinnet.index.build import Update
 
 if TYPE_CHECKING:
-    from ..imaging import ImageSource
-    from ..inference import Twin
+    from twinnet.core.imaging import ImageSource
+    from twinnet.infer.twin import Twin
 
 __all__ = [
     "GalleryIndex",
@@ -131,12 +132,8 @@ def _require_cosine(spec: ModelSpec) -> None:
 
 
 def _probability(spec: ModelSpec, cosines: np.ndarray) -> np.ndarray:
-    """The model's probability of "same" for each cosine: sigmoid(scale * cos + bias)."""
-    from ..model import DEFAULT_CALIBRATION
-
-    cal = spec.calibration or DEFAULT_CALIBRATION
-    z = float(cal["scale"]) * np.asarray(cosines, dtype=np.float64) + float(cal["bias"])
-    return 1.0 / (1.0 + np.exp(-z))
+    """The model's probability of "same" for each cosine (:func:`~twinnet.core.calibration.probability`)."""
+    return probability(spec.calibration, cosines)
 
 
 def identification_threshold(spec: ModelSpec, gallery: int) -> float:
@@ -144,12 +141,10 @@ def identification_threshold(spec: ModelSpec, gallery: int) -> float:
 
     The model's pair threshold, raised with the gallery's size from the calibration's
     "different" pairs so a query of a class not in the gallery is accepted with a chance of
-    about :data:`~twinnet.calibrate.OPEN_SET_FAR`
-    (:meth:`~twinnet.calibrate.Calibration.open_set_threshold`). Calibrations that record no
+    about :data:`~twinnet.core.calibration.OPEN_SET_FAR`
+    (:meth:`~twinnet.core.calibration.Calibration.open_set_threshold`). Calibrations that record no
     such tail (older models; re-run ``twinnet calibrate``) keep the pair threshold.
     """
-    from ..calibrate import Calibration
-
     try:
         cal = Calibration.from_dict(dict(spec.calibration or {}))
     except (TypeError, ValueError):
@@ -225,7 +220,7 @@ class GalleryIndex:
             return self._twin  # type: ignore[return-value]
 
     def _load_twin(self) -> Twin:
-        from ..inference import Twin
+        from twinnet.infer.twin import Twin
 
         info = self._stored.meta["model"]
         if not info.get("dir"):
@@ -456,7 +451,7 @@ class GalleryIndex:
 
     def export(self, out: str | os.PathLike) -> Path:
         """Write id, label, path and embedding of every image to a Parquet file."""
-        from .export import write_parquet
+        from twinnet.index.export import write_parquet
 
         return write_parquet(self._stored, Path(out))
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TwinnetError
-from ..spec import ModelSpec
-from .vectors import require_faiss
+from twinnet.core.spec import ModelSpec
+from twinnet.errors import TwinnetError
+from twinnet.index.vectors import require_faiss
 
 __all__ = [
     "FILES",

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TwinnetError
+from twinnet.errors import TwinnetError
 
 #: An index, the recall@10 measured while tuning it (None: exact) and its query count.
 Measured = tuple[Any, float | None, int]

@@ -1,0 +1,585 @@
+"""twinnet's Streamlit app: compare two images, see why, search a gallery, identify.
+
+Start it with ``twinnet app`` (``streamlit run`` on this file also works). The script only
+lays out the page; the logic lives in :mod:`twinnet.app.kit` (and, for the Identify mode of
+``twinnet app --index``, in :mod:`twinnet.app.identify`). Work happens when a button
+is pressed: the backend is cached with ``st.cache_resource`` and every result is kept in
+the session keyed by the images' bytes, the backend and the CAM flag, so other widget
+changes redraw without recomputing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import streamlit as st
+from PIL import Image
+
+from twinnet.app import identify as appidentify
+from twinnet.app import kit as appkit
+from twinnet.app.identify import OpenedIndex
+from twinnet.app.kit import ImageInput, Match
+from twinnet.aws.endpoints import EndpointInfo
+from twinnet.aws.endpoints import list_endpoints as listed_endpoints
+from twinnet.aws.session import default_region
+from twinnet.clients.backends import Backend, BackendChoice, resize_method
+from twinnet.core.result import CompareResult
+from twinnet.errors import TwinnetError
+from twinnet.infer.cache import LruCache
+from twinnet.infer.explain import overlay
+
+if TYPE_CHECKING:
+    from twinnet.index import Identification
+
+log = logging.getLogger("twinnet.app.page")
+T = TypeVar("T")
+
+KIND_LABELS = {
+    "model": "In process (model directory)",
+    "url": "TorchServe URL",
+    "endpoint": "SageMaker endpoint",
+}
+MODES = ("Compare two images", "Search a gallery")
+#: The extra mode of an app started with ``twinnet app --index INDEX_DIR``.
+IDENTIFY = "Identify"
+NO_SAMPLE = "(none)"
+#: The session cache of computed results (comparisons and searches).
+RESULTS = "_twinnet_results"
+GRID = 5
+#: Display widths in pixels: previews stay small enough to keep the verdict on screen.
+PREVIEW_WIDTH = 260
+OVERLAY_WIDTH = 360
+THUMB_WIDTH = 180
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def session_cache(name: str, capacity: int) -> LruCache[str, Any]:
+    """A per-session LRU (results, decoded previews) that survives reruns.
+
+    Results hold numpy CAM maps and PIL images; keeping them in the session, rather than in
+    ``st.cache_data``, avoids pickling them on every hit and shares nothing between users.
+    """
+    if name not in st.session_state:
+        st.session_state[name] = LruCache(capacity)
+    return st.session_state[name]
+
+
+def failure_message(what: str, exc: Exception) -> str:
+    """The one line the page shows for a failure; an unexpected one also goes to the log."""
+    message = appkit.user_message(exc)
+    if message is None:
+        log.exception("unexpected error while %s", what)
+        message = (
+            f"unexpected error while {what} ({exc.__class__.__name__}: {exc}); "
+            "the app's log has the details"
+        )
+    return message
+
+
+def attempt(what: str, fn: Callable[[], T]) -> T | None:
+    """Run ``fn``; show any failure as one line in the page instead of a traceback."""
+    try:
+        return fn()
+    except Exception as exc:
+        st.error(failure_message(what, exc))
+        return None
+
+
+def run_once(key: str, pressed: bool, spinner: str, what: str, fn: Callable[[], T]) -> T | None:
+    """The session's result for ``key``: computed by ``fn`` when the button was pressed."""
+    results = session_cache(RESULTS, 64)
+    if pressed and key not in results:
+        with st.spinner(spinner):
+            found = attempt(what, fn)
+        if found is not None:
+            results.put(key, found)
+    return results.get(key)
+
+
+def can_run(choice: BackendChoice | None, ready: bool) -> bool:
+    """Whether the page has all it needs; says what is missing when it is the backend."""
+    if choice is None:
+        st.info("Choose a backend in the sidebar.")
+    return ready and choice is not None
+
+
+def _stamp(choice: BackendChoice) -> float:
+    """Changes when a model directory is rewritten, so a retrained model gets reloaded."""
+    if choice.kind != "model":
+        return 0.0
+    files = [
+        Path(choice.target) / n for n in ("twinnet.json", "encoder.safetensors", "head.safetensors")
+    ]
+    return max((p.stat().st_mtime for p in files if p.is_file()), default=0.0)
+
+
+@st.cache_resource(show_spinner="Opening the backend…", max_entries=4)
+def _open_backend(choice: BackendChoice, stamp: float) -> Backend:
+    return choice.open()
+
+
+def get_backend(choice: BackendChoice) -> Backend:
+    """The (cached) backend; raises TwinnetError when it cannot be opened.
+
+    An endpoint's client checks, before its first request, that the endpoint is InService.
+    """
+    return _open_backend(choice, _stamp(choice))
+
+
+def list_endpoints(region: str) -> list[EndpointInfo]:
+    """The region's twinnet endpoints, newest first (AWS failures become TwinnetError)."""
+    return listed_endpoints(region=region or None)[::-1]
+
+
+# --------------------------------------------------------------------------- sidebar
+
+
+def endpoint_picker(initial: BackendChoice | None) -> BackendChoice | None:
+    """Region, then an endpoint chosen from those the region lists (or typed in)."""
+    region = (initial.region if initial and initial.kind == "endpoint" else None) or (
+        default_region()
+    )
+    region = st.sidebar.text_input("AWS region", value=region, key="region").strip()
+    listed_key = f"_twinnet_endpoints|{region}"
+    if st.sidebar.button("Refresh endpoint list", key="refresh_endpoints") or (
+        listed_key not in st.session_state
+    ):
+        # Listing costs AWS calls: once per region and session, again on Refresh.
+        try:
+            st.session_state[listed_key] = (list_endpoints(region), None)
+        except Exception as exc:
+            st.session_state[listed_key] = (None, failure_message("listing endpoints", exc))
+    endpoints, problem = st.session_state[listed_key]
+    if problem:
+        st.sidebar.error(f"cannot list endpoints: {problem}")
+    endpoints = endpoints or []
+    names = [e.name for e in endpoints]
+    status = {e.name: e.status for e in endpoints}
+    if initial and initial.kind == "endpoint" and initial.target not in names:
+        names.insert(0, initial.target)
+    if not names and not problem:
+        st.sidebar.info(f"no SageMaker endpoints in {region}; deploy one with `twinnet deploy`")
+    name = st.sidebar.selectbox(
+        "Endpoint",
+        names,
+        index=0 if names else None,
+        format_func=lambda n: (
+            n if status.get(n, "InService") == "InService" else f"{n} ({status[n]})"
+        ),
+        accept_new_options=True,
+        placeholder="type an endpoint name",
+        key="endpoint",
+    )
+    if not name:
+        return None
+    return BackendChoice("endpoint", str(name), region=region or None)
+
+
+def sidebar() -> BackendChoice | None:
+    """The backend choice: fixed when the app is locked, otherwise chosen here."""
+    initial = attempt("reading the command line's backend", appkit.choice_from_env)
+    st.sidebar.header("Backend")
+    if appkit.is_locked():
+        if initial is None:
+            st.sidebar.error("this app was started without a backend; restart it with one")
+        else:
+            st.sidebar.info(f"Answers come from {initial.label}.")
+        return initial
+    kinds = list(KIND_LABELS)
+    kind = st.sidebar.radio(
+        "Comparisons run",
+        kinds,
+        index=kinds.index(initial.kind) if initial else 0,
+        format_func=KIND_LABELS.get,
+        key="backend_kind",
+    )
+    same_kind = initial is not None and initial.kind == kind
+    if kind == "model":
+        target = st.sidebar.text_input(
+            "Model directory",
+            value=initial.target if same_kind else "",
+            placeholder="runs/digits",
+            key="model_dir",
+        ).strip()
+        return BackendChoice("model", target) if target else None
+    if kind == "url":
+        target = st.sidebar.text_input(
+            "TorchServe URL",
+            value=initial.target if same_kind else "http://127.0.0.1:8080",
+            key="url",
+        ).strip()
+        token = st.sidebar.text_input(
+            "Inference token",
+            type="password",
+            help="Leave empty for a local `twinnet serve`: its token is read automatically.",
+            key="token",
+        ).strip()
+        return BackendChoice("url", target, token=token or None) if target else None
+    return endpoint_picker(initial)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def samples_for(choice: BackendChoice | None) -> list[Path]:
+    """Samples from ``twinnet app --samples`` or from the model directory's ``samples/``."""
+    folder = os.environ.get(appkit.ENV["samples"]) or (
+        choice.target if choice and choice.kind == "model" else None
+    )
+    return appkit.list_samples(folder)
+
+
+def sample_names(samples: list[Path]) -> dict[str, Path]:
+    root = Path(os.path.commonpath([p.parent for p in samples])) if samples else Path()
+    return {str(p.relative_to(root)): p for p in samples}
+
+
+def image_picker(label: str, key: str, samples: dict[str, Path]) -> ImageInput | None:
+    """An uploader, plus a sample list when there are samples; an upload wins over a sample."""
+    upload = st.file_uploader(label, type=list(appkit.IMAGE_TYPES), key=f"{key}_upload")
+    sample = NO_SAMPLE
+    if samples:
+        sample = st.selectbox("…or pick a sample", [NO_SAMPLE, *samples], key=f"{key}_sample")
+    if upload is not None:
+        return ImageInput(upload.name, upload.getvalue())
+    if sample != NO_SAMPLE:
+        return attempt("reading a sample", lambda: ImageInput.from_path(samples[sample], sample))
+    return None
+
+
+def decoded(image: ImageInput) -> Image.Image:
+    """Decode (EXIF rotation applied) once per session; raises ImageError for unreadable input."""
+    previews = session_cache("_twinnet_previews", 256)
+    img = previews.get(image.digest)
+    if img is None:
+        img = previews.put(image.digest, appkit.decode_preview(image))
+    return img
+
+
+def preview(image: ImageInput | None) -> Image.Image | None:
+    """Show an input at its own aspect ratio; an unreadable one shows an error instead."""
+    if image is None:
+        return None
+    img = attempt(f"reading {image.name}", lambda: decoded(image))
+    if img is not None:
+        st.image(img, caption=f"{image.name} · {img.width}×{img.height}", width=PREVIEW_WIDTH)
+    return img
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def run_compare(
+    choice: BackendChoice, left: ImageInput, right: ImageInput, cam: bool
+) -> CompareResult:
+    backend = get_backend(choice)
+    if choice.remote:
+        return backend.compare(appkit.remote_payload(left), appkit.remote_payload(right), cam=cam)
+    return backend.compare(left.data, right.data, cam=cam)
+
+
+def show_result(
+    result: CompareResult,
+    images: tuple[Image.Image, Image.Image],
+    names: tuple[str, str],
+    explain: bool,
+    method: str,
+) -> None:
+    p, t = float(result.probability), float(result.threshold)
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Verdict", result.verdict)
+    c2.metric(
+        "Probability of same",
+        f"{p:.1%}",
+        delta=f"{p - t:+.1%} from threshold",
+        delta_color="normal",
+    )
+    c3.metric("Threshold", f"{t:.2f}", help="The verdict is Same at or above this probability.")
+    st.progress(min(max(p, 0.0), 1.0), text=f"p(same) = {p:.3f} · threshold {t:.2f}")
+    if explain and result.has_cam:
+        st.subheader("Where the network looked")
+        cols = st.columns(2)
+        for col, img, cam, name in zip(
+            cols, images, (result.cam_left, result.cam_right), names, strict=True
+        ):
+            col.image(
+                overlay(img, cam, method),
+                caption=f"{name}: Grad-CAM",
+                width=OVERLAY_WIDTH,
+            )
+    elif explain:
+        st.info("This result has no heatmaps; press Compare to compute them.")
+
+
+def compare_page(choice: BackendChoice | None, samples: dict[str, Path]) -> None:
+    cols = st.columns(2)
+    with cols[0]:
+        left = image_picker("Left image", "left", samples)
+        left_img = preview(left)
+    with cols[1]:
+        right = image_picker("Right image", "right", samples)
+        right_img = preview(right)
+    explain = st.checkbox("Explain (Grad-CAM heatmaps)", key="explain")
+    ready = choice is not None and left_img is not None and right_img is not None
+    pressed = st.button("Compare", type="primary", disabled=not ready, key="compare")
+    if not can_run(choice, ready):
+        return
+    assert left is not None and right is not None and choice is not None
+    key = appkit.result_key(choice, left, right, explain)
+    result = run_once(
+        key, pressed, "Comparing…", "comparing", lambda: run_compare(choice, left, right, explain)
+    )
+    if result is None and not explain:  # a result with heatmaps also answers without them
+        result = session_cache(RESULTS, 64).get(appkit.result_key(choice, left, right, True))
+    if result is not None:
+        backend = attempt("opening the backend", lambda: get_backend(choice))
+        method = resize_method(backend)
+        show_result(result, (left_img, right_img), (left.name, right.name), explain, method)
+
+
+# --------------------------------------------------------------------------- gallery
+
+
+def gallery_inputs(samples: dict[str, Path]) -> list[ImageInput]:
+    sources = ["Upload images"]
+    if not appkit.is_locked():
+        sources.append("A folder on the app's machine")
+    if samples:
+        sources.append("All samples")
+    source = st.radio("Gallery", sources, horizontal=True, key="gallery_source")
+    if source == "Upload images":
+        files = st.file_uploader(
+            "Gallery images",
+            type=list(appkit.IMAGE_TYPES),
+            accept_multiple_files=True,
+            key="gallery_upload",
+        )
+        return [ImageInput(f.name, f.getvalue()) for f in files or []]
+    if source == "All samples":
+        loaded = attempt(
+            "reading the samples",
+            lambda: [ImageInput.from_path(p, name) for name, p in samples.items()],
+        )
+        return loaded or []
+    folder = st.text_input("Folder of images", key="gallery_folder").strip()
+    if not folder:
+        return []
+    loaded = attempt("reading the folder", lambda: appkit.load_folder(folder))
+    if loaded is None:
+        return []
+    images, left_out = loaded
+    if left_out:
+        st.warning(f"the folder holds more images; searching the first {len(images)} only")
+    return images
+
+
+def run_search(choice: BackendChoice, query: ImageInput, gallery: list[ImageInput]) -> list[Match]:
+    backend = get_backend(choice)
+    bar = st.progress(0.0, text="Comparing the query with each image…") if choice.remote else None
+
+    def step(done: int, total: int) -> None:
+        if bar is not None:
+            bar.progress(done / total, text=f"Compared {done} of {total}")
+
+    try:
+        return appkit.rank_gallery(backend, query, gallery, remote=choice.remote, progress=step)
+    finally:
+        if bar is not None:
+            bar.empty()
+
+
+def show_matches(matches: list[Match], gallery: list[ImageInput], top_k: int) -> None:
+    shown = matches[:top_k]
+    st.subheader(f"Top {len(shown)} of {len(matches)}")
+    for start in range(0, len(shown), GRID):
+        cols = st.columns(GRID)
+        for col, (rank, m) in zip(
+            cols, enumerate(shown[start : start + GRID], start + 1), strict=False
+        ):
+            thumb = decoded(gallery[m.index]).copy()
+            thumb.thumbnail((2 * THUMB_WIDTH, 2 * THUMB_WIDTH))
+            verdict = "Same" if m.same else "Different"
+            col.image(
+                thumb,
+                caption=f"#{rank} {m.name} · {m.probability:.1%} · {verdict}",
+                width=THUMB_WIDTH,
+            )
+
+
+def gallery_page(choice: BackendChoice | None, samples: dict[str, Path]) -> None:
+    query = image_picker("Query image", "query", samples)
+    query_img = preview(query)
+    gallery = gallery_inputs(samples)
+    # Unreadable gallery images are reported and left out instead of failing the search.
+    readable: list[ImageInput] = []
+    broken: list[str] = []
+    for item in gallery:
+        try:
+            decoded(item)
+            readable.append(item)
+        except TwinnetError as exc:
+            broken.append(str(exc))
+    if broken:
+        st.warning("left out of the search:\n\n" + "\n\n".join(f"- {b}" for b in broken))
+    top_k = st.number_input("Matches shown", min_value=1, max_value=100, value=5, key="top_k")
+    ready = choice is not None and query_img is not None and bool(readable)
+    pressed = st.button("Search", type="primary", disabled=not ready, key="search")
+    if not can_run(choice, ready):
+        return
+    assert query is not None and choice is not None
+    key = appkit.gallery_key(choice, query, readable)
+    matches = run_once(
+        key, pressed, "Searching…", "searching the gallery",
+        lambda: run_search(choice, query, readable),
+    )  # fmt: skip
+    if matches is not None:
+        show_matches(matches, readable, int(top_k))
+
+
+# --------------------------------------------------------------------------- identify
+
+
+@st.cache_resource(show_spinner="Opening the gallery index…", max_entries=4)
+def _open_index(
+    path: str, stamp: float, model_key: str, model_dir: str | None, backend: str | None, _twin: Any
+) -> OpenedIndex:
+    return appidentify.open_index(path, twin=_twin, model_dir=model_dir, backend=backend)
+
+
+def get_index(choice: BackendChoice | None, path: str) -> OpenedIndex:
+    """The (cached) index, sharing the app's model when the index was built with it.
+
+    A model backend that cannot be opened is left out: the index then uses its own model.
+    """
+    twin, model_dir, model_key = None, None, ""
+    if choice is not None and choice.kind == "model":
+        try:
+            twin = get_backend(choice)
+            model_dir, model_key = choice.target, f"{choice.key}|{_stamp(choice)}"
+        except Exception as exc:
+            log.info("identifying without the app's model: %s", exc)
+    backend = choice.label if choice is not None and choice.remote else None
+    stamp = appidentify.index_stamp(path)
+    return _open_index(path, stamp, model_key, model_dir, backend, twin)
+
+
+def thumbnail(path: str) -> Image.Image | None:
+    """A gallery image's thumbnail, read once per session; ``None`` when it is not readable."""
+    thumbs = session_cache("_twinnet_thumbs", 256)
+    found = thumbs.get(path)
+    if found is None:
+        found = thumbs.put(path, (appidentify.thumbnail(path, 2 * THUMB_WIDTH),))
+    return found[0]
+
+
+def show_identification(result: Identification) -> None:
+    text = appidentify.markdown_escape(appidentify.verdict(result))
+    if result.known:
+        best = result.matches[0]
+        st.success(f"Identified: **{text}** · p(same) {best.probability:.1%}")
+    else:
+        st.warning(text)
+    rows = appidentify.rows(result)
+    st.subheader(f"Top {len(rows)} classes")
+    for start in range(0, len(rows), GRID):
+        cols = st.columns(GRID)
+        for col, row in zip(cols, rows[start : start + GRID], strict=False):
+            thumb = thumbnail(row.path)
+            if thumb is not None:
+                col.image(thumb, width=THUMB_WIDTH)
+            else:
+                col.caption("(gallery image not readable here)")
+            mark = "reaches the threshold" if row.same else "below the threshold"
+            col.markdown(
+                f"**#{row.rank} {appidentify.markdown_escape(row.label)}**  \n"
+                f"{row.probability:.1%} · {mark}"
+            )
+
+
+def identify_form(samples: dict[str, Path]) -> tuple[ImageInput | None, int, bool]:
+    """The query upload, how many classes to show, and whether Identify was pressed."""
+    query = image_picker("Image to identify", "identify", samples)
+    query_img = preview(query)
+    top_k = st.number_input(
+        "Classes shown", min_value=1, max_value=50, value=5, key="identify_top_k"
+    )
+    ready = query is not None and query_img is not None
+    pressed = st.button("Identify", type="primary", disabled=not ready, key="identify")
+    return (query if ready else None), int(top_k), pressed
+
+
+def identify_page(choice: BackendChoice | None, path: str, samples: dict[str, Path]) -> None:
+    opened = attempt("opening the gallery index", lambda: get_index(choice, path))
+    if opened is None:
+        return
+    info = opened.index.info
+    st.caption(
+        f"Gallery index {path}: {info['count']} images of {info['classes']} classes, "
+        f"threshold {info['threshold']:.2f}; queries are embedded in this process by "
+        f"{opened.model}."
+    )
+    query, top_k, pressed = identify_form(samples)
+    if query is None:
+        return
+    key = appidentify.result_key(path, appidentify.index_stamp(path), opened.model, query, top_k)
+    result = run_once(
+        key, pressed, "Identifying…", "identifying",
+        lambda: appidentify.identify(opened.index, query, top_k),
+    )  # fmt: skip
+    if result is not None:
+        show_identification(result)
+
+
+def remote_identify_page(choice: BackendChoice | None, samples: dict[str, Path]) -> None:
+    """Identify answered by the server, from the gallery index its model was served with."""
+    if choice is None or not choice.remote:
+        st.info(
+            "Identify asks the server: choose a TorchServe server or a SageMaker endpoint "
+            "whose model was served or deployed with --index."
+        )
+        return
+    st.caption(f"The gallery index is the one {choice.label} serves with its model.")
+    query, top_k, pressed = identify_form(samples)
+    if query is None:
+        return
+    key = appidentify.result_key("remote", 0.0, choice.key, query, top_k)
+    result = run_once(
+        key, pressed, "Identifying…", "identifying",
+        lambda: appidentify.identify_remote(get_backend(choice), query, top_k),
+    )  # fmt: skip
+    if result is not None:
+        show_identification(result)
+
+
+# --------------------------------------------------------------------------- page
+
+
+def main() -> None:
+    st.set_page_config(page_title="twinnet", page_icon="🔍", layout="wide")
+    choice = sidebar()
+    st.title("twinnet")
+    if choice is not None:
+        st.caption(f"Answers from {choice.label}.")
+    samples = sample_names(samples_for(choice))
+    index = appidentify.index_from_env()
+    remote = appidentify.remote_from_env()
+    modes = (*MODES, IDENTIFY) if index or remote else MODES
+    mode = st.radio("Mode", modes, horizontal=True, label_visibility="collapsed", key="mode")
+    if mode == MODES[0]:
+        compare_page(choice, samples)
+    elif mode == MODES[1]:
+        gallery_page(choice, samples)
+    elif index:
+        identify_page(choice, index, samples)
+    else:
+        remote_identify_page(choice, samples)
+
+
+if __name__ == "__main__":
+    main()

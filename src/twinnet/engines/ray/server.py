@@ -1,0 +1,457 @@
+"""Start, watch and stop a Ray Serve server for a twinnet model (``twinnet serve --engine ray``).
+
+The server is one process owned by twinnet, :mod:`.ray_launch`, started in a session of its
+own and recorded like a TorchServe server (:mod:`.state`, ``server.json`` with ``engine:
+ray``), so ``twinnet serve --status`` / ``--stop`` and the clients' token lookup work the same
+for both engines. Its instance directory ``<state root>/<port>/`` holds:
+
+    ray.json          the launch record (:class:`~.ray_launch.RayConfig`)
+    ray-status.json   what the server process reports: starting, ready (replica states), failed
+    key_file.json     the inference key, in TorchServe's key-file format (when auth is on)
+    ray_token         the Ray instance's own cluster token (a Ray instance of this machine only)
+    model/            the model directory's files (and gallery index) the replicas load
+    logs/ray.out      the server process's output
+    tmp/              a link to the Ray instance's temporary directory (sessions, sockets, logs)
+
+Every Ray process of a local instance (GCS, raylet, agents, Serve's controller and proxy,
+the replicas) runs in the server process's session: :func:`stop_info` asks the server to shut
+Ray down, then kills whatever of that session is left, and returns once nothing is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from twinnet.contract.options import ServeOptions
+from twinnet.core.spec import SPEC_FILE, ModelSpec
+from twinnet.engines.health import http_get
+from twinnet.engines.ray.launch import RAY_CONFIG_FILE, RayConfig, read_status
+from twinnet.engines.state import (
+    CHILDREN,
+    KEY_FILE,
+    LOOPBACK,
+    ServerInfo,
+    instance_dir,
+    load_info,
+    remove_instance,
+)
+from twinnet.engines.supervise import run_until_stopped
+from twinnet.engines.torchserve.launch import spawn
+from twinnet.errors import TwinnetError
+
+__all__ = [
+    "RAY_HINT",
+    "check_ray",
+    "parse_address",
+    "reap",
+    "replica_states",
+    "run_foreground",
+    "server_processes",
+    "start",
+    "stop_info",
+]
+
+RAY_HINT = "Ray Serve is not installed; install it with pip install 'twinnet[ray]'"
+#: The Ray instance's own cluster token (Ray enables token auth on new local instances).
+RAY_TOKEN_FILE = "ray_token"
+_SERVER_OUT = "ray.out"
+
+
+def check_ray() -> None:
+    """Raise a TwinnetError saying how to install Ray Serve when it is missing."""
+    for module in ("ray", "starlette", "uvicorn"):
+        if importlib.util.find_spec(module) is None:
+            raise TwinnetError(RAY_HINT)
+
+
+def parse_address(address: str | None) -> str | None:
+    """``None`` (a Ray instance on this machine), ``auto``, ``ray://HOST:PORT`` or ``HOST:PORT``."""
+    if address is None:
+        return None
+    text = address.strip()
+    if text == "auto":
+        return text
+    rest = text[len("ray://") :] if text.startswith("ray://") else text
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or "/" in rest:
+        raise TwinnetError(
+            f"--address must be 'auto', ray://HOST:10001 (Ray Client) or HOST:6379 (the head "
+            f"node's GCS), got {address!r}"
+        )
+    return text
+
+
+def port_free(host: str, port: int) -> bool:
+    """True when nothing listens on ``host:port``. Bound as a server binds it (SO_REUSEADDR),
+    so connections of a server stopped a moment ago, still in TIME_WAIT, do not count."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), int(port)))
+        except OSError:
+            return False
+    return True
+
+
+def _model_source(source: str | os.PathLike) -> Path:
+    src = Path(source)
+    if (src / SPEC_FILE).is_file():
+        return src
+    if not src.exists():
+        raise TwinnetError(f"{src} does not exist")
+    raise TwinnetError(
+        f"{src} is not a model directory (no {SPEC_FILE}): Ray Serve serves a model directory; "
+        "give the one the archive was built from"
+    )
+
+
+def _stage_model(
+    src: Path, dest: Path, options: ServeOptions, index: str | os.PathLike | None
+) -> ServeOptions:
+    """Copy what an archive would take (the model files, a checked gallery index) to ``dest``."""
+    from twinnet.engines.torchserve.archive import archive_files
+
+    files = archive_files(src)
+    checked = None
+    if index is not None:
+        from twinnet.contract.gallery import check_index
+
+        checked = check_index(src, index)
+        options = checked.serving_options(options)
+    dest.mkdir()
+    for path in files:
+        shutil.copy2(path, dest / path.name)
+    if checked is not None:
+        from twinnet.contract.gallery import stage_index
+
+        stage_index(checked, dest)
+    return options
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _key_file(key: str) -> str:
+    """The key in TorchServe's key-file format, which :func:`~.state.read_keys` reads."""
+    import json
+
+    return json.dumps({"inference": {"key": key}}, indent=2) + "\n"
+
+
+def _ray_tmp(instance: Path) -> Path:
+    """A short temporary directory for the Ray instance (its socket paths must stay short),
+    linked from the instance directory so that removing the instance removes it."""
+    base = "/tmp" if os.path.isdir("/tmp") else None
+    tmp = Path(tempfile.mkdtemp(prefix="twinnet-ray-", dir=base))
+    (instance / "tmp").symlink_to(tmp)
+    return tmp
+
+
+def _spawn(config_path: Path, instance: Path, env: dict[str, str], foreground: bool) -> Any:
+    cmd = [sys.executable, "-m", "twinnet.engines.ray.launch", str(config_path)]
+    return spawn(cmd, instance, env, None if foreground else instance / "logs" / _SERVER_OUT)
+
+
+def _has_ray_token(env: dict[str, str]) -> bool:
+    """Whether Ray finds a cluster token: the variables, else ``~/.ray/auth_token``."""
+    if env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH"):
+        return True
+    return (Path.home() / ".ray" / "auth_token").is_file()
+
+
+def _environment(instance: Path, address: str | None) -> dict[str, str]:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # nothing leaves the machine
+    if address is not None:
+        if address.startswith("ray://") and "RAY_AUTH_MODE" not in env and _has_ray_token(env):
+            # Ray turns token auth on by itself when it finds a token, except for Ray Client
+            # (ray://), which then connects without it and times out.
+            env["RAY_AUTH_MODE"] = "token"
+        return env
+    # The instance's own cluster token, kept in the instance, not in ~/.ray.
+    token = instance / RAY_TOKEN_FILE
+    _write_secret(token, secrets.token_hex(32))
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
+    # A one-machine Ray: the node's address is loopback (Ray otherwise swaps 127.0.0.1 for
+    # the machine's network address), so its servers bind loopback too.
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    env.pop("RAY_AUTH_TOKEN", None)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def launch(
+    source: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    auth: bool = True,
+    root: str | os.PathLike | None = None,
+    name: str | None = None,
+    options: ServeOptions | None = None,
+    replicas: int | None = None,
+    autoscale: tuple[int, int] | str | None = None,
+    address: str | None = None,
+    index: str | os.PathLike | None = None,
+    foreground: bool = False,
+) -> tuple[ServerInfo, Any]:
+    """Start the server process (not waiting for the model) and record it; see :func:`start`."""
+    check_ray()
+    from twinnet.engines.ray.engine import parse_autoscale, plan
+    from twinnet.engines.ray.ingress import key_digest
+
+    src = _model_source(source)
+    address = parse_address(address)
+    if isinstance(autoscale, str):
+        autoscale = parse_autoscale(autoscale)
+    options = options or ServeOptions()
+    plan(options, replicas, autoscale, 1)  # refuse a bad replica request here, not in Ray
+    model = name or ModelSpec.load(src).name
+    if not model or not model.replace("-", "").replace("_", "").isalnum():
+        raise TwinnetError(f"model name must be letters, digits, '-' or '_', got {model!r}")
+    instance = instance_dir(port, root)
+    old = load_info(instance)
+    if old is not None and old.alive():
+        raise TwinnetError(
+            f"a twinnet server already runs on port {port} (pid {old.pid}); stop it with "
+            "`twinnet serve --stop` or choose another --port"
+        )
+    if old is not None and old.engine == "ray":
+        reap(old)  # what a Ray server that died left behind, before its record goes
+    if not 0 < int(port) < 65536:
+        raise TwinnetError(f"inference port {port} is not a valid port number")
+    if address is None and not port_free(host, port):
+        raise TwinnetError(
+            f"inference port {port} on {host} is already in use (another server? see "
+            "`twinnet serve --status`); choose another with --port"
+        )
+    if host not in LOOPBACK and not auth:
+        warnings.warn(
+            f"token authorization is off and the server listens on {host}: anyone who can "
+            "reach this port can use the model. Drop --no-auth, or bind 127.0.0.1.",
+            stacklevel=3,
+        )
+    if instance.exists():
+        shutil.rmtree(instance, ignore_errors=True)
+    instance.mkdir(parents=True, mode=0o700)
+    (instance / "logs").mkdir()
+    try:
+        options = _stage_model(src, instance / "model", options, index)
+        key = secrets.token_urlsafe(18) if auth else None
+        if key is not None:
+            _write_secret(instance / KEY_FILE, _key_file(key))
+        env = _environment(instance, address)
+        config = RayConfig(
+            name=model, model_dir=str(instance / "model"), host=host, port=int(port),
+            options=options.to_dict(), replicas=replicas,
+            autoscale=list(autoscale) if autoscale else None, address=address,
+            temp_dir=str(_ray_tmp(instance)) if address is None else None,
+            key_sha256=key_digest(key) if key else None, instance=str(instance),
+        )  # fmt: skip
+        config_path = instance / RAY_CONFIG_FILE
+        config.save(config_path)
+    except BaseException:
+        _remove(instance)
+        raise
+    proc = _spawn(config_path, instance, env, foreground)
+    create_time = None
+    with contextlib.suppress(psutil.Error):
+        create_time = psutil.Process(proc.pid).create_time()
+    info = ServerInfo(
+        pid=proc.pid, host=host, port=int(port), management_port=0, metrics_port=0, auth=auth,
+        models=[model], store=str(instance / "model"), instance=str(instance),
+        create_time=create_time, engine="ray",
+    )  # fmt: skip
+    info.save()
+    return info, proc
+
+
+def _log_tail(info: ServerInfo, lines: int = 20) -> str:
+    with contextlib.suppress(OSError):
+        text = (info.log_dir / _SERVER_OUT).read_text(errors="replace").strip().splitlines()
+        if text:
+            return "\n".join(text[-lines:])
+    return "(no output)"
+
+
+def wait_ready(info: ServerInfo, timeout: float = 300.0, should_stop: Any = None) -> float:
+    """Block until the application runs and answers ``/ping``; returns the seconds waited."""
+    start = time.monotonic()
+    ping = f"{info.inference_url}/ping"
+    while True:
+        if should_stop is not None and should_stop():
+            raise TwinnetError("stopped before the model was ready")
+        status = read_status(info.instance)
+        if status.get("state") == "failed":
+            lines = [x.strip() for x in str(status.get("message", "")).splitlines() if x.strip()]
+            raise TwinnetError(
+                f"Ray Serve could not start the model: {lines[-1] if lines else 'no reason given'}"
+                f" (the error in full is in {info.log_dir / _SERVER_OUT})"
+            )
+        if not info.alive():
+            raise TwinnetError(f"the Ray Serve server exited during start-up:\n{_log_tail(info)}")
+        if status.get("state") == "ready":
+            config = RayConfig.load(info.config_file)
+            if config.address is not None:  # the proxies run where the cluster puts them
+                return time.monotonic() - start
+            with contextlib.suppress(OSError):
+                if http_get(ping, timeout=2.0)[0] == 200:
+                    return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise TwinnetError(
+                f"the model did not become ready within {timeout:.0f} s; last lines of "
+                f"{info.log_dir / _SERVER_OUT}:\n{_log_tail(info)}"
+            )
+        time.sleep(0.25)
+
+
+def start(source: str | os.PathLike, timeout: float = 300.0, **kwargs: Any) -> ServerInfo:
+    """Serve a model directory with Ray Serve in the background; returns once it answers.
+
+    Args:
+        source: a model directory.
+        timeout: seconds to wait for the replicas.
+        host, port: where Serve's HTTP proxy listens (default ``127.0.0.1:8080``).
+        auth: require ``Authorization: Bearer <key>`` on the prediction routes; the key is
+            written to ``<instance>/key_file.json``, where local clients find it.
+        root: the state root (default ``$TWINNET_HOME/serve`` or ``~/.cache/twinnet/serve``).
+        name: the model name (default: the spec's name).
+        options: :class:`~twinnet.contract.options.ServeOptions` (batching, threads, precision,
+            default response format), as for an archive.
+        replicas: a fixed replica count; or ``autoscale=(MIN, MAX)`` (or ``"MIN:MAX"``).
+        address: a Ray cluster to join (``auto``, ``ray://HOST:10001``); default: a Ray
+            instance on this machine, bound to loopback, that stops with the server.
+        index: a gallery index to serve with the model (identification requests).
+    """
+    info, _ = launch(source, **kwargs)
+    try:
+        wait_ready(info, timeout)
+    except BaseException:
+        stop_info(info)
+        raise
+    return info
+
+
+def run_foreground(
+    source: str | os.PathLike, timeout: float = 300.0, on_ready: Any = None, **kwargs: Any
+) -> int:
+    """The same server with its output on this terminal, until SIGTERM/SIGINT or its exit."""
+    info, proc = launch(source, foreground=True, **kwargs)
+    return run_until_stopped(info, proc, wait_ready, stop_info, timeout, on_ready)
+
+
+def replica_states(info: ServerInfo) -> dict[str, list[str]]:
+    """``{model: [replica state, ...]}`` from the server's last report."""
+    states = read_status(info.instance).get("replicas") or {}
+    flat = [state for state, n in sorted(states.items()) for _ in range(int(n))]
+    return {model: flat for model in info.models}
+
+
+# ---------------------------------------------------------------------------- stopping
+def _ray_dir(info: ServerInfo) -> str | None:
+    tmp = Path(info.instance) / "tmp"
+    return str(tmp.resolve()) if tmp.is_symlink() else None
+
+
+def server_processes(info: ServerInfo, session: bool = True) -> list[psutil.Process]:
+    """The live processes of the server: those naming its Ray directory on their command
+    line and, with ``session`` (only while ``info.pid`` is known to be the server), every
+    process of the server's session."""
+    ray_dir = _ray_dir(info)
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if (session and os.getsid(proc.pid) == info.pid) or (
+                ray_dir and any(ray_dir in arg for arg in proc.cmdline())
+            ):
+                found.append(proc)
+    return found
+
+
+def _wait_gone(info: ServerInfo, seconds: float, session: bool = True) -> list[psutil.Process]:
+    deadline = time.monotonic() + seconds
+    child = CHILDREN.get(info.pid)
+    while True:
+        if child is not None:
+            child.poll()  # reap the server process, so that it does not linger as a zombie
+        left = server_processes(info, session)
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.2)
+
+
+def _kill(info: ServerInfo, procs: list[psutil.Process], session: bool) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    left = _wait_gone(info, 10.0, session)
+    child = CHILDREN.pop(info.pid, None)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=5)
+    if left:
+        raise TwinnetError(
+            f"processes of the Ray Serve server on port {info.port} would not stop: "
+            f"{', '.join(str(p.pid) for p in left)}"
+        )
+
+
+def _remove(instance: Path, keep_logs: bool = False) -> None:
+    shutil.rmtree(instance / "model", ignore_errors=True)
+    for name in (RAY_TOKEN_FILE, "ray-status.json", "ray-status.tmp"):
+        (instance / name).unlink(missing_ok=True)
+    remove_instance(instance, keep_logs=keep_logs)
+
+
+def stop_info(info: ServerInfo, timeout: float = 30.0) -> None:
+    """Stop the server and every Ray process of its session; returns once none is left.
+
+    The server process gets SIGTERM (it deletes the application and shuts down the Ray
+    instance it started); whatever is left after ``timeout`` gets SIGKILL. Only for a server
+    this process started or one whose identity was just checked.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(info.pid, signal.SIGTERM)
+    _kill(info, _wait_gone(info, timeout), session=True)
+    _remove(Path(info.instance), keep_logs=True)
+
+
+def _dead(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+def reap(info: ServerInfo) -> None:
+    """After the server process died: kill the Ray processes it left and remove its files.
+
+    Those left are the ones naming its Ray directory and, while its pid is free, those of its
+    session: Linux gives no new process a pid that a live session still uses, so a session
+    whose leader is gone is the server's. A recorded pid that runs again is another program's,
+    and then only the Ray directory counts.
+    """
+    session = _dead(info.pid)
+    _kill(info, server_processes(info, session=session), session=session)
+    _remove(Path(info.instance), keep_logs=True)

@@ -1,0 +1,575 @@
+"""``Twin``: compare, explain, embed and search with a trained twin model, in process.
+
+Every other way of running a model (the CLI, the TorchServe handler, the SageMaker
+container, the app) calls this class, so decoding, preprocessing and the fast path are
+written once. A comparison is split where the cost is: the encoder (almost all of it) runs
+once per distinct image and its output is cached by the hash of the image's bytes; the
+head (cheap) runs for every pairing. For a cosine model the cache holds each image's
+embedding (a few hundred bytes) and scoring a gallery is one matrix product; for a concat
+model it holds feature maps, which the pair head needs. Grad-CAM always needs feature maps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from twinnet.core.calibration import sigmoid
+from twinnet.core.imaging import (
+    ImageSource,
+    build_transforms,
+    decode_image,
+    read_bytes,
+    source_name,
+)
+from twinnet.core.model import TwinModel
+from twinnet.core.result import CompareResult
+from twinnet.core.spec import ModelSpec
+from twinnet.data.items import IMAGE_SUFFIXES
+from twinnet.errors import ImageError, TwinnetError, detached
+from twinnet.infer import explain
+from twinnet.infer.cache import EmbeddingCache, content_key
+from twinnet.infer.runtime import Runtime, fast_encoder, resolve_runtime
+
+__all__ = ["Twin", "Hit", "CompareResult", "IMAGE_SUFFIXES", "list_images"]
+
+#: Images encoded per forward pass; bounds activation memory for large galleries.
+ENCODE_BATCH = 16
+#: Pairs per head pass in a search.
+HEAD_BATCH = 512
+#: JPEGs decode at reduced scale only while at least this many times the network input
+#: remains, so the final resize still averages over several source pixels (at 1.5 the
+#: preprocessed pixels move by under 1/255 on average; at 1.0, up to 3/255).
+DRAFT_OVERSAMPLE = 1.5
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One gallery image ranked by :meth:`Twin.search`.
+
+    Attributes:
+        index: position in the gallery (in :func:`list_images` order for a folder).
+        item: the gallery entry itself (a path for a folder).
+        probability: probability that it shows the same class as the query.
+    """
+
+    index: int
+    item: Any
+    probability: float
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursively, by suffix), in sorted order."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise TwinnetError(f"{root} is not a directory")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _is_single(src: object) -> bool:
+    return isinstance(
+        src, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)
+    ) or hasattr(src, "read")
+
+
+def _label(src: ImageSource, field: str | None) -> str:
+    """How errors name an input: the field, and the path when there is one."""
+    if field and isinstance(src, (str, os.PathLike)):
+        return f"{field} image {os.fspath(src)}"
+    return field or source_name(src)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _decode_pool(workers: int) -> ThreadPoolExecutor:
+    """One process-wide pool for decoding, created on first use."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(
+                max_workers=min(workers, 8), thread_name_prefix="twinnet-decode"
+            )
+        return _POOL
+
+
+def _margin(logits: torch.Tensor) -> np.ndarray:
+    """``logit_same - logit_different`` per row, float64."""
+    lg = logits.detach().float().cpu().numpy().astype(np.float64)
+    return lg[:, 1] - lg[:, 0]
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        flat = t.detach().cpu().contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return h.hexdigest()
+
+
+class Twin:
+    """A twin model ready to compare images, with its preprocessing, fast path and cache.
+
+    Build one with :meth:`load` (a model directory) or :meth:`from_model` (a model in memory,
+    e.g. right after training). Methods are safe to call from several threads at once.
+
+    Args:
+        model: the twin model; put in eval mode and moved to the runtime's device.
+        spec: its spec, which fixes the preprocessing and the decision threshold.
+        runtime: the execution plan from :func:`twinnet.infer.runtime.resolve_runtime`.
+        cache_mb: size of the feature-map cache; 0 turns caching off.
+    """
+
+    def __init__(
+        self, model: TwinModel, spec: ModelSpec, runtime: Runtime, cache_mb: float = 256
+    ) -> None:
+        self.spec = spec
+        self.runtime = runtime
+        self.model = model.eval().to(runtime.device)
+        self.head = self.model.head
+        # The fp32 path uses the model as given, so it is exactly a plain PyTorch forward.
+        self.encoder = (
+            fast_encoder(self.model.encoder, runtime) if runtime.fast else self.model.encoder
+        )
+        self.preprocess = build_transforms(spec)
+        self.cache = EmbeddingCache(cache_mb)
+        plan = {
+            "arch": spec.arch,
+            "image_size": spec.image_size,
+            "resize_method": spec.resize_method,
+            "mean": spec.mean,
+            "std": spec.std,
+            "precision": runtime.precision,
+            "draft": runtime.draft,
+            "device": runtime.device.type,
+        }
+        h = hashlib.blake2b(json.dumps(plan, sort_keys=True).encode(), digest_size=8)
+        h.update(_weights_digest(self.model.encoder).encode())
+        if spec.has_embeddings:  # cached embeddings depend on the projection too
+            h.update(_weights_digest(self.model.head).encode())
+        self._namespace = h.hexdigest()
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies weights, preprocessing and precision: the cache keys' namespace.
+
+        A concat head is not part of it, since the cache then holds encoder outputs only;
+        a cosine head's projection is, since its embeddings are cached. The calibration is
+        not: it maps scores, not images. Memory layout (channels-last) is not either: it
+        changes speed, not values, so ``precision="auto"`` on a CPU without bf16 and
+        ``precision="fp32"`` name the same model.
+        """
+        return self._namespace
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | os.PathLike,
+        device: str = "auto",
+        precision: str = "auto",
+        cache_mb: float = 256,
+        threads: int | None = None,
+        draft: bool = False,
+    ) -> Twin:
+        """Load a model directory.
+
+        Args:
+            model_dir: a directory with ``twinnet.json`` and safetensors weights.
+            device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+            precision: ``auto`` (bf16 encoder where the hardware has native bf16), ``bf16``
+                or ``fp32`` (exactly the plain PyTorch forward).
+            cache_mb: feature-map cache size in MB.
+            threads: torch CPU threads (process-wide); default: torch's, capped at usable CPUs.
+            draft: decode large JPEGs at reduced scale (faster, slightly different pixels).
+        """
+        from twinnet.core.artifacts import load_model_dir
+
+        runtime = resolve_runtime(device, precision, threads, draft)
+        model, spec = load_model_dir(model_dir, device="cpu")
+        return cls(model, spec, runtime, cache_mb=cache_mb)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: TwinModel,
+        spec: ModelSpec,
+        device: str = "cpu",
+        precision: str = "auto",
+        cache_mb: float = 256,
+        threads: int | None = None,
+        draft: bool = False,
+    ) -> Twin:
+        """Wrap a model already in memory (it is put in eval mode; do not train it meanwhile)."""
+        runtime = resolve_runtime(device, precision, threads, draft)
+        return cls(model, spec, runtime, cache_mb=cache_mb)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def name(self) -> str:
+        """The model's name, as servers publish it."""
+        return self.spec.name
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def precision(self) -> str:
+        """``bf16`` or ``fp32``: what the encoder computes in."""
+        return self.runtime.precision
+
+    def __repr__(self) -> str:
+        return (
+            f"Twin(name={self.name!r}, arch={self.spec.arch}, size={self.spec.image_size}, "
+            f"device={self.device.type}, precision={self.precision})"
+        )
+
+    # ----------------------------------------------------------------- decoding & encoding
+    def _key(self, src: ImageSource, label: str) -> tuple[str, bytes | Image.Image]:
+        """The cache key of an input, and what to decode on a miss.
+
+        A PIL image is keyed by its pixels as :func:`decode_image` leaves them (upright,
+        alpha on white, RGB): its raw bytes alone leave out the palette, EXIF orientation
+        and transparency, so different pictures would share an entry. On a miss the decoded
+        image is what goes on to the network (decoding it again is a copy).
+        """
+        if isinstance(src, Image.Image):
+            img = decode_image(src, label)
+            h = hashlib.blake2b(f"pil:{img.mode}:{img.size}".encode(), digest_size=20)
+            h.update(img.tobytes())
+            return f"{self._namespace}:{h.hexdigest()}", img
+        data = read_bytes(src, label)
+        return content_key(self._namespace, data), data
+
+    def decode(self, src: ImageSource, field: str | None = None) -> Image.Image:
+        """Decode one input as the library does (EXIF, RGB, bomb cap); raises ImageError."""
+        label = _label(src, field)
+        try:
+            return decode_image(src, label)
+        except ImageError as exc:
+            exc.field = field
+            raise
+
+    def _decode(self, payload: bytes | Image.Image, label: str) -> Image.Image:
+        """Decode for the network: at reduced JPEG scale when the runtime allows it."""
+        side = math.ceil(self.spec.image_size * DRAFT_OVERSAMPLE)
+        return decode_image(payload, label, draft=(side, side) if self.runtime.draft else None)
+
+    def _decode_resized(self, item: tuple[bytes | Image.Image, str]) -> Image.Image | ImageError:
+        try:
+            # Resizing here lets it run in the pool too; Preprocess.batch's own resize is
+            # then a copy, since the image already has the network's size.
+            return self.preprocess.resize(self._decode(*item))
+        except ImageError as exc:
+            return detached(exc)  # kept as a value: no frames (and payloads) pinned
+
+    def _decode_many(
+        self, items: list[tuple[bytes | Image.Image, str]]
+    ) -> list[Image.Image | ImageError]:
+        """Decode and resize several inputs, in parallel threads (PIL releases the GIL)."""
+        if len(items) < 2 or self.runtime.threads < 2:
+            return [self._decode_resized(item) for item in items]
+        return list(_decode_pool(self.runtime.threads).map(self._decode_resized, items))
+
+    def _encode(self, batch: torch.Tensor) -> torch.Tensor:
+        """Encoder feature maps of a normalised batch, in the runtime's storage dtype, NCHW."""
+        x = batch.to(self.device)
+        if self.runtime.bf16:
+            x = x.to(torch.bfloat16)
+        # fp32 keeps the plain NCHW layout so it is exactly a plain PyTorch forward.
+        fmt = torch.channels_last if self.runtime.channels_last else torch.contiguous_format
+        with torch.inference_mode():
+            return self.encoder(x.contiguous(memory_format=fmt)).contiguous()
+
+    @property
+    def has_embeddings(self) -> bool:
+        """True for cosine models: each image has an embedding, and pairs are scored by cosine."""
+        return self.spec.has_embeddings
+
+    def _embed_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings in fp32 of a batch of feature maps: the cosine head's projection."""
+        with torch.inference_mode():
+            return self.head.embed(feats.float())
+
+    def _features(
+        self,
+        sources: Sequence[ImageSource],
+        fields: Sequence[str | None],
+        collect: bool = False,
+        embeddings: bool = False,
+    ) -> list[torch.Tensor | ImageError]:
+        """Feature maps (C, h, w), or with ``embeddings`` embeddings (D,), of each input.
+
+        They come from the cache or are encoded in batches. With ``collect``, a bad input
+        yields its ImageError in place instead of raising.
+        """
+        out: list[torch.Tensor | ImageError | None] = [None] * len(sources)
+        pending: dict[str, list[int]] = {}
+        payloads: dict[str, tuple[bytes | Image.Image, str, str | None]] = {}
+        for i, (src, field) in enumerate(zip(sources, fields, strict=True)):
+            label = _label(src, field)
+            try:
+                key, payload = self._key(src, label)
+                key = key + ":emb" if embeddings else key
+            except ImageError as exc:
+                exc.field = field
+                if not collect:
+                    raise
+                out[i] = exc
+                continue
+            if key in pending:
+                pending[key].append(i)
+                continue
+            hit = self.cache.get(key)
+            if hit is not None:
+                out[i] = hit
+            else:
+                pending[key] = [i]
+                payloads[key] = (payload, label, field)
+        keys = list(pending)
+        for start in range(0, len(keys), ENCODE_BATCH):
+            chunk, images = [], []
+            batch_keys = keys[start : start + ENCODE_BATCH]
+            decoded = self._decode_many([payloads[k][:2] for k in batch_keys])
+            for key, img in zip(batch_keys, decoded, strict=True):
+                if isinstance(img, ImageError):
+                    img.field = payloads[key][2]
+                    if not collect:  # a fresh exception: ``img`` stays free of this frame
+                        raise ImageError(str(img), field=img.field) from None
+                    first_label = payloads[key][1]
+                    for i in pending[key]:  # the same bad bytes may sit in several places
+                        label = _label(sources[i], fields[i])
+                        msg = str(img).replace(first_label, label, 1)
+                        out[i] = ImageError(msg, field=fields[i])
+                else:
+                    images.append(img)
+                    chunk.append(key)
+            if not chunk:
+                continue
+            feats = self._encode(self.preprocess.batch(images))
+            if embeddings:
+                feats = self._embed_features(feats)
+            for key, f in zip(chunk, feats, strict=True):
+                f = f.clone()  # own storage: a slice would pin the whole batch in the cache
+                self.cache.put(key, f)
+                for i in pending[key]:
+                    out[i] = f
+        for i, o in enumerate(out):
+            if o is None:  # the same key appeared earlier as a cache hit
+                raise AssertionError(f"input {i} was not resolved")  # pragma: no cover
+        return out  # type: ignore[return-value]
+
+    def _head(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 2) in fp32 from two batches of feature maps, or of embeddings (cosine)."""
+        with torch.inference_mode():
+            if left.dim() == 2:  # embeddings
+                return self.head.logits((left.float() * right.float()).sum(dim=1))
+            return self.head(torch.cat([left.float(), right.float()], dim=1))
+
+    # ----------------------------------------------------------------- public API
+    def embed(self, images: ImageSource | Iterable[ImageSource]) -> torch.Tensor:
+        """Embeddings of one image or a list, fp32 on the CPU; cached.
+
+        A cosine model gives its L2-normalised embeddings (N, D): the cosine of two rows is
+        the pair's score. A concat model has no per-image embedding and gives its encoder
+        feature maps (N, C, h, w), as :meth:`feature_maps` does.
+        """
+        items = self._items(images, "embed")
+        feats = self._features(items, [None] * len(items), embeddings=self.has_embeddings)
+        return torch.stack([f.float() for f in feats]).cpu()  # type: ignore[union-attr]
+
+    def feature_maps(self, images: ImageSource | Iterable[ImageSource]) -> torch.Tensor:
+        """Encoder feature maps (N, C, h, w), fp32 on the CPU, of one image or a list; cached."""
+        items = self._items(images, "feature_maps")
+        feats = self._features(items, [None] * len(items))
+        return torch.stack([f.float() for f in feats]).cpu()  # type: ignore[union-attr]
+
+    @staticmethod
+    def _items(images: ImageSource | Iterable[ImageSource], what: str) -> list[ImageSource]:
+        items = [images] if _is_single(images) else list(images)  # type: ignore[list-item]
+        if not items:
+            raise TwinnetError(f"{what}() needs at least one image")
+        return items
+
+    def compare(
+        self,
+        left: ImageSource,
+        right: ImageSource,
+        cam: bool = False,
+        threshold: float | None = None,
+    ) -> CompareResult:
+        """Are ``left`` and ``right`` the same class? With ``cam``, also their Grad-CAM maps.
+
+        Inputs may be paths, encoded bytes, binary file objects or PIL images. Raises
+        ImageError (with ``field`` ``left`` or ``right``) for an input that is not an image.
+        ``threshold`` overrides the model's calibrated threshold for this call.
+        """
+        return self._compare_pairs([(left, right)], cam, collect=False, threshold=threshold)[0]  # type: ignore[return-value]
+
+    def compare_batch(
+        self,
+        pairs: Sequence[tuple[ImageSource, ImageSource]],
+        cam: bool = False,
+        return_exceptions: bool = False,
+        threshold: float | None = None,
+    ) -> list[CompareResult] | list[CompareResult | ImageError]:
+        """Compare many pairs in one pass; the same results as :meth:`compare` on each.
+
+        Distinct images are encoded once, in batches, and reused from the cache; the head
+        runs once over all pairs.
+
+        Args:
+            pairs: ``(left, right)`` inputs.
+            cam: also compute Grad-CAM maps.
+            return_exceptions: put a bad pair's ImageError in its place instead of raising,
+                so one bad request in a server batch fails alone.
+            threshold: overrides the model's calibrated threshold for these pairs.
+        """
+        return self._compare_pairs(list(pairs), cam, collect=return_exceptions, threshold=threshold)
+
+    def _compare_pairs(
+        self,
+        pairs: list[tuple[ImageSource, ImageSource]],
+        cam: bool,
+        collect: bool,
+        threshold: float | None = None,
+    ) -> list[CompareResult | ImageError]:
+        if threshold is None:
+            threshold = self.spec.threshold
+        elif not 0.0 < float(threshold) < 1.0:
+            raise TwinnetError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+        sources: list[ImageSource] = []
+        for n, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TwinnetError(f"pair {n} must be a (left, right) tuple")
+            sources.extend(pair)
+        fields = ["left", "right"] * len(pairs)
+        # Grad-CAM needs feature maps; otherwise a cosine model compares cached embeddings.
+        feats = self._features(
+            sources, fields, collect=True, embeddings=self.has_embeddings and not cam
+        )
+        if not collect:
+            for i, f in enumerate(feats):
+                if isinstance(f, ImageError):
+                    if len(pairs) == 1:  # a fresh exception: ``feats`` must not hold it
+                        raise ImageError(str(f), field=f.field) from None
+                    raise ImageError(f"pair {i // 2}: {f}", field=f.field) from None
+        results: list[CompareResult | ImageError | None] = [None] * len(pairs)
+        good = []
+        for n in range(len(pairs)):
+            fl, fr = feats[2 * n], feats[2 * n + 1]
+            if isinstance(fl, ImageError):
+                results[n] = fl
+            elif isinstance(fr, ImageError):
+                results[n] = fr
+            else:
+                good.append(n)
+        if good:
+            left = torch.stack([feats[2 * n] for n in good])  # type: ignore[misc]
+            right = torch.stack([feats[2 * n + 1] for n in good])  # type: ignore[misc]
+            if cam:
+                logits, cam_l, cam_r = explain.grad_cam(self.head, left, right)
+                cam_l, cam_r = cam_l.cpu().numpy(), cam_r.cpu().numpy()
+            else:
+                logits, cam_l, cam_r = self._head(left, right), None, None
+            logits = logits.float().cpu().numpy()
+            for j, n in enumerate(good):
+                results[n] = CompareResult.from_logits(
+                    logits[j].tolist(),
+                    threshold=float(threshold),
+                    model=self.name,
+                    cam_left=None if cam_l is None else cam_l[j].astype(np.float32),
+                    cam_right=None if cam_r is None else cam_r[j].astype(np.float32),
+                )
+        return results  # type: ignore[return-value]
+
+    def scores(
+        self, query: ImageSource, gallery: str | os.PathLike | Sequence[ImageSource]
+    ) -> np.ndarray:
+        """Probability that each gallery image shows the query's class, in gallery order.
+
+        The query is the left image of every pair. This is the scoring that N-way one-shot
+        evaluation uses, so evaluation and search share one code path.
+        """
+        return sigmoid(self.margins(query, gallery))
+
+    def margins(
+        self, query: ImageSource, gallery: str | os.PathLike | Sequence[ImageSource]
+    ) -> np.ndarray:
+        """``logit_same - logit_different`` of the query against each gallery image (float64).
+
+        The log-odds behind :meth:`scores`: the same order, but they never round to a tie at
+        probability 1.0, so rankings and ROC figures stay exact for confident models.
+        """
+        items = self._gallery(gallery)
+        if not items:
+            return np.zeros(0)
+        fields = ["query"] + [None] * len(items)
+        feats = self._features([query, *items], fields, embeddings=self.has_embeddings)
+        q = feats[0]
+        if self.has_embeddings:  # one matrix product over the cached embeddings
+            cos = torch.stack(feats[1:]) @ q  # type: ignore[arg-type,operator]
+            return _margin(self._logits_of_cosine(cos))
+        out = []
+        for start in range(0, len(items), HEAD_BATCH):
+            right = torch.stack(feats[1 + start : 1 + start + HEAD_BATCH])  # type: ignore[arg-type]
+            left = q.unsqueeze(0).expand(right.shape[0], *q.shape)  # type: ignore[union-attr]
+            out.append(_margin(self._head(left, right)))
+        return np.concatenate(out)
+
+    def _logits_of_cosine(self, cos: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.head.logits(cos.float())
+
+    def search(
+        self,
+        query: ImageSource,
+        gallery: str | os.PathLike | Sequence[ImageSource],
+        top_k: int | None = 5,
+    ) -> list[Hit]:
+        """Rank gallery images by the probability that they show the query's class.
+
+        Args:
+            query: the image to look for.
+            gallery: a folder (searched recursively for images) or a sequence of inputs.
+            top_k: how many hits to return; None for all.
+        """
+        if top_k is not None and top_k < 1:
+            raise TwinnetError(f"top_k must be at least 1, got {top_k}")
+        items = self._gallery(gallery)
+        margins = self.margins(query, items)
+        probs = sigmoid(margins)
+        order = sorted(range(len(items)), key=lambda i: (-margins[i], i))
+        if top_k is not None:
+            order = order[:top_k]
+        return [Hit(index=i, item=items[i], probability=float(probs[i])) for i in order]
+
+    @staticmethod
+    def _gallery(gallery: str | os.PathLike | Sequence[ImageSource]) -> list[Any]:
+        if isinstance(gallery, (str, os.PathLike)):
+            items: list[Any] = list_images(gallery)
+            if not items:
+                raise TwinnetError(
+                    f"{os.fspath(gallery)} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
+            return items
+        return list(gallery)
+
+    def overlay(self, image: ImageSource, cam: np.ndarray, alpha: float = 0.5) -> Image.Image:
+        """The Grad-CAM heatmap blended over the original image, at its own aspect ratio."""
+        return explain.overlay(self.decode(image), cam, self.spec.resize_method, alpha=alpha)
