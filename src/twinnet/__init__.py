@@ -6,9 +6,8 @@ that need them, so ``from twinnet import Twin`` stays light.
 
 from __future__ import annotations
 
-from twinnet.core.version import __version__
-
 from twinnet.core.spec import ModelSpec
+from twinnet.core.version import __version__
 from twinnet.errors import DataError, ImageError, SpecError, TwinnetError
 
 __all__ = [

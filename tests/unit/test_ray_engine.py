@@ -29,6 +29,7 @@ from twinnet.engines.ray.ingress import (  # noqa: E402
     row_from,
 )
 from twinnet.engines.ray.server import launch, parse_address  # noqa: E402
+from twinnet.engines.registry import engine_of  # noqa: E402
 from twinnet.engines.state import ServerInfo, load_info  # noqa: E402
 from twinnet.errors import TwinnetError  # noqa: E402
 
@@ -264,17 +265,19 @@ def test_launch_refuses_what_ray_cannot_serve(tmp_path: Path, random_model_dir):
 def test_a_record_says_its_engine(tmp_path: Path):
     fields = dict(pid=1, host="127.0.0.1", port=9300, management_port=0, metrics_port=0,
                   auth=True, models=["twin"], store="s", instance=str(tmp_path))  # fmt: skip
-    ServerInfo(**fields, engine="ray").save()
+    ServerInfo(**fields, engine="ray", config="ray.json").save()
     info = load_info(tmp_path)
     assert info is not None and info.engine == "ray"
     assert info.config_file == tmp_path / "ray.json"
+    assert type(engine_of(info)).__name__ == "RayServe" and engine_of(info).unit == "replicas"
     # A record written before engines existed is TorchServe's.
     data = json.loads((tmp_path / "server.json").read_text())
-    del data["engine"]
+    del data["engine"], data["config"]
     (tmp_path / "server.json").write_text(json.dumps(data))
     info = load_info(tmp_path)
     assert info is not None and info.engine == "torchserve"
     assert info.config_file == tmp_path / "config.properties"
+    assert engine_of(info).title == "TorchServe"
 
 
 def test_usable_cpus_is_what_the_plan_shares():

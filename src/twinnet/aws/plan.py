@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twinnet.core.version import __version__
 from twinnet.aws.resources import check_managed, describe_endpoint, validate_endpoint_name
 from twinnet.aws.scaling import Autoscale
 from twinnet.aws.session import aws, error_code, one_line
 from twinnet.core.spec import SPEC_FILE
+from twinnet.core.version import __version__
 from twinnet.errors import TwinnetError
 
 __all__ = ["Plan", "artifact_digest", "check_arguments", "check_target", "validate_role_arn"]

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from twinnet.core.version import __version__
 from twinnet.aws.session import error_code, not_found
+from twinnet.core.version import __version__
 from twinnet.errors import TwinnetError
 
 __all__ = [

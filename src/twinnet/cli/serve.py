@@ -2,7 +2,7 @@
 
 ``serve`` starts TorchServe (or Ray Serve, ``--engine ray``) in the background and returns
 once the model answers; the server's files (config, token, logs) live in
-``$TWINNET_HOME/serve/<port>`` (default ``~/.cache/twinnet/engines/<port>``), where
+``$TWINNET_HOME/serve/<port>`` (default ``~/.cache/twinnet/serve/<port>``), where
 ``twinnet compare --url`` and the app find the inference token.
 """
 
@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 
 from twinnet.core.spec import SPEC_FILE
+from twinnet.engines.base import Engine
+from twinnet.engines.registry import DEFAULT_ENGINE, engine_names, engine_of, get_engine
 from twinnet.errors import TwinnetError
 
 __all__ = ["register"]
@@ -117,7 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _ray_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--engine", choices=("torchserve", "ray"), default="torchserve",
+        "--engine", choices=engine_names(), default=DEFAULT_ENGINE,
         help="the serving engine (default torchserve); ray serves a model directory with "
         "Ray Serve, on this machine or a Ray cluster",
     )  # fmt: skip
@@ -137,28 +139,21 @@ def _ray_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _engine_options(args: argparse.Namespace) -> tuple[object, str, dict]:
-    """The engine's module, its name and its start options, from the command line."""
-    from twinnet.engines import server
-
-    common = dict(
+def _engine_options(args: argparse.Namespace) -> tuple[Engine, dict]:
+    """The engine and its start options, from the command line."""
+    engine = get_engine(args.engine)
+    options = dict(
         host=args.host, port=args.port or 8080, auth=not args.no_auth, name=args.name,
         timeout=args.timeout, options=_options(args),
     )  # fmt: skip
     if args.index:
-        common["index"] = args.index
-    if args.engine == "ray":
-        from twinnet.engines.ray import server as ray_server
-
-        extra = dict(replicas=args.replicas, autoscale=args.autoscale, address=args.address)
-        return ray_server, "Ray Serve", {**common, **extra}
-    if args.replicas is not None or args.autoscale or args.address:
-        raise TwinnetError(
-            "--replicas, --autoscale and --address go with --engine ray (TorchServe's "
-            "processes are --workers)"
-        )
-    ports = dict(management_port=args.management_port, metrics_port=args.metrics_port)
-    return server, "TorchServe", {**common, **ports}
+        options["index"] = args.index
+    for other in map(get_engine, engine_names()):
+        given = [k for k in other.own_options if getattr(args, k) not in (None, False)]
+        if other is not engine and other.options_hint and given:
+            raise TwinnetError(other.options_hint)
+    options.update({k: getattr(args, k) for k in engine.own_options})
+    return engine, options
 
 
 def _archive(args: argparse.Namespace) -> int:
@@ -176,14 +171,8 @@ def _print_ready(info) -> None:
     print(
         f"  inference:  {info.inference_url}/predictions/{info.models[0]}  (also /invocations, /ping)"
     )
-    if info.engine == "ray":
-        from twinnet.engines.ray.server import replica_states
-
-        replicas = ", ".join(replica_states(info)[info.models[0]])
-        print(f"  replicas:   {replicas} (Ray Serve)")
-    else:
-        print(f"  management: {info.management_url}/models")
-        print(f"  metrics:    {info.metrics_url}/metrics")
+    for label, text in engine_of(info).describe(info):
+        print(f"  {label + ':':<11} {text}")
     if info.auth:
         print(f"  token:      {info.key_file} (clients on this machine read it)")
     else:
@@ -207,11 +196,11 @@ def _serve(args: argparse.Namespace) -> int:
                 print(f"port {info.port}: not running (stale record in {info.instance})")
                 continue
             code = 0
-            what = "replicas" if info.engine == "ray" else "workers"
+            what = engine_of(info).unit
             workers = "; ".join(
                 f"{m}: {', '.join(s) or f'no {what}'}" for m, s in entry["models"].items()
             )
-            engine = "engine ray, " if info.engine == "ray" else ""
+            engine = f"engine {info.engine}, " if info.engine != DEFAULT_ENGINE else ""
             print(
                 f"port {info.port}: running (pid {info.pid}), {info.inference_url}, {engine}auth {'on' if info.auth else 'off'}, {what} [{workers}]"
             )
@@ -233,7 +222,7 @@ def _serve(args: argparse.Namespace) -> int:
             "--index goes with a model directory, which is archived with it; an archive keeps "
             "what it was built with: `twinnet archive MODEL_DIR --out STORE --index INDEX_DIR`"
         )
-    engine, label, options = _engine_options(args)
+    engine, options = _engine_options(args)
     if args.no_auth and args.host not in server.LOOPBACK:
         print(
             f"warning: token authorization is off and the server listens on {args.host}: "
@@ -243,9 +232,9 @@ def _serve(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the warning above already told the user
         if args.foreground:
-            print(f"starting {label} (Ctrl-C stops it) ...", flush=True)
+            print(f"starting {engine.title} (Ctrl-C stops it) ...", flush=True)
             return engine.run_foreground(args.source, on_ready=_print_ready, **options)
-        print(f"starting {label} ...", flush=True)
+        print(f"starting {engine.title} ...", flush=True)
         info = engine.start(args.source, **options)
     _print_ready(info)
     print("stop it with: twinnet serve --stop")

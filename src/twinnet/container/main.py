@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,16 +47,14 @@ from twinnet.container.gateway import (
 )
 from twinnet.container.package import find_mar
 from twinnet.container.settings import (
-    ENGINE_NAMES,
     ENGINES,
     ContainerSettings,
     parse_engine,
     read_options,
     settings_from_env,
 )
-from twinnet.contract.options import (
-    CONFIG_FILE,
-)
+from twinnet.contract.options import CONFIG_FILE
+from twinnet.engines.registry import get_engine
 
 if TYPE_CHECKING:
     from twinnet.engines.state import ServerInfo
@@ -177,11 +175,8 @@ class _Run:
 
 def _serve_until_stopped(settings: ContainerSettings, source: Path, run: _Run) -> int:
     """Open the port, start the engine, turn ``/ping`` healthy; returns once the engine exits."""
-    if settings.engine == "ray":
-        from twinnet.container.ray import RayGateway as gateway_class
-    else:
-        gateway_class = Gateway
-    run.gateway = gateway_class(
+    runner = _RUNNERS[settings.engine]()
+    run.gateway = runner.gateway(
         settings.host, settings.port, settings.invocation_timeout,
         threads=settings.gateway_threads, max_connections=settings.max_connections,
     )  # fmt: skip
@@ -194,14 +189,13 @@ def _serve_until_stopped(settings: ContainerSettings, source: Path, run: _Run) -
     if settings.overrides:
         shown = ", ".join(f"{k}={v}" for k, v in settings.overrides.items())
         say(f"settings from the environment: {shown}")
-    start = _start_ray if settings.engine == "ray" else _start_torchserve
-    info = start(settings, source, run)
+    info = runner.start(settings, source, run)
     # Said first, so the log line is out before /ping can answer 200.
     say(f"model {', '.join(info.models)} ready: /ping and /invocations on port {run.gateway.port}")
     run.gateway.upstream = info
     while info.alive():
         time.sleep(0.2)
-    say(f"{ENGINE_NAMES[settings.engine]} exited on its own; stopping")
+    say(f"{get_engine(settings.engine).title} exited on its own; stopping")
     return 1
 
 
@@ -233,6 +227,29 @@ def _start_ray(settings: ContainerSettings, source: Path, run: _Run) -> ServerIn
     return container_ray.start(source, settings, run.root, inference, run.home)
 
 
+@dataclass(frozen=True)
+class _Runner:
+    """How the container runs one engine: its gateway, where its model is, how it starts."""
+
+    gateway: type[Gateway]
+    find_source: Callable[[str | os.PathLike], Path]
+    start: Callable[[ContainerSettings, Path, _Run], ServerInfo]
+
+
+def _torchserve() -> _Runner:
+    return _Runner(Gateway, find_mar, _start_torchserve)
+
+
+def _ray() -> _Runner:
+    from twinnet.container import ray as container_ray
+
+    return _Runner(container_ray.RayGateway, container_ray.find_source, _start_ray)
+
+
+#: engine name -> its runner, for the engines of :mod:`twinnet.engines.registry`.
+_RUNNERS: dict[str, Callable[[], _Runner]] = {"torchserve": _torchserve, "ray": _ray}
+
+
 def serve(
     model_dir: str | os.PathLike = "/opt/ml/model",
     environ: Mapping[str, str] | None = None,
@@ -260,20 +277,14 @@ def serve(
     settings = settings_from_env(environ)
     if engine is not None:
         settings.engine = parse_engine(engine, "--engine")
-    if settings.engine == "ray":
-        from twinnet.container.ray import find_source
-        from twinnet.engines.ray.server import check_ray
-
-        check_ray()
-        source = find_source(model_dir)
-    else:
-        source = find_mar(model_dir)
+    get_engine(settings.engine).check()
+    source = _RUNNERS[settings.engine]().find_source(model_dir)
     previous = {s: signal.signal(s, _on_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     run = _Run(home=Path(tempfile.mkdtemp(prefix="twinnet-container-")))
     try:
         return _serve_until_stopped(settings, source, run)
     except _Stop as stop:
-        say(f"{stop}: stopping {ENGINE_NAMES[settings.engine]}")
+        say(f"{stop}: stopping {get_engine(settings.engine).title}")
         return 0
     finally:
         for sig in previous:  # nothing may interrupt the clean-up

@@ -45,6 +45,7 @@ from twinnet.contract.options import (
     ServeOptions,
     precisions,
 )
+from twinnet.engines.registry import engine_names
 from twinnet.errors import TwinnetError
 
 __all__ = [
@@ -54,13 +55,11 @@ __all__ = [
     "settings_from_env",
     "read_options",
     "parse_engine",
-    "ENGINE_NAMES",
 ]
 
 DEFAULT_PORT = 8080
 #: The serving engines the container runs, the default first.
-ENGINES = ("torchserve", "ray")
-ENGINE_NAMES = {"torchserve": "TorchServe", "ray": "Ray Serve"}
+ENGINES = engine_names()
 DEFAULT_STARTUP_TIMEOUT = 600.0
 
 #: ServeOptions field -> environment variables, first one set wins.

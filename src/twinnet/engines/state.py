@@ -47,7 +47,6 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 SERVER_FILE = "server.json"
 KEY_FILE = "key_file.json"
 CONFIG_FILE = "config.properties"
-RAY_CONFIG_FILE = "ray.json"
 #: Servers started by this process, by pid, so that they can be reaped.
 CHILDREN: dict[int, subprocess.Popen] = {}
 #: Seconds a process's start time may differ from the recorded one: psutil derives it from
@@ -74,8 +73,10 @@ class ServerInfo:
     #: The launcher's start time (psutil's ``create_time``): with the command line, what tells
     #: this server from another process that got the same pid after a crash or reboot.
     create_time: float | None = None
-    #: ``torchserve``, or ``ray`` (:mod:`twinnet.engines.ray.server`): how it is watched and stopped.
+    #: The engine's registry name (:mod:`twinnet.engines.registry`): how it is watched and stopped.
     engine: str = "torchserve"
+    #: The file in the instance directory that the server's command line names.
+    config: str = CONFIG_FILE
 
     @property
     def inference_url(self) -> str:
@@ -101,7 +102,7 @@ class ServerInfo:
     def config_file(self) -> Path:
         """The file named on the server process's command line (TorchServe's config, or the
         Ray server's launch record)."""
-        return Path(self.instance) / (RAY_CONFIG_FILE if self.engine == "ray" else CONFIG_FILE)
+        return Path(self.instance) / self.config
 
     def alive(self) -> bool:
         """True while the server runs: its process group has a live member and is still this

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from twinnet.core.version import __version__
 from twinnet.core.spec import ModelSpec
+from twinnet.core.version import __version__
 from twinnet.index import store, vectors
 
 if TYPE_CHECKING:

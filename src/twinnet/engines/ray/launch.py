@@ -30,9 +30,11 @@ from typing import Any
 
 # The launch record in the instance directory; its path on the command line is what tells
 # this server's process from another one with the same pid.
-from twinnet.engines.state import RAY_CONFIG_FILE
 
 __all__ = ["RAY_CONFIG_FILE", "STATUS_FILE", "RayConfig", "main", "read_status"]
+
+#: The launch record in the instance directory, named on the server's command line.
+RAY_CONFIG_FILE = "ray.json"
 
 #: What the server process reports about itself.
 STATUS_FILE = "ray-status.json"

@@ -41,6 +41,7 @@ from twinnet.contract.options import ServeOptions
 from twinnet.core.spec import SPEC_FILE, ModelSpec
 from twinnet.engines.health import http_get
 from twinnet.engines.ray.launch import RAY_CONFIG_FILE, RayConfig, read_status
+from twinnet.engines.registry import engine_of
 from twinnet.engines.state import (
     CHILDREN,
     KEY_FILE,
@@ -233,8 +234,8 @@ def launch(
             f"a twinnet server already runs on port {port} (pid {old.pid}); stop it with "
             "`twinnet serve --stop` or choose another --port"
         )
-    if old is not None and old.engine == "ray":
-        reap(old)  # what a Ray server that died left behind, before its record goes
+    if old is not None:
+        engine_of(old).reap(old)  # what a server that died left behind, before its record goes
     if not 0 < int(port) < 65536:
         raise TwinnetError(f"inference port {port} is not a valid port number")
     if address is None and not port_free(host, port):
@@ -277,7 +278,7 @@ def launch(
     info = ServerInfo(
         pid=proc.pid, host=host, port=int(port), management_port=0, metrics_port=0, auth=auth,
         models=[model], store=str(instance / "model"), instance=str(instance),
-        create_time=create_time, engine="ray",
+        create_time=create_time, engine="ray", config=RAY_CONFIG_FILE,
     )  # fmt: skip
     info.save()
     return info, proc
