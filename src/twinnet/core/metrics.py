@@ -1,6 +1,7 @@
 """Verification metrics on scored pairs: ROC, EER, TAR@FAR, best threshold, k-fold accuracy.
 
-Pure numpy, so it is cheap to import. A pair's target is true for "same"; its score is
+The ROC curve and its area are scikit-learn's, imported on first use so that this module
+stays cheap to import; the rest is numpy. A pair's target is true for "same"; its score is
 higher for "same" (a cosine or a probability). Every decision here is "same iff score >= t".
 Each function takes array-likes of equal, non-zero length and raises ValueError otherwise.
 """
@@ -43,58 +44,59 @@ def _runs(t: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return s[last], np.cumsum(t)[last], np.cumsum(~t)[last]
 
 
+def _both_kinds(t: np.ndarray) -> tuple[int, int]:
+    return int(t.sum()), int((~t).sum())
+
+
 def roc_auc(targets: object, scores: object) -> float:
-    """Area under the ROC curve, as the Mann-Whitney rank statistic (ties count one half).
+    """Area under the ROC curve (scikit-learn's; ties count one half).
 
     Returns NaN when only one kind of target is present.
     """
     t, s = _pairs(targets, scores)
-    n_pos, n_neg = int(t.sum()), int((~t).sum())
+    n_pos, n_neg = _both_kinds(t)
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    boundaries = np.flatnonzero(np.diff(s[order])) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(s)]])
-    ranks = np.empty(len(s), dtype=np.float64)
-    # every member of a run of equal scores gets the mean of its 1-based ranks s+1 .. e
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    return float((ranks[t].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(t, s))
 
 
 def roc_points(targets: object, scores: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False and true accept rates at every distinct score used as threshold.
+    """False and true accept rates at every distinct score used as threshold (scikit-learn's).
 
     Returns ``(far, tar, thresholds)``, thresholds falling from ``+inf`` (accept nothing:
     FAR = TAR = 0) to the lowest score (accept everything: FAR = TAR = 1). Needs both same
     and different pairs, since each rate divides by the count of one kind.
     """
     t, s = _pairs(targets, scores)
-    n_pos, n_neg = int(t.sum()), int((~t).sum())
+    n_pos, n_neg = _both_kinds(t)
     if n_pos == 0 or n_neg == 0:
         raise ValueError("an ROC curve needs both same and different pairs")
-    values, tp, fp = _runs(t, s)
-    far = np.concatenate([[0], fp]) / n_neg
-    tar = np.concatenate([[0], tp]) / n_pos
-    return far, tar, np.concatenate([[np.inf], values])
+    from sklearn.metrics import roc_curve
+
+    far, tar, thresholds = roc_curve(t, s, drop_intermediate=False)
+    return far, tar, thresholds
 
 
 def eer(targets: object, scores: object) -> tuple[float, float]:
     """Equal error rate and its threshold: where FAR and FRR (= 1 - TAR) cross.
 
-    Over the sample scores as thresholds, the one with the smallest ``|FAR - FRR|`` is taken and
-    ``(FAR + FRR) / 2`` there is reported, which is the exact EER when the two meet at a sample
-    threshold. Ties go to the smaller ``FAR + FRR``, then to the higher threshold. Accepting
-    nothing is never a candidate (there ``|FAR - FRR| = 1``, no better than accepting
-    everything), so the threshold is always a sample score. ``(nan, nan)`` with one kind only.
+    Over the sample scores as thresholds (:func:`roc_points`), the one with the smallest
+    ``|FAR - FRR|`` is taken and ``(FAR + FRR) / 2`` there is reported, which is the exact EER
+    when the two meet at a sample threshold. Ties go to the smaller ``FAR + FRR``, then to the
+    higher threshold. Accepting nothing is never a candidate (there ``|FAR - FRR| = 1``, no
+    better than accepting everything), so the threshold is always a sample score.
+    ``(nan, nan)`` with one kind only.
     """
     t, s = _pairs(targets, scores)
-    n_pos, n_neg = int(t.sum()), int((~t).sum())
+    n_pos, n_neg = _both_kinds(t)
     if n_pos == 0 or n_neg == 0:
         return float("nan"), float("nan")
-    values, tp, fp = _runs(t, s)
-    fn = n_pos - tp
-    # FAR - FRR and FAR + FRR in units of 1 / (n_pos * n_neg), so ties compare exactly
+    far, tar, values = (x[1:] for x in roc_points(t, s))
+    # counts, so that FAR - FRR and FAR + FRR compare exactly in units of 1 / (n_pos * n_neg)
+    fp = np.rint(far * n_neg).astype(np.int64)
+    fn = n_pos - np.rint(tar * n_pos).astype(np.int64)
     gap = np.abs(fp * n_pos - fn * n_neg)
     total = fp * n_pos + fn * n_neg
     tied = np.flatnonzero(gap == gap.min())
