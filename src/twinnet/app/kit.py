@@ -20,7 +20,7 @@ from PIL import Image
 
 from twinnet.clients.backends import KINDS, Backend, BackendChoice
 from twinnet.core.imaging import decode_image
-from twinnet.data.items import IMAGE_SUFFIXES
+from twinnet.data.items import IMAGE_SUFFIXES, list_images
 from twinnet.errors import ImageError, TwinnetError
 
 __all__ = [
@@ -127,16 +127,6 @@ class ImageInput:
             return cls(name or path.name, path.read_bytes())
         except OSError as exc:
             raise ImageError(f"{name or path}: cannot read ({exc.strerror or exc})") from None
-
-
-def list_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files under ``folder`` (recursively, sorted), skipping hidden files and folders."""
-    from twinnet.infer.twin import list_images as find
-
-    root = Path(folder)
-    return [
-        p for p in find(root) if not any(part.startswith(".") for part in p.relative_to(root).parts)
-    ]
 
 
 def list_samples(folder: str | os.PathLike[str] | None) -> list[Path]:

@@ -7,6 +7,7 @@ the data path (datasets as fastai items, DataLoaders, batch transforms) lives in
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections import Counter
@@ -23,6 +24,8 @@ from twinnet.errors import DataError, ImageError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "visible_files",
+    "list_images",
     "SPLITS",
     "UnreadableImagesWarning",
     "LabelledImages",
@@ -104,6 +107,27 @@ def parse_labels(labels: str) -> re.Pattern[str] | None:
     raise DataError(f"--labels must be 'folder' or 'regex:PATTERN', got {labels!r}")
 
 
+def visible_files(root: Path) -> list[Path]:
+    """The files under ``root``, recursively and sorted, without hidden ones.
+
+    The one listing rule of twinnet: a file is hidden when its name, or the name of a folder
+    between ``root`` and it, starts with a dot (``.DS_Store``, ``.ipynb_checkpoints/``).
+    """
+    return [
+        path
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    ]
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """The image files (by suffix) under ``folder``, by :func:`visible_files`' rule."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a directory")
+    return [p for p in visible_files(root) if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
 def scan_folder(root: str | Path, labels: str = "folder") -> LabelledImages:
     """Find the labelled images under ``root``.
 
@@ -118,10 +142,8 @@ def scan_folder(root: str | Path, labels: str = "folder") -> LabelledImages:
     pattern = parse_labels(labels)
     files: list[Path] = []
     names: list[str] = []
-    for path in sorted(root.rglob("*")):
+    for path in visible_files(root):
         rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
         if pattern is None:
             if path.suffix.lower() not in IMAGE_SUFFIXES or len(rel.parts) < 2:
                 continue

@@ -19,7 +19,6 @@ import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,7 @@ from twinnet.core.imaging import (
 from twinnet.core.model import TwinModel
 from twinnet.core.result import CompareResult
 from twinnet.core.spec import ModelSpec
-from twinnet.data.items import IMAGE_SUFFIXES
+from twinnet.data.items import IMAGE_SUFFIXES, list_images
 from twinnet.errors import ImageError, TwinnetError, detached
 from twinnet.infer import explain
 from twinnet.infer.cache import EmbeddingCache, content_key
@@ -68,14 +67,6 @@ class Hit:
     index: int
     item: Any
     probability: float
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder`` (recursively, by suffix), in sorted order."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise TwinnetError(f"{root} is not a directory")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _is_single(src: object) -> bool:
