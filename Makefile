@@ -7,7 +7,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.twinnet-installed
 RUNS   ?= runs
 
-.PHONY: setup demo test test-unit lint bench clean check-java
+.PHONY: setup demo test test-unit lint docs bench clean check-java
 
 setup: $(STAMP)
 
@@ -32,15 +32,24 @@ demo: $(STAMP)
 	$(BIN)/twinnet info $(RUNS)/digits
 	@echo "model directory: $(RUNS)/digits"
 
+# Everything: the architecture contract, the docs site (warnings are errors), then every test.
 test: $(STAMP) check-java
+	$(BIN)/lint-imports
+	$(MAKE) docs
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench docs/conf.py
+	$(BIN)/ruff format --check src tests bench docs/conf.py
+	$(BIN)/lint-imports
+
+# The documentation site, from docs/ (MyST Markdown) and the docstrings, into docs/_build/html.
+docs: $(STAMP)
+	rm -rf docs/_api
+	$(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_speed.py
@@ -50,4 +59,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/soak.py
 
 clean:
-	rm -rf $(RUNS) .pytest_cache
+	rm -rf $(RUNS) .pytest_cache docs/_build docs/_api

@@ -796,17 +796,15 @@ def test_identification_without_an_index_is_a_400_that_says_how(handler_and_twin
     assert out[2]["logits"] == pytest.approx(list(twin.compare(a, a).logits), abs=1e-5)
 
 
-# ------------------------------------------------------------------------ the README pins the contract
+# ------------------------------------------------------------------------ the docs pin the contract
 def _readme_contract() -> str:
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    start = text.index("### The HTTP contract")
-    return text[start : text.index("\n### ", start + 1)]
+    return (Path(__file__).resolve().parents[2] / "docs" / "http-contract.md").read_text()
 
 
 def test_readme_identification_example_is_what_the_server_speaks(index_handler, indexed_model):
-    """The identification request and answer documented in README.md's HTTP contract: its
+    """The identification request and answer documented in docs/http-contract.md: its
     curl fields and JSON request are accepted as written, and the answer has its keys."""
     import re
 

@@ -6,7 +6,7 @@ bodies both clients send, and :func:`parse_fields` / :func:`parse_body` turn a r
 into a :class:`CompareRequest` or an :class:`IdentifyRequest`. Request data is only ever
 decoded (multipart, base64, JSON); it is never evaluated.
 
-Request forms accepted (see DESIGN.md, "The HTTP contract"):
+Request forms accepted (see docs/http-contract.md):
 
 * comparison, ``multipart/form-data`` with file fields ``left`` and ``right`` and an optional
   text field ``cam``, the original sample's shape (``curl -F left=@c1.jpg -F right=@c2.jpg

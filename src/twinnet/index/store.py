@@ -1,13 +1,14 @@
 """The index directory on disk: its files, atomic replacement, and the writers' lock.
 
-```
-INDEX_DIR/
-  index.json       kind, search parameters, measured recall, the model's fingerprint and path
-  model.json       the model's twinnet.json when the index was written (threshold, calibration)
-  gallery.sqlite   table ``images``: id, path, label, blake2b (of the image's bytes)
-  vectors.npy      the embeddings (N, D) float32, rows in id order
-  faiss.index      the FAISS index over them
-```
+::
+
+  INDEX_DIR/
+    index.json       kind, search parameters, measured recall, the model's fingerprint and path
+    model.json       the model's twinnet.json when the index was written (threshold, calibration)
+    gallery.sqlite   table images: id, path, label, blake2b (of the image's bytes)
+    vectors.npy      the embeddings (N, D) float32, rows in id order
+    faiss.index      the FAISS index over them
+
 A new version of the directory is written beside it and swapped in with two renames, so a
 failure while writing leaves the previous version as it was.
 """

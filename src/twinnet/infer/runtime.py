@@ -108,7 +108,7 @@ def resolve_runtime(
     count is only lowered when torch would use more threads than the CPUs available.
     ``draft`` lets large JPEGs decode at reduced scale. It is off by default: it moves the
     preprocessed pixels of a drafted photo by 0.4 to 0.9 grey levels on average, which on
-    real photos changed decisions more often than bf16 does (see docs/readme/inference.md).
+    real photos changed decisions more often than bf16 does (see docs/inference.md).
     """
     if precision not in PRECISIONS:
         raise TwinnetError(

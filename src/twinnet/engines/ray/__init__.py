@@ -1,3 +1,5 @@
-"""Ray Serve: the deployment (:mod:`.engine`), its HTTP side (:mod:`.ingress`), the background
-process (:mod:`.launch`) and start/status/stop (:mod:`.server`).
+"""Ray Serve: the deployment (:mod:`twinnet.engines.ray.engine`), its HTTP side
+(:mod:`twinnet.engines.ray.ingress`), the background process (:mod:`twinnet.engines.ray.launch`)
+and start/status/stop (:mod:`twinnet.engines.ray.server`); :mod:`twinnet.engines.ray.adapter`
+is its :class:`~twinnet.engines.base.Engine`.
 """
