@@ -66,7 +66,7 @@ def _timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 def train_att(work: Path, quick: bool) -> tuple[Path, float]:
     """Train the cosine head on s1-s30 with bench/verification.py's AT&T recipe."""
-    from twinnet.train.fit import TrainConfig
+    from twinnet.train.config import TrainConfig
     from twinnet.train.fit import train as run_train
     from verification import RECIPES, prepare  # bench/ is on sys.path when run as a script
 

@@ -34,7 +34,7 @@ from fastai.learner import Learner  # noqa: E402
 from fastai.losses import CrossEntropyLossFlat  # noqa: E402
 
 from twinnet.infer.runtime import cpu_has_native_bf16  # noqa: E402
-from twinnet.train.fit import _bf16_callback, _EmbeddingNet, twin_splitter  # noqa: E402
+from twinnet.train.fastai_parts import EmbeddingNet, bf16_callback, twin_splitter  # noqa: E402
 from twinnet.train.losses import build_metric_loss  # noqa: E402
 
 #: (arch, image size, pairs per batch, timed batches per round)
@@ -121,7 +121,7 @@ def metric_loop(net: torch.nn.Module, loss, batches, bf16: bool) -> float:
     train_dl = DataLoader(batches, bs=None, device="cpu")
     valid_dl = DataLoader(batches[:1], bs=None, device="cpu")
     timer = _TrainTimer()
-    cbs = [timer, _bf16_callback()] if bf16 else [timer]
+    cbs = [timer, bf16_callback()] if bf16 else [timer]
     learn = Learner(DataLoaders(train_dl, valid_dl), net, loss_func=loss, cbs=cbs)
     with learn.no_logging():
         learn.fit(1, LR)
@@ -131,7 +131,7 @@ def metric_loop(net: torch.nn.Module, loss, batches, bf16: bool) -> float:
 def bench_precision(arch: str, size: int, bs: int, n: int, rounds: int) -> dict[str, float]:
     torch.manual_seed(0)
     spec = ModelSpec(arch=arch, image_size=size, head="cosine")
-    net = _EmbeddingNet(build_model(spec))
+    net = EmbeddingNet(build_model(spec))
     loss = build_metric_loss("cosface", 16, spec.embedding_dim)
     gen = torch.Generator().manual_seed(0)
     batches = [

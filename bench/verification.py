@@ -181,7 +181,7 @@ def model_row(
     from twinnet.core.metrics import best_threshold
     from twinnet.evaluate.verification import evaluate, evaluation_items
     from twinnet.infer.twin import Twin
-    from twinnet.train.fit import TrainConfig
+    from twinnet.train.config import TrainConfig
     from twinnet.train.fit import train as run_train
 
     cfg = TrainConfig(out=str(out), data=str(train), seed=0, workers=0, **fields)

@@ -10,12 +10,12 @@ import torch
 
 from twinnet.errors import TwinnetError
 from twinnet.train.augment import AffineJitter, SmallAffine, batch_augmentations
-from twinnet.train.fit import (
+from twinnet.train.config import (
     CALIB_MAX_CLASSES,
     PRESETS,
     TrainConfig,
-    _check_config,
     calibration_classes,
+    check_config,
     resolve_defaults,
 )
 
@@ -36,7 +36,7 @@ def test_pair_losses_default_to_balanced_batches():
     # the preset's random batches give way when a pair loss is asked for
     cfg = resolve_defaults(TrainConfig(out="m", recipe="small-grey", loss="contrastive"))
     assert cfg.sampler == "balanced"
-    _check_config(cfg)
+    check_config(cfg)
     cfg = resolve_defaults(TrainConfig(out="m", head="concat"))
     assert cfg.loss == "pair-ce"
 
@@ -46,7 +46,7 @@ def test_small_grey_preset_resolves_to_its_measured_values():
     assert (cfg.arch, cfg.size, cfg.pretrained) == ("resnet18", 48, False)
     assert (cfg.frozen_epochs, cfg.epochs, cfg.lr, cfg.bs) == (0, 10, 3e-3, 64)
     assert (cfg.loss, cfg.sampler, cfg.augment, cfg.wd) == ("cosface", "random", "affine", None)
-    _check_config(cfg)
+    check_config(cfg)
 
 
 def test_options_given_beat_the_preset():
@@ -65,7 +65,7 @@ def test_unknown_preset_and_impossible_sampler_are_refused():
         resolve_defaults(TrainConfig(out="m", recipe="huge"))
     cfg = resolve_defaults(TrainConfig(out="m", loss="contrastive", sampler="random"))
     with pytest.raises(TwinnetError, match="needs class-balanced batches"):
-        _check_config(cfg)
+        check_config(cfg)
 
 
 def test_every_preset_names_real_fields():

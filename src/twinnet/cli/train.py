@@ -45,41 +45,10 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from twinnet.train.fit import TrainConfig, train
+    from twinnet.train.config import from_args
+    from twinnet.train.fit import train
 
-    cfg = TrainConfig(
-        out=args.out,
-        data=_data_dir(args),
-        dataset=args.dataset,
-        labels=args.labels,
-        split=args.split,
-        valid_pct=args.valid_pct,
-        seed=args.seed,
-        recipe=args.recipe,
-        arch=args.arch,
-        size=args.size,
-        resize=args.resize,
-        pretrained=args.pretrained,
-        frozen_epochs=args.frozen_epochs,
-        epochs=args.epochs,
-        lr=args.lr,
-        lr_lo=args.lr_lo,
-        lr_hi=args.lr_hi,
-        bs=args.bs,
-        workers=args.workers,
-        augment=args.aug,
-        epoch_pairs=args.epoch_pairs,
-        valid_pairs=args.valid_pairs,
-        lr_find=args.lr_find,
-        name=args.name,
-        threads=args.threads,
-        head=args.head,
-        loss=args.loss,
-        embedding_dim=args.embedding_dim,
-        per_class=args.per_class,
-        calib_pct=args.calib_pct,
-        precision=args.precision,
-    )
+    cfg = from_args(args, data=_data_dir(args))
     result = train(cfg)
     if result.lr_suggestion is not None:
         print(f"lr_find: suggested learning rate (valley) {result.lr_suggestion:.2e}")
@@ -97,10 +66,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _register_train(sub: argparse._SubParsersAction) -> None:
-    from twinnet.core.spec import ARCHS, HEADS, RESIZE_METHODS
-    from twinnet.infer.runtime import PRECISIONS
-    from twinnet.train.fit import PRESETS
-    from twinnet.train.losses import LOSSES
+    from twinnet.train.config import add_arguments
 
     p = sub.add_parser(
         "train",
@@ -112,109 +78,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         ),
     )
     _add_data_args(p)
-    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
-    p.add_argument(
-        "--split",
-        choices=("random", "classes"),
-        default="random",
-        help="hold out random files, or whole classes (default: random)",
-    )
-    p.add_argument("--valid-pct", type=float, default=0.2, help="share held out (default 0.2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of split, pairs and weights")
-    p.add_argument(
-        "--recipe",
-        choices=tuple(PRESETS),
-        help="a measured preset for the options you leave out. small-grey: small grey images "
-        "with many classes (handwriting, glyphs, digits): "
-        + " ".join(f"{k.replace('_', '-')}={v}" for k, v in PRESETS["small-grey"].items())
-        + ", no flips. Without it: the sample's Oxford-IIIT Pet recipe",
-    )
-    p.add_argument("--arch", choices=tuple(ARCHS), help="encoder (default resnet50)")
-    p.add_argument("--size", type=int, help="square input side in pixels (default 224)")
-    p.add_argument("--resize", choices=RESIZE_METHODS, default="squish")
-    p.add_argument(
-        "--pretrained",
-        action=argparse.BooleanOptionalAction,
-        help="start from torchvision's ImageNet weights (default: yes)",
-    )
-    p.add_argument(
-        "--frozen-epochs",
-        type=int,
-        help="epochs with the encoder frozen (default 4; from scratch 0)",
-    )
-    p.add_argument(
-        "--epochs", type=int, help="epochs with everything trainable (default 4; from scratch 12)"
-    )
-    p.add_argument(
-        "--lr",
-        type=float,
-        help="learning rate of the first stage (default 1e-3; from scratch 3e-3)",
-    )
-    p.add_argument(
-        "--lr-lo",
-        type=float,
-        help="unfrozen rate of the encoder (default 1e-6; from scratch: --lr)",
-    )
-    p.add_argument(
-        "--lr-hi", type=float, help="unfrozen rate of the head (default 1e-4; from scratch: --lr)"
-    )
-    p.add_argument(
-        "--head",
-        choices=HEADS,
-        default="cosine",
-        help="cosine: embedding + calibrated cosine (default); concat: the sample's pair head",
-    )
-    p.add_argument(
-        "--loss",
-        choices=LOSSES,
-        help="cosine head: cosface (default), normface, arcface (class proxies), "
-        "multisimilarity, contrastive (pairs in a batch); concat head: pair-ce",
-    )
-    p.add_argument(
-        "--embedding-dim", type=int, default=128, help="cosine head's embedding width (default 128)"
-    )
-    p.add_argument(
-        "--per-class",
-        type=int,
-        default=4,
-        help="cosine head: images of each class in a batch (default 4)",
-    )
-    p.add_argument(
-        "--calib-pct",
-        type=float,
-        default=0.2,
-        help="cosine head with --split random: share of classes held out to fit the threshold "
-        "(default 0.2, at most 50 classes)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="auto: bf16 autocast on CPUs with native bf16; fp32 turns it off",
-    )
-    p.add_argument(
-        "--bs", type=int, help="pairs (concat) or images (cosine) per batch (default 32)"
-    )
-    p.add_argument(
-        "--workers", type=int, help="DataLoader processes (default: 0 when images fit in memory)"
-    )
-    p.add_argument(
-        "--aug",
-        action=argparse.BooleanOptionalAction,
-        help="augment training batches (default: on; fastai's aug_transforms, or small "
-        "affine moves without flips with --recipe small-grey)",
-    )
-    p.add_argument(
-        "--epoch-pairs",
-        type=int,
-        help="training pairs (concat) or images (cosine) per epoch (default: max(images, 1024))",
-    )
-    p.add_argument(
-        "--valid-pairs", type=int, help="concat: validation pairs (default: max(images, 256))"
-    )
-    p.add_argument("--lr-find", action="store_true", help="run fastai's lr_find, report, and stop")
-    p.add_argument("--name", default="twin", help="model name used by servers")
-    p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's)")
+    add_arguments(p)
     p.set_defaults(func=_train)
 
 
@@ -223,23 +87,14 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 def _labelled_data(args: argparse.Namespace, default_to_training: bool) -> tuple[str, str | None]:
     """DATA_DIR, --data or --dataset, and the label source; optionally the training folder."""
-    from twinnet.data.datasets import resolve_dataset
+    from twinnet.core.spec import ModelSpec
+    from twinnet.data.datasets import resolve_source
 
-    data, labels = _data_dir(args), args.labels
-    if args.dataset:
-        if data:
-            raise TwinnetError("give either DATA_DIR (--data) or --dataset, not both")
-        data, dataset_labels = resolve_dataset(args.dataset)
-        labels = labels or dataset_labels
-    if not data and default_to_training:
-        from twinnet.core.spec import ModelSpec
-
-        data = ModelSpec.load(args.model_dir).recipe.get("data")
-        if data and not Path(data).is_dir():
-            data = None
-    if not data:
-        raise TwinnetError("no data: give DATA_DIR (or --data DIR), or --dataset digits|pets")
-    return str(data), labels
+    data, fallback = _data_dir(args), None
+    if default_to_training and not data and not args.dataset:
+        fallback = ModelSpec.load(args.model_dir).recipe.get("data")
+    root, labels = resolve_source(data, args.dataset, args.labels, fallback)
+    return str(root), labels
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from twinnet.errors import TwinnetError
 
 __all__ = [
+    "resolve_source",
     "make_shapes_dataset",
     "SHAPES",
     "DATASETS",
@@ -228,3 +229,28 @@ def resolve_dataset(name: str) -> tuple[Path, str]:
     if name == "pets":
         return download_pets(), PETS_LABELS
     raise TwinnetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def resolve_source(
+    data: str | os.PathLike | None,
+    dataset: str | None,
+    labels: str | None,
+    fallback: str | os.PathLike | None = None,
+) -> tuple[Path, str | None]:
+    """The folder to read and its label rule: DATA_DIR, a named data set, or ``fallback``.
+
+    The one place that chooses the data of a command (``train``, ``evaluate``, ``calibrate``):
+    DATA_DIR and ``dataset`` exclude each other, a named data set brings its label rule
+    unless ``labels`` is given (otherwise ``labels`` as given, ``None`` included), and ``fallback`` (for ``evaluate``, the folder a model was
+    trained on) is used only when nothing else is given and it still exists.
+    """
+    if dataset:
+        if data:
+            raise TwinnetError("give either DATA_DIR (--data) or --dataset, not both")
+        root, dataset_labels = resolve_dataset(dataset)
+        return root, labels or dataset_labels
+    if not data and fallback and Path(fallback).is_dir():
+        data = fallback
+    if not data:
+        raise TwinnetError("no data: give DATA_DIR (or --data DIR), or --dataset digits|pets")
+    return Path(data), labels

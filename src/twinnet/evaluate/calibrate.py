@@ -14,7 +14,6 @@ import numpy as np
 from twinnet.core.calibration import (
     CALIBRATION_PAIRS,
     DEFAULT_CALIBRATION,
-    Calibration,
     fit_calibration,
     parse_target,
     sigmoid,
@@ -23,7 +22,7 @@ from twinnet.data.items import check_images, draw_pairs, require_pairs, scan_fol
 from twinnet.errors import TwinnetError
 from twinnet.infer.twin import Twin
 
-__all__ = ["calibration_scores", "apply_calibration", "recalibrate"]
+__all__ = ["calibration_scores", "recalibrate"]
 
 
 def calibration_scores(
@@ -42,13 +41,6 @@ def calibration_scores(
     drawn = draw_pairs(items.labels, pairs, np.random.default_rng([seed, 13]), swap=False)
     cos = np.einsum("nd,nd->n", emb[drawn[:, 0]], emb[drawn[:, 1]])
     return cos, drawn[:, 2].astype(bool)
-
-
-def apply_calibration(model: Any, spec: Any, cal: Calibration) -> None:
-    """Record a calibration in the spec (mapping and threshold) and in the live head."""
-    spec.calibration = cal.to_dict()
-    spec.threshold = float(cal.threshold)
-    model.head.set_calibration(cal.scale, cal.bias)
 
 
 def _decision_report(
