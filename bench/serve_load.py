@@ -85,7 +85,7 @@ import psutil
 import requests
 from PIL import Image
 
-from twinnet.contract.protocol import encode_multipart
+from twinnet.contract.encode import encode_multipart
 from twinnet.engines.ray import server as ray_server
 from twinnet.engines.server import read_keys, start, stop
 from twinnet.engines.state import ServerInfo

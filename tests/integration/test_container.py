@@ -32,7 +32,7 @@ from PIL import Image
 
 from twinnet.container.main import apply_settings
 from twinnet.container.package import package
-from twinnet.contract.protocol import encode_multipart
+from twinnet.contract.encode import encode_multipart
 from twinnet.index import GalleryIndex
 
 pytestmark = pytest.mark.integration
@@ -394,7 +394,7 @@ def _serve_with_index(model: Path, work: Path, **env_settings: str):
 
 
 def test_invocations_answers_identification(index_container):
-    from twinnet.contract.protocol import encode_identify_json, encode_identify_multipart
+    from twinnet.contract.encode import encode_identify_json, encode_identify_multipart
 
     url, library = f"{index_container['url']}/invocations", index_container["library"]
     query = (index_container["gallery"] / "circle_0" / "1.png").read_bytes()
@@ -601,7 +601,7 @@ def ray_index_container(random_cosine_dir, tmp_path_factory):
 
 
 def test_ray_invocations_answers_identification(ray_index_container):
-    from twinnet.contract.protocol import encode_identify_multipart
+    from twinnet.contract.encode import encode_identify_multipart
 
     url, library = f"{ray_index_container['url']}/invocations", ray_index_container["library"]
     _ray_processes_ok(_ray_family(ray_index_container["proc"].pid))

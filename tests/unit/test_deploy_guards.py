@@ -22,7 +22,8 @@ from twinnet.aws.sagemaker import (
 from twinnet.cli import main
 from twinnet.clients.remote import prepare_body
 from twinnet.container.package import find_mar
-from twinnet.contract.protocol import MAX_REQUEST_BYTES, encode_multipart
+from twinnet.contract.encode import encode_multipart
+from twinnet.contract.protocol import MAX_REQUEST_BYTES
 from twinnet.errors import ImageError, TwinnetError
 
 pytestmark = pytest.mark.unit

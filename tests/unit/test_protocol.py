@@ -13,19 +13,17 @@ import pytest
 from PIL import Image
 
 import twinnet.contract.protocol as protocol
+from twinnet.contract.encode import encode_json, encode_multipart, render_result
 from twinnet.contract.protocol import (
     MAX_REQUEST_BYTES,
     CompareRequest,
     ProtocolError,
     check_size,
-    encode_json,
-    encode_multipart,
     error_from_exception,
     parse_body,
     parse_cam,
     parse_fields,
     parse_format,
-    render_result,
 )
 from twinnet.core.result import CompareResult
 from twinnet.errors import ImageError, TwinnetError
@@ -545,11 +543,10 @@ def test_handler_answers_in_the_archives_default_format(any_head_model_dir):
 
 # ------------------------------------------------------------------------ identification requests
 def test_identify_request_forms():
+    from twinnet.contract.encode import encode_identify_json, encode_identify_multipart
     from twinnet.contract.protocol import (
         DEFAULT_TOP_K,
         IdentifyRequest,
-        encode_identify_json,
-        encode_identify_multipart,
         options_from_attributes,
     )
 

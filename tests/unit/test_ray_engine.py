@@ -17,8 +17,9 @@ pytest.importorskip("starlette")
 
 from starlette.requests import Request  # noqa: E402
 
+from twinnet.contract.encode import encode_multipart  # noqa: E402
 from twinnet.contract.options import ServeOptions, usable_cpus  # noqa: E402
-from twinnet.contract.protocol import MAX_REQUEST_BYTES, encode_multipart  # noqa: E402
+from twinnet.contract.protocol import MAX_REQUEST_BYTES  # noqa: E402
 from twinnet.contract.service import Reply, Row  # noqa: E402
 from twinnet.engines.ray.engine import parse_autoscale, plan  # noqa: E402
 from twinnet.engines.ray.ingress import (  # noqa: E402

@@ -1,7 +1,7 @@
 """Clients for a served twin model: TorchServe over HTTP, and a SageMaker endpoint.
 
-Both send the same bytes, built by :func:`twinnet.contract.protocol.encode_multipart` (and
-:func:`~twinnet.contract.protocol.encode_identify_multipart`), so the request a client sends is
+Both send the same bytes, built by :func:`twinnet.contract.encode.encode_multipart` (and
+:func:`~twinnet.contract.encode.encode_identify_multipart`), so the request a client sends is
 exactly the one the handler parses. ``compare`` returns a
 :class:`~twinnet.core.result.CompareResult`; ``identify`` (a model served with a gallery index)
 returns an :class:`~twinnet.index.Identification`. Responses are parsed as JSON (never
@@ -19,12 +19,11 @@ import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from twinnet.contract.encode import encode_identify_multipart, encode_multipart
 from twinnet.contract.protocol import (
     DEFAULT_TOP_K,
     MAX_REQUEST_BYTES,
     QUERY_FIELD,
-    encode_identify_multipart,
-    encode_multipart,
 )
 from twinnet.core.imaging import ImageSource, read_bytes, source_name
 from twinnet.core.result import CompareResult

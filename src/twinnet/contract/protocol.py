@@ -23,7 +23,7 @@ Request forms accepted (see docs/http-contract.md):
   are refused (the server's default format does not apply). A request with both ``query``
   and ``left``/``right`` is refused.
 
-Errors are :class:`ProtocolError`, rendered as ``{"error": {"code", "field", "message"}}``.
+Errors are :class:`~twinnet.contract.errors.ProtocolError`, rendered as ``{"error": {"code", "field", "message"}}``.
 """
 
 from __future__ import annotations
@@ -31,17 +31,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import quopri
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser, BytesParser
-from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qs
 
-from twinnet.errors import ImageError, TwinnetError
+from twinnet.contract.errors import ProtocolError, error_body, error_from_exception
+from twinnet.contract.multipart import MAX_PARTS, parse_multipart
 
 __all__ = [
     "MAX_REQUEST_BYTES",
@@ -67,22 +64,14 @@ __all__ = [
     "parse_multipart",
     "CUSTOM_ATTRIBUTES_HEADER",
     "options_from_attributes",
-    "encode_multipart",
-    "encode_json",
-    "encode_identify_multipart",
-    "encode_identify_json",
     "error_body",
     "error_from_exception",
-    "render_result",
 ]
 
 #: SageMaker real-time endpoints refuse payloads over 6 MB; TorchServe is set to the same cap.
 MAX_REQUEST_BYTES = 6 * 1024 * 1024
 #: Large enough for the contract's JSON with CAM maps of any supported image size.
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
-#: Most parts a ``multipart/form-data`` body may hold: the contract names a handful of fields,
-#: and every extra part only costs parsing time.
-MAX_PARTS = 16
 CAM_TRUE = frozenset({"true", "1", "yes"})
 CAM_FALSE = frozenset({"false", "0", "no", ""})
 #: ``object`` is the contract's JSON object; ``list`` is the original sample's flat list.
@@ -102,43 +91,6 @@ MAX_REQUEST_TOP_K = 100
 #: string).
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 _OPTIONS = ("cam", "format", "top_k")
-
-_STATUS_OF = {
-    "bad_request": 400,
-    "missing_field": 400,
-    "invalid_field": 400,
-    "invalid_image": 400,
-    "unauthorized": 401,
-    "not_found": 404,
-    "payload_too_large": 413,
-    "unsupported_media_type": 415,
-    "internal_error": 500,
-    "unavailable": 503,
-}
-
-
-class ProtocolError(TwinnetError):
-    """A request that breaks the contract; carries its HTTP status and error object.
-
-    Attributes:
-        code: machine-readable error code (``invalid_image``, ``missing_field``, ...).
-        field: the request field at fault, or ``None``.
-        status: the HTTP status that goes with ``code``.
-    """
-
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.field = field
-        self.status = _STATUS_OF.get(code, 400)
-
-    @property
-    def message(self) -> str:
-        return str(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The contract's error object."""
-        return error_body(self.code, self.message, self.field)
 
 
 @dataclass(frozen=True)
@@ -173,23 +125,6 @@ class IdentifyRequest:
 
 #: What :func:`parse_fields` returns: a comparison or an identification.
 Request = CompareRequest | IdentifyRequest
-
-
-def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    """``{"error": {"code", "field", "message"}}``."""
-    return {"error": {"code": code, "field": field, "message": message}}
-
-
-def error_from_exception(exc: BaseException) -> ProtocolError:
-    """Map any failure to a :class:`ProtocolError`; unknown exceptions become a bare 500."""
-    if isinstance(exc, ProtocolError):
-        return exc
-    if isinstance(exc, ImageError):
-        return ProtocolError("invalid_image", str(exc), getattr(exc, "field", None))
-    if isinstance(exc, TwinnetError):
-        return ProtocolError("bad_request", str(exc))
-    # Internal details stay in the server log, not in the response.
-    return ProtocolError("internal_error", f"internal error ({exc.__class__.__name__})")
 
 
 def _text(value: Any, field: str) -> str:
@@ -432,111 +367,6 @@ def options_from_attributes(value: str | None) -> dict[str, str]:
 
 #: What may follow ``--boundary`` on a delimiter line: ``--`` when it closes the body,
 #: transport padding, then the line break (RFC 2046, section 5.1.1).
-_DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\n|\r|\Z)")
-
-
-def _boundary(content_type: str) -> bytes:
-    """The ``boundary`` parameter of a multipart ``Content-Type`` (quoted or not)."""
-    head = b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n"
-    boundary = BytesParser(policy=HTTP).parsebytes(head, headersonly=True).get_boundary()
-    if not boundary:
-        raise ProtocolError("bad_request", "multipart/form-data without a boundary")
-    return boundary.encode("latin-1", "replace")
-
-
-def _line_start(body: bytes, pos: int) -> int:
-    """Where a line break ending just before ``pos`` begins (it belongs to the delimiter)."""
-    if pos >= 2 and body[pos - 2 : pos] == b"\r\n":
-        return pos - 2
-    return pos - 1 if pos and body[pos - 1 : pos] in (b"\r", b"\n") else pos
-
-
-def _split_parts(body: bytes, boundary: bytes) -> list[bytes]:
-    """The raw parts (headers and content) between the delimiter lines of a multipart body.
-
-    The body is refused before any parsing when it holds more than :data:`MAX_PARTS`
-    delimiters, so the cost of the rest stays bounded; parts are never parsed recursively.
-    """
-    dash = b"--" + boundary
-    if body.count(dash) > MAX_PARTS + 1:  # the closing delimiter comes on top of the parts
-        raise ProtocolError(
-            "bad_request",
-            f"multipart/form-data body with more than {MAX_PARTS} parts; send only the "
-            "contract's fields ('left' and 'right', or 'query') and its options",
-        )
-    parts: list[bytes] = []
-    start: int | None = None
-    pos = body.find(dash)
-    while pos != -1:
-        tail = _DELIMITER_TAIL.match(body, pos + len(dash))
-        if tail is not None and (pos == 0 or body[pos - 1 : pos] in (b"\r", b"\n")):
-            if start is not None:
-                parts.append(body[start : _line_start(body, pos)])
-            if tail.group(1):
-                break
-            start = tail.end()
-        pos = body.find(dash, pos + len(dash))
-    else:
-        if start is not None:  # no closing delimiter: the last part runs to the last line end
-            parts.append(body[start : _line_start(body, len(body))])
-    if start is None:
-        raise ProtocolError("bad_request", "malformed multipart/form-data body")
-    return parts
-
-
-#: The blank line that ends a part's headers.
-_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
-#: Longest header block a part may have; real ones are two or three short lines.
-_MAX_PART_HEAD = 8 * 1024
-
-
-def _split_part(raw: bytes) -> tuple[bytes, bytes]:
-    """A part's header block and its content, which the first blank line separates."""
-    for lead in (b"\r\n", b"\n"):
-        if raw.startswith(lead):
-            return b"", raw[len(lead) :]
-    blank = _BLANK_LINE.search(raw, 0, _MAX_PART_HEAD)
-    if blank is not None:
-        return raw[: blank.start()], raw[blank.end() :]
-    if len(raw) > _MAX_PART_HEAD:
-        raise ProtocolError(
-            "bad_request", f"multipart part headers over {_MAX_PART_HEAD // 1024} KiB"
-        )
-    return raw, b""
-
-
-def _undo_transfer_encoding(content: bytes, encoding: str, field: str) -> bytes:
-    """Part content without its (deprecated, RFC 7578) ``Content-Transfer-Encoding``."""
-    encoding = encoding.strip().lower()
-    if encoding == "base64":
-        try:
-            return binascii.a2b_base64(content)
-        except binascii.Error:
-            raise ProtocolError("invalid_field", f"{field}: not valid base64", field) from None
-    if encoding == "quoted-printable":
-        return quopri.decodestring(content)
-    return content
-
-
-def parse_multipart(body: bytes, content_type: str) -> dict[str, bytes]:
-    """Split a ``multipart/form-data`` body into ``{name: bytes}`` (last one wins).
-
-    At most :data:`MAX_PARTS` parts are accepted (400 beyond). Only each part's short
-    header block is parsed; its content is sliced out as bytes, never scanned line by line
-    nor descended into when it is itself multipart, so the cost stays linear in the body.
-    """
-    boundary = _boundary(content_type)
-    out: dict[str, bytes] = {}
-    for raw in _split_parts(body, boundary):
-        head, content = _split_part(raw)
-        headers = BytesHeaderParser(policy=HTTP).parsebytes(head + b"\r\n\r\n")
-        name = headers.get_param("name", header="content-disposition")
-        if name:
-            encoding = str(headers.get("content-transfer-encoding", ""))
-            out[str(name)] = _undo_transfer_encoding(content, encoding, str(name))
-    return out
-
-
 def parse_body(
     body: bytes, content_type: str | None, query: str = "", default_format: str = "object"
 ) -> Request:
@@ -555,83 +385,3 @@ def parse_body(
         fields = {**extra, **parse_multipart(body, content_type or "")}
         return parse_fields(fields, default_format=default_format)
     return parse_fields({**extra, "body": body}, content_type, default_format)
-
-
-def _sniff_type(data: bytes) -> str:
-    if data[:3] == b"\xff\xd8\xff":
-        return "image/jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "image/png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "application/octet-stream"
-
-
-def _multipart(files: list[tuple[str, bytes]], texts: list[tuple[str, str]]) -> tuple[bytes, str]:
-    """A ``multipart/form-data`` body of file parts, then text parts: ``(body, content_type)``.
-
-    File parts always carry a filename, so servers treat them as files (bytes kept as is).
-    """
-    boundary = f"twinnet-{uuid.uuid4().hex}"
-    chunks: list[bytes] = []
-    for name, data in files:
-        ctype = _sniff_type(data)
-        ext = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}.get(ctype, "bin")
-        chunks.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.{ext}"\r\n'
-            f"Content-Type: {ctype}\r\n\r\n".encode("ascii")
-            + bytes(data)
-            + b"\r\n"
-        )
-    for name, value in texts:
-        chunks.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-            f"{value}\r\n".encode("ascii")
-        )
-    chunks.append(f"--{boundary}--\r\n".encode("ascii"))
-    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
-
-
-def encode_multipart(
-    left: bytes, right: bytes, cam: bool = False, format: str | None = "object"
-) -> tuple[bytes, str]:
-    """The comparison body both clients send: ``(body, content_type)``.
-
-    Image parts always carry a filename, so servers treat them as files (bytes kept as is).
-    The body names ``format`` (``object`` unless told otherwise; ``None`` leaves it out):
-    the clients parse the JSON object, whatever default response format the server has.
-    """
-    options = [("cam", "true" if cam else "false")] + ([("format", format)] if format else [])
-    return _multipart([("left", left), ("right", right)], options)
-
-
-def encode_json(
-    left: bytes, right: bytes, cam: bool = False, format: str | None = "object"
-) -> tuple[bytes, str]:
-    """The JSON-body variant: ``(body, "application/json")``; ``format`` as in multipart."""
-    obj: dict[str, Any] = {
-        "left": base64.b64encode(left).decode("ascii"),
-        "right": base64.b64encode(right).decode("ascii"),
-        "cam": bool(cam),
-    }
-    if format:
-        obj["format"] = format
-    return json.dumps(obj).encode("utf-8"), "application/json"
-
-
-def encode_identify_multipart(query: bytes, top_k: int = DEFAULT_TOP_K) -> tuple[bytes, str]:
-    """The identification body both clients send: file ``query`` and text ``top_k``."""
-    return _multipart([(QUERY_FIELD, query)], [("top_k", str(parse_top_k(top_k)))])
-
-
-def encode_identify_json(query: bytes, top_k: int = DEFAULT_TOP_K) -> tuple[bytes, str]:
-    """The JSON-body variant: ``{"query": "<base64>", "top_k": 5}``."""
-    obj = {QUERY_FIELD: base64.b64encode(query).decode("ascii"), "top_k": parse_top_k(top_k)}
-    return json.dumps(obj).encode("utf-8"), "application/json"
-
-
-def render_result(result: Any, fmt: str = "object") -> str:
-    """A :class:`~twinnet.core.result.CompareResult` (or, as ``object``, an
-    :class:`~twinnet.index.Identification`) as the contract's JSON text."""
-    payload = result.to_list() if fmt == "list" else result.to_dict()
-    return json.dumps(payload, separators=(",", ":"))

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from twinnet.contract.encode import render_result
 from twinnet.contract.protocol import (
     CUSTOM_ATTRIBUTES_HEADER,
     QUERY_FIELD,
@@ -41,7 +42,6 @@ from twinnet.contract.protocol import (
     error_from_exception,
     options_from_attributes,
     parse_fields,
-    render_result,
 )
 from twinnet.errors import ImageError, detached
 
