@@ -245,7 +245,7 @@ def test_listing_endpoints_without_credentials_is_a_twinnet_error(
 ) -> None:
     """Real boto3, no credentials anywhere: the sidebar gets advice, not a traceback."""
     from twinnet.aws.endpoints import list_endpoints
-    from twinnet.clients.remote import SageMakerClient
+    from twinnet.clients.sagemaker import SageMakerClient
 
     with pytest.raises(TwinnetError, match="no AWS credentials"):
         list_endpoints(region="us-east-1")

@@ -17,7 +17,7 @@ from twinnet.aws.session import (
     describe_error,
     new_session,
 )
-from twinnet.clients.remote import SageMakerClient, _sagemaker_error
+from twinnet.clients.sagemaker import SageMakerClient, _sagemaker_error
 from twinnet.errors import TwinnetError
 
 pytestmark = pytest.mark.unit

@@ -343,7 +343,7 @@ def test_http_client_routes():
 
 def test_sagemaker_client_without_credentials(no_aws, monkeypatch):
     pytest.importorskip("boto3")
-    from twinnet.clients.remote import SageMakerClient
+    from twinnet.clients.sagemaker import SageMakerClient
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     client = SageMakerClient("twin-endpoint")
@@ -353,7 +353,7 @@ def test_sagemaker_client_without_credentials(no_aws, monkeypatch):
 
 def test_sagemaker_error_messages():
     botocore = pytest.importorskip("botocore.exceptions")
-    from twinnet.clients.remote import _sagemaker_error
+    from twinnet.clients.sagemaker import _sagemaker_error
 
     def err(code, message, **extra):
         return botocore.ClientError(
@@ -618,7 +618,7 @@ def test_identify_client_refuses_a_bad_top_k_before_sending():
 
 
 def test_identification_answers_parse_back(monkeypatch):
-    from twinnet.clients.remote import _parse_identification
+    from twinnet.clients.remote import parse_identification
 
     answer = {
         "known": True,
@@ -626,11 +626,11 @@ def test_identification_answers_parse_back(monkeypatch):
         "threshold": 0.5,
         "model": "twin",
     }
-    result = _parse_identification(json.dumps(answer).encode(), "server")
+    result = parse_identification(json.dumps(answer).encode(), "server")
     assert result.to_dict() == answer
     for broken in ({**answer, "known": "yes"}, {k: v for k, v in answer.items() if k != "matches"}):
         with pytest.raises(TwinnetError, match="malformed identification"):
-            _parse_identification(json.dumps(broken).encode(), "server")
+            parse_identification(json.dumps(broken).encode(), "server")
 
 
 # ------------------------------------------------------------------------ identification, in process

@@ -7,7 +7,7 @@
   :mod:`.endpoints` (listing, status) and :mod:`.teardown`. The same calls run against
   AWS and against a moto server (``AWS_ENDPOINT_URL``).
 - ``model.tar.gz`` is built by :mod:`twinnet.container.package`; invoking an endpoint is
-  :class:`twinnet.clients.remote.SageMakerClient`.
+  :class:`twinnet.clients.sagemaker.SageMakerClient`.
 
 The submodules are imported on demand, so ``import twinnet.aws`` needs neither boto3 nor torch.
 """

@@ -88,7 +88,7 @@ def open_backend(
         from twinnet.clients.remote import HttpClient
 
         return HttpClient(url, token=token, model_name=model_name)
-    from twinnet.clients.remote import SageMakerClient
+    from twinnet.clients.sagemaker import SageMakerClient
 
     return SageMakerClient(str(endpoint), region=region, profile=profile)
 

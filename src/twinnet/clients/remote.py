@@ -1,4 +1,5 @@
-"""Clients for a served twin model: TorchServe over HTTP, and a SageMaker endpoint.
+"""The client of a served twin model over HTTP (TorchServe, Ray Serve), and the wire handling
+it shares with the SageMaker client (:mod:`twinnet.clients.sagemaker`).
 
 Both send the same bytes, built by :func:`twinnet.contract.encode.encode_multipart` (and
 :func:`~twinnet.contract.encode.encode_identify_multipart`), so the request a client sends is
@@ -32,7 +33,15 @@ from twinnet.errors import ImageError, TwinnetError
 if TYPE_CHECKING:
     from twinnet.index import Identification
 
-__all__ = ["HttpClient", "SageMakerClient", "TOKEN_ENV", "prepare_body", "prepare_identify_body"]
+__all__ = [
+    "HttpClient",
+    "TOKEN_ENV",
+    "prepare_body",
+    "prepare_identify_body",
+    "parse_result",
+    "parse_identification",
+    "error_from_body",
+]
 
 #: Environment variable holding a TorchServe inference token (used when none is passed).
 TOKEN_ENV = "TWINNET_TOKEN"
@@ -72,7 +81,7 @@ def _checked_size(body: bytes) -> bytes:
     return body
 
 
-def _error_from_body(status: int, raw: bytes, where: str) -> TwinnetError:
+def error_from_body(status: int, raw: bytes, where: str) -> TwinnetError:
     """A TwinnetError for a non-200 answer, from the contract's error object when present."""
     try:
         data: Any = json.loads(raw.decode("utf-8")) if raw else None
@@ -104,14 +113,14 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return data
 
 
-def _parse_result(raw: bytes, where: str) -> CompareResult:
+def parse_result(raw: bytes, where: str) -> CompareResult:
     try:
         return CompareResult.from_dict(_json_object(raw))
     except (UnicodeDecodeError, ValueError) as exc:
         raise TwinnetError(f"{where} sent a malformed answer: {exc}") from None
 
 
-def _parse_identification(raw: bytes, where: str) -> Identification:
+def parse_identification(raw: bytes, where: str) -> Identification:
     """The contract's identification object as an Identification; a server does not send
     cosines, so each match's ``cosine`` is NaN."""
     from twinnet.index import Identification, Match
@@ -238,11 +247,11 @@ class HttpClient:
 
     def compare(self, left: ImageSource, right: ImageSource, cam: bool = False) -> CompareResult:
         """Send one pair; returns the server's verdict (with CAM maps when ``cam``)."""
-        return _parse_result(self._send(*prepare_body(left, right, cam)), self.base)
+        return parse_result(self._send(*prepare_body(left, right, cam)), self.base)
 
     def identify(self, query: ImageSource, top_k: int = DEFAULT_TOP_K) -> Identification:
         """Which gallery class does ``query`` show? Needs a model served with ``--index``."""
-        return _parse_identification(self._send(*prepare_identify_body(query, top_k)), self.base)
+        return parse_identification(self._send(*prepare_identify_body(query, top_k)), self.base)
 
     def _send(self, body: bytes, content_type: str) -> bytes:
         """POST one request body; the 200 answer's bytes, or a TwinnetError that says why not."""
@@ -261,7 +270,7 @@ class HttpClient:
                 f"no model {self.model_name!r} at {self.base} (404); check the name with "
                 "`twinnet serve --status` or pass --model-name"
             )
-        raise _error_from_body(resp.status_code, resp.content, self.base)
+        raise error_from_body(resp.status_code, resp.content, self.base)
 
     def close(self) -> None:
         self._session.close()
@@ -295,108 +304,3 @@ def _local_management_url(base: str) -> str | None:
         if info.port == parts.port:
             return info.management_url
     return None
-
-
-class SageMakerClient:
-    """Compare images (and identify them, when packaged with an index) with a SageMaker
-    real-time endpoint (``sagemaker-runtime``).
-
-    Before its first request the client checks that the endpoint exists and is InService,
-    so a typo or an endpoint still being created is one clear line, not a runtime error.
-
-    Args:
-        endpoint: the endpoint's name.
-        region: AWS region; default from the AWS configuration (``AWS_DEFAULT_REGION``...).
-            ``AWS_ENDPOINT_URL`` points the client elsewhere (e.g. a moto server).
-        session: a ``boto3.Session``; default a new one, for ``profile``.
-        profile: AWS profile from ``~/.aws`` when no session is given.
-    """
-
-    #: An endpoint does not send its spec, and has no embedding search (see ``backends.Backend``).
-    spec = None
-    search = None
-
-    def __init__(
-        self,
-        endpoint: str,
-        region: str | None = None,
-        session: Any = None,
-        profile: str | None = None,
-    ) -> None:
-        from twinnet.aws.resources import validate_endpoint_name
-        from twinnet.aws.session import client, new_session
-
-        if not endpoint:
-            raise TwinnetError("an endpoint name is required")
-        self.endpoint = validate_endpoint_name(endpoint)
-        # A fresh session per client: credentials are resolved now, from the current
-        # environment, not from whatever boto3's process-wide default session cached.
-        self._session = session if session is not None else new_session(profile=profile)
-        self._client = client(self._session, "sagemaker-runtime", region)
-        self.region = self._client.meta.region_name
-        self._checked = False
-
-    def __repr__(self) -> str:
-        return f"SageMakerClient({self.endpoint!r}, region={self.region!r})"
-
-    def compare(self, left: ImageSource, right: ImageSource, cam: bool = False) -> CompareResult:
-        """Invoke the endpoint with one pair; returns its verdict."""
-        raw = self._invoke(*prepare_body(left, right, cam))
-        return _parse_result(raw, f"endpoint {self.endpoint!r}")
-
-    def identify(self, query: ImageSource, top_k: int = DEFAULT_TOP_K) -> Identification:
-        """Which gallery class does ``query`` show? Needs a model packaged with ``--index``."""
-        raw = self._invoke(*prepare_identify_body(query, top_k))
-        return _parse_identification(raw, f"endpoint {self.endpoint!r}")
-
-    def _invoke(self, body: bytes, content_type: str) -> bytes:
-        """InvokeEndpoint with one body; the answer's bytes, or a TwinnetError."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        from twinnet.aws.session import describe_error
-
-        self._check_endpoint()
-        try:
-            resp = self._client.invoke_endpoint(
-                EndpointName=self.endpoint,
-                ContentType=content_type,
-                Accept="application/json",
-                Body=body,
-            )
-        except ClientError as exc:
-            raise _sagemaker_error(exc, self.endpoint, self.region) from None
-        except BotoCoreError as exc:
-            raise TwinnetError(describe_error(f"invoke endpoint {self.endpoint!r}", exc)) from None
-        return resp["Body"].read()
-
-    def _check_endpoint(self) -> None:
-        """Once per client: the endpoint exists and is InService."""
-        if self._checked:
-            return
-        from twinnet.aws.endpoints import require_in_service
-        from twinnet.aws.session import client
-
-        require_in_service(
-            client(self._session, "sagemaker", self.region), self.endpoint, self.region
-        )
-        self._checked = True
-
-
-def _sagemaker_error(exc: Any, endpoint: str, region: str | None) -> TwinnetError:
-    """InvokeEndpoint's refusal: the container's own error object, else AWS's, in twinnet's words."""
-    from twinnet.aws.endpoints import missing_endpoint, not_in_service
-    from twinnet.aws.session import describe_error
-
-    where = f"endpoint {endpoint!r}"
-    err = exc.response.get("Error", {})
-    code, message = err.get("Code", ""), " ".join(str(err.get("Message", "")).split())
-    if code == "ModelError":  # the container answered non-2xx: its body is our error object
-        status = int(exc.response.get("OriginalStatusCode") or 500)
-        original = exc.response.get("OriginalMessage") or ""
-        return _error_from_body(status, original.encode("utf-8"), where)
-    lowered = message.lower()
-    if "not found" in lowered or "could not find" in lowered:
-        return TwinnetError(missing_endpoint(endpoint, region))
-    if "not in service" in lowered or "creating" in lowered or "updating" in lowered:
-        return TwinnetError(not_in_service(endpoint, message))
-    return TwinnetError(describe_error(f"invoke {where}", exc))

@@ -35,6 +35,8 @@ __all__ = ["RAY_CONFIG_FILE", "STATUS_FILE", "RayConfig", "main", "read_status"]
 
 #: The launch record in the instance directory, named on the server's command line.
 RAY_CONFIG_FILE = "ray.json"
+#: The Ray instance's own cluster token (Ray enables token auth on new local instances).
+RAY_TOKEN_FILE = "ray_token"
 
 #: What the server process reports about itself.
 STATUS_FILE = "ray-status.json"

@@ -25,9 +25,7 @@ import importlib.util
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,16 +38,15 @@ import psutil
 from twinnet.contract.options import ServeOptions
 from twinnet.core.spec import SPEC_FILE, ModelSpec
 from twinnet.engines.health import http_get
-from twinnet.engines.ray.launch import RAY_CONFIG_FILE, RayConfig, read_status
+from twinnet.engines.ray.launch import RAY_CONFIG_FILE, RAY_TOKEN_FILE, RayConfig, read_status
+from twinnet.engines.ray.stop import reap, remove_files, server_processes, stop_info
 from twinnet.engines.registry import engine_of
 from twinnet.engines.state import (
-    CHILDREN,
     KEY_FILE,
     LOOPBACK,
     ServerInfo,
     instance_dir,
     load_info,
-    remove_instance,
 )
 from twinnet.engines.supervise import run_until_stopped
 from twinnet.engines.torchserve.launch import spawn
@@ -68,8 +65,6 @@ __all__ = [
 ]
 
 RAY_HINT = "Ray Serve is not installed; install it with pip install 'twinnet[ray]'"
-#: The Ray instance's own cluster token (Ray enables token auth on new local instances).
-RAY_TOKEN_FILE = "ray_token"
 _SERVER_OUT = "ray.out"
 
 
@@ -269,7 +264,7 @@ def launch(
         config_path = instance / RAY_CONFIG_FILE
         config.save(config_path)
     except BaseException:
-        _remove(instance)
+        remove_files(instance)
         raise
     proc = _spawn(config_path, instance, env, foreground)
     create_time = None
@@ -363,96 +358,3 @@ def replica_states(info: ServerInfo) -> dict[str, list[str]]:
     states = read_status(info.instance).get("replicas") or {}
     flat = [state for state, n in sorted(states.items()) for _ in range(int(n))]
     return {model: flat for model in info.models}
-
-
-# ---------------------------------------------------------------------------- stopping
-def _ray_dir(info: ServerInfo) -> str | None:
-    tmp = Path(info.instance) / "tmp"
-    return str(tmp.resolve()) if tmp.is_symlink() else None
-
-
-def server_processes(info: ServerInfo, session: bool = True) -> list[psutil.Process]:
-    """The live processes of the server: those naming its Ray directory on their command
-    line and, with ``session`` (only while ``info.pid`` is known to be the server), every
-    process of the server's session."""
-    ray_dir = _ray_dir(info)
-    found = []
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, OSError):
-            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if (session and os.getsid(proc.pid) == info.pid) or (
-                ray_dir and any(ray_dir in arg for arg in proc.cmdline())
-            ):
-                found.append(proc)
-    return found
-
-
-def _wait_gone(info: ServerInfo, seconds: float, session: bool = True) -> list[psutil.Process]:
-    deadline = time.monotonic() + seconds
-    child = CHILDREN.get(info.pid)
-    while True:
-        if child is not None:
-            child.poll()  # reap the server process, so that it does not linger as a zombie
-        left = server_processes(info, session)
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.2)
-
-
-def _kill(info: ServerInfo, procs: list[psutil.Process], session: bool) -> None:
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    left = _wait_gone(info, 10.0, session)
-    child = CHILDREN.pop(info.pid, None)
-    if child is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(timeout=5)
-    if left:
-        raise TwinnetError(
-            f"processes of the Ray Serve server on port {info.port} would not stop: "
-            f"{', '.join(str(p.pid) for p in left)}"
-        )
-
-
-def _remove(instance: Path, keep_logs: bool = False) -> None:
-    shutil.rmtree(instance / "model", ignore_errors=True)
-    for name in (RAY_TOKEN_FILE, "ray-status.json", "ray-status.tmp"):
-        (instance / name).unlink(missing_ok=True)
-    remove_instance(instance, keep_logs=keep_logs)
-
-
-def stop_info(info: ServerInfo, timeout: float = 30.0) -> None:
-    """Stop the server and every Ray process of its session; returns once none is left.
-
-    The server process gets SIGTERM (it deletes the application and shuts down the Ray
-    instance it started); whatever is left after ``timeout`` gets SIGKILL. Only for a server
-    this process started or one whose identity was just checked.
-    """
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(info.pid, signal.SIGTERM)
-    _kill(info, _wait_gone(info, timeout), session=True)
-    _remove(Path(info.instance), keep_logs=True)
-
-
-def _dead(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.Error:
-        return False
-
-
-def reap(info: ServerInfo) -> None:
-    """After the server process died: kill the Ray processes it left and remove its files.
-
-    Those left are the ones naming its Ray directory and, while its pid is free, those of its
-    session: Linux gives no new process a pid that a live session still uses, so a session
-    whose leader is gone is the server's. A recorded pid that runs again is another program's,
-    and then only the Ray directory counts.
-    """
-    session = _dead(info.pid)
-    _kill(info, server_processes(info, session=session), session=session)
-    _remove(Path(info.instance), keep_logs=True)
