@@ -13,149 +13,41 @@ import hashlib
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from twinnet.core.calibration import Calibration, probability
 from twinnet.core.spec import ModelSpec
 from twinnet.errors import DataError, TwinnetError
 from twinnet.index import build as builder
 from twinnet.index import store, vectors
+from twinnet.index.answers import (
+    MAX_NEIGHBOURS,
+    MIN_NEIGHBOURS,
+    NEIGHBOURS_PER_CLASS,
+    Identification,
+    Match,
+    aggregate,
+    check_top_k,
+    gallery_probability,
+    identification_threshold,
+    require_cosine,
+)
 from twinnet.index.build import Update
 
 if TYPE_CHECKING:
     from twinnet.core.imaging import ImageSource
     from twinnet.infer.twin import Twin
 
-__all__ = [
-    "GalleryIndex",
-    "Identification",
-    "Match",
-    "Update",
-    "aggregate",
-    "check_top_k",
-    "from_embeddings",
-    "identification_threshold",
-    "MAX_TOP_K",
-]
-
-#: The largest ``top_k`` accepted: each class costs up to ten neighbours of search.
-MAX_TOP_K = 1000
-#: Neighbours searched per class asked for, and at least this many, before grouping.
-NEIGHBOURS_PER_CLASS = 10
-MIN_NEIGHBOURS = 50
-#: When one class fills the neighbours, the search widens up to this many.
-MAX_NEIGHBOURS = 16_384
-
-
-@dataclass(frozen=True)
-class Match:
-    """One class of the gallery, as close as its best-matching image is to the query.
-
-    Attributes:
-        label: the class.
-        probability: probability of "same" between the query and that image.
-        path: the best-matching gallery image of the class.
-        cosine: their cosine similarity.
-    """
-
-    label: str
-    probability: float
-    path: str
-    cosine: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "probability": self.probability, "path": self.path}
-
-
-@dataclass(frozen=True)
-class Identification:
-    """The answer for one query: its best classes, and whether any of them is a match.
-
-    Attributes:
-        known: True when the best class reaches the threshold.
-        matches: the best classes, best first (below the threshold too).
-        threshold: the model's decision threshold on the probability.
-        model: the model's name.
-    """
-
-    known: bool
-    matches: list[Match]
-    threshold: float
-    model: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """The response object: ``{"known", "matches", "threshold", "model"}``."""
-        return {
-            "known": self.known,
-            "matches": [m.to_dict() for m in self.matches],
-            "threshold": self.threshold,
-            "model": self.model,
-        }
-
-
-def aggregate(
-    cosines: np.ndarray, labels: Sequence[str], paths: Sequence[str], top_k: int
-) -> list[tuple[str, float, str]]:
-    """The best ``top_k`` classes of neighbours given best first: (label, cosine, path).
-
-    A class's score is its best neighbour's cosine; its path is that neighbour's.
-    """
-    best: dict[str, tuple[str, float, str]] = {}
-    for cos, label, path in zip(cosines, labels, paths, strict=True):
-        if label not in best:
-            best[label] = (label, float(cos), path)
-            if len(best) == top_k:
-                break
-    return sorted(best.values(), key=lambda m: -m[1])
-
-
-def check_top_k(top_k: object) -> int:
-    """``top_k`` as an int in 1..MAX_TOP_K, or a TwinnetError that says what is allowed."""
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
-        raise TwinnetError(f"top_k must be a whole number, got {top_k!r}")
-    if not 1 <= int(top_k) <= MAX_TOP_K:
-        raise TwinnetError(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
-    return int(top_k)
-
-
-def _require_cosine(spec: ModelSpec) -> None:
-    if not spec.has_embeddings:
-        raise TwinnetError(
-            f"identification needs a cosine model: {spec.name!r} has a {spec.head} head, which "
-            "scores pairs and gives no per-image embedding to index. Train one with "
-            "`twinnet train DATA_DIR --out MODEL_DIR --head cosine`."
-        )
-
-
-def _probability(spec: ModelSpec, cosines: np.ndarray) -> np.ndarray:
-    """The model's probability of "same" for each cosine (:func:`~twinnet.core.calibration.probability`)."""
-    return probability(spec.calibration, cosines)
-
-
-def identification_threshold(spec: ModelSpec, gallery: int) -> float:
-    """The probability a query's best class must reach against ``gallery`` images.
-
-    The model's pair threshold, raised with the gallery's size from the calibration's
-    "different" pairs so a query of a class not in the gallery is accepted with a chance of
-    about :data:`~twinnet.core.calibration.OPEN_SET_FAR`
-    (:meth:`~twinnet.core.calibration.Calibration.open_set_threshold`). Calibrations that record no
-    such tail (older models; re-run ``twinnet calibrate``) keep the pair threshold.
-    """
-    try:
-        cal = Calibration.from_dict(dict(spec.calibration or {}))
-    except (TypeError, ValueError):
-        return float(spec.threshold)
-    return max(float(spec.threshold), cal.open_set_threshold(gallery))
+__all__ = ["GalleryIndex", "from_embeddings"]
 
 
 class GalleryIndex:
     """A gallery of labelled embeddings on disk, searched for open-set identification.
 
-    Open one with :meth:`open`, make one with :meth:`build` (or ``Twin.index``). Reads
+    Open one with :meth:`open`, make one with :meth:`build`. Reads
     (:meth:`identify`, :meth:`neighbours`, ``len``) may run from many threads while one
     thread adds or removes: every change builds a new immutable version, writes it to disk
     atomically, then swaps it in, so a reader always sees one whole version.
@@ -188,7 +80,7 @@ class GalleryIndex:
             model_dir: the model directory, when it moved since the index was built.
         """
         stored = store.read(Path(path))
-        _require_cosine(stored.spec)
+        require_cosine(stored.spec)
         if model_dir is not None:
             model = dict(stored.meta["model"], dir=str(Path(model_dir).resolve()))
             stored = replace(stored, meta=dict(stored.meta, model=model))
@@ -196,7 +88,7 @@ class GalleryIndex:
 
     def attach(self, twin: Twin) -> None:
         """Use ``twin`` for queries, after checking it is the model the index was built with."""
-        _require_cosine(twin.spec)
+        require_cosine(twin.spec)
         info = self._stored.meta["model"]
         if twin.fingerprint != info["fingerprint"]:
             now = builder.model_info(twin, None)
@@ -329,7 +221,7 @@ class GalleryIndex:
     def _answer(
         spec: ModelSpec, best: list[tuple[str, float, str]], threshold: float
     ) -> Identification:
-        probs = _probability(spec, np.array([b[1] for b in best]))
+        probs = gallery_probability(spec, np.array([b[1] for b in best]))
         matches = [
             Match(label, float(p), path, cos)
             for (label, cos, path), p in zip(best, probs, strict=True)
@@ -358,7 +250,7 @@ class GalleryIndex:
             kind: ``auto``, ``flat`` (exact), ``ivf`` or ``hnsw`` (approximate).
             model_dir: the model's directory, recorded so queries can load it later.
         """
-        _require_cosine(twin.spec)
+        require_cosine(twin.spec)
         vectors.choose_kind(kind, 0)  # a bad kind fails before any encoding
         emb, found, update = builder.embed_folder(twin, folder, labels, set())
         if not len(emb):
@@ -410,7 +302,7 @@ class GalleryIndex:
                 drop = np.array([x == label for x in s.labels], dtype=bool)
                 what = f"no image labelled {label!r}"
             else:
-                drop = _under(s.paths, path)  # type: ignore[arg-type]
+                drop = store.paths_under(s.paths, path)  # type: ignore[arg-type]
                 what = f"no image at or under {path}"
             if not drop.any():
                 raise TwinnetError(f"{what} in {self.path}")
@@ -456,14 +348,6 @@ class GalleryIndex:
         return write_parquet(self._stored, Path(out))
 
 
-def _under(paths: Sequence[str], target: str | os.PathLike) -> np.ndarray:
-    """Which stored paths are ``target`` (as given or resolved) or lie under it."""
-    given = os.fspath(target)
-    full = str(Path(target).resolve())
-    prefixes = tuple(p.rstrip(os.sep) + os.sep for p in (given, full))
-    return np.array([p in (given, full) or p.startswith(prefixes) for p in paths], dtype=bool)
-
-
 def from_embeddings(
     out: str | os.PathLike,
     embeddings: np.ndarray,
@@ -479,7 +363,7 @@ def from_embeddings(
     ``fingerprint`` names the model that made them (``Twin.fingerprint``, at fp32 on the
     CPU); the images' bytes are unknown, so each row's hash is that of its vector.
     """
-    _require_cosine(spec)
+    require_cosine(spec)
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[1] != spec.embedding_dim or len(emb) != len(labels):
         raise TwinnetError(

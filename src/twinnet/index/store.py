@@ -22,7 +22,7 @@ import os
 import secrets
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from twinnet.errors import TwinnetError
 from twinnet.index.vectors import require_faiss
 
 __all__ = [
+    "paths_under",
     "FILES",
     "FORMAT_VERSION",
     "Stored",
@@ -241,3 +242,11 @@ def generation(path: Path) -> int | None:
         return int(json.loads((path / META).read_text())["generation"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def paths_under(paths: Sequence[str], target: str | os.PathLike) -> np.ndarray:
+    """Which stored paths are ``target`` (as given or resolved) or lie under it."""
+    given = os.fspath(target)
+    full = str(Path(target).resolve())
+    prefixes = tuple(p.rstrip(os.sep) + os.sep for p in (given, full))
+    return np.array([p in (given, full) or p.startswith(prefixes) for p in paths], dtype=bool)
