@@ -13,7 +13,7 @@ import numpy as np
 
 from twinnet.core.calibration import sigmoid
 
-__all__ = ["CompareResult"]
+__all__ = ["CompareResult", "Hit"]
 
 
 @dataclass
@@ -114,3 +114,18 @@ class CompareResult:
             )
         except (KeyError, TypeError, IndexError) as exc:
             raise ValueError(f"malformed response: {exc!r}") from None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One gallery image ranked by :meth:`twinnet.infer.twin.Twin.search`.
+
+    Attributes:
+        index: position in the gallery (in :func:`~twinnet.data.items.list_images` order for a folder).
+        item: the gallery entry itself (a path for a folder).
+        probability: probability that it shows the same class as the query.
+    """
+
+    index: int
+    item: Any
+    probability: float

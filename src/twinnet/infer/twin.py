@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import threading
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,72 +25,27 @@ from twinnet.core.calibration import sigmoid
 from twinnet.core.imaging import (
     ImageSource,
     build_transforms,
-    decode_image,
-    read_bytes,
-    source_name,
 )
 from twinnet.core.model import TwinModel
-from twinnet.core.result import CompareResult
+from twinnet.core.result import CompareResult, Hit
 from twinnet.core.spec import ModelSpec
 from twinnet.data.items import IMAGE_SUFFIXES, list_images
-from twinnet.errors import ImageError, TwinnetError, detached
+from twinnet.errors import ImageError, TwinnetError
 from twinnet.infer import explain
-from twinnet.infer.cache import EmbeddingCache, content_key
+from twinnet.infer.cache import EmbeddingCache
+from twinnet.infer.features import FeaturePipeline
 from twinnet.infer.runtime import Runtime, fast_encoder, resolve_runtime
 
 __all__ = ["Twin", "Hit", "CompareResult", "IMAGE_SUFFIXES", "list_images"]
 
-#: Images encoded per forward pass; bounds activation memory for large galleries.
-ENCODE_BATCH = 16
 #: Pairs per head pass in a search.
 HEAD_BATCH = 512
-#: JPEGs decode at reduced scale only while at least this many times the network input
-#: remains, so the final resize still averages over several source pixels (at 1.5 the
-#: preprocessed pixels move by under 1/255 on average; at 1.0, up to 3/255).
-DRAFT_OVERSAMPLE = 1.5
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One gallery image ranked by :meth:`Twin.search`.
-
-    Attributes:
-        index: position in the gallery (in :func:`list_images` order for a folder).
-        item: the gallery entry itself (a path for a folder).
-        probability: probability that it shows the same class as the query.
-    """
-
-    index: int
-    item: Any
-    probability: float
 
 
 def _is_single(src: object) -> bool:
     return isinstance(
         src, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)
     ) or hasattr(src, "read")
-
-
-def _label(src: ImageSource, field: str | None) -> str:
-    """How errors name an input: the field, and the path when there is one."""
-    if field and isinstance(src, (str, os.PathLike)):
-        return f"{field} image {os.fspath(src)}"
-    return field or source_name(src)
-
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _decode_pool(workers: int) -> ThreadPoolExecutor:
-    """One process-wide pool for decoding, created on first use."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(
-                max_workers=min(workers, 8), thread_name_prefix="twinnet-decode"
-            )
-        return _POOL
 
 
 def _margin(logits: torch.Tensor) -> np.ndarray:
@@ -112,7 +63,7 @@ def _weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-class Twin:
+class Twin(FeaturePipeline):
     """A twin model ready to compare images, with its preprocessing, fast path and cache.
 
     Build one with :meth:`load` (a model directory) or :meth:`from_model` (a model in memory,
@@ -230,140 +181,10 @@ class Twin:
             f"device={self.device.type}, precision={self.precision})"
         )
 
-    # ----------------------------------------------------------------- decoding & encoding
-    def _key(self, src: ImageSource, label: str) -> tuple[str, bytes | Image.Image]:
-        """The cache key of an input, and what to decode on a miss.
-
-        A PIL image is keyed by its pixels as :func:`decode_image` leaves them (upright,
-        alpha on white, RGB): its raw bytes alone leave out the palette, EXIF orientation
-        and transparency, so different pictures would share an entry. On a miss the decoded
-        image is what goes on to the network (decoding it again is a copy).
-        """
-        if isinstance(src, Image.Image):
-            img = decode_image(src, label)
-            h = hashlib.blake2b(f"pil:{img.mode}:{img.size}".encode(), digest_size=20)
-            h.update(img.tobytes())
-            return f"{self._namespace}:{h.hexdigest()}", img
-        data = read_bytes(src, label)
-        return content_key(self._namespace, data), data
-
-    def decode(self, src: ImageSource, field: str | None = None) -> Image.Image:
-        """Decode one input as the library does (EXIF, RGB, bomb cap); raises ImageError."""
-        label = _label(src, field)
-        try:
-            return decode_image(src, label)
-        except ImageError as exc:
-            exc.field = field
-            raise
-
-    def _decode(self, payload: bytes | Image.Image, label: str) -> Image.Image:
-        """Decode for the network: at reduced JPEG scale when the runtime allows it."""
-        side = math.ceil(self.spec.image_size * DRAFT_OVERSAMPLE)
-        return decode_image(payload, label, draft=(side, side) if self.runtime.draft else None)
-
-    def _decode_resized(self, item: tuple[bytes | Image.Image, str]) -> Image.Image | ImageError:
-        try:
-            # Resizing here lets it run in the pool too; Preprocess.batch's own resize is
-            # then a copy, since the image already has the network's size.
-            return self.preprocess.resize(self._decode(*item))
-        except ImageError as exc:
-            return detached(exc)  # kept as a value: no frames (and payloads) pinned
-
-    def _decode_many(
-        self, items: list[tuple[bytes | Image.Image, str]]
-    ) -> list[Image.Image | ImageError]:
-        """Decode and resize several inputs, in parallel threads (PIL releases the GIL)."""
-        if len(items) < 2 or self.runtime.threads < 2:
-            return [self._decode_resized(item) for item in items]
-        return list(_decode_pool(self.runtime.threads).map(self._decode_resized, items))
-
-    def _encode(self, batch: torch.Tensor) -> torch.Tensor:
-        """Encoder feature maps of a normalised batch, in the runtime's storage dtype, NCHW."""
-        x = batch.to(self.device)
-        if self.runtime.bf16:
-            x = x.to(torch.bfloat16)
-        # fp32 keeps the plain NCHW layout so it is exactly a plain PyTorch forward.
-        fmt = torch.channels_last if self.runtime.channels_last else torch.contiguous_format
-        with torch.inference_mode():
-            return self.encoder(x.contiguous(memory_format=fmt)).contiguous()
-
     @property
     def has_embeddings(self) -> bool:
         """True for cosine models: each image has an embedding, and pairs are scored by cosine."""
         return self.spec.has_embeddings
-
-    def _embed_features(self, feats: torch.Tensor) -> torch.Tensor:
-        """Unit-norm embeddings in fp32 of a batch of feature maps: the cosine head's projection."""
-        with torch.inference_mode():
-            return self.head.embed(feats.float())
-
-    def _features(
-        self,
-        sources: Sequence[ImageSource],
-        fields: Sequence[str | None],
-        collect: bool = False,
-        embeddings: bool = False,
-    ) -> list[torch.Tensor | ImageError]:
-        """Feature maps (C, h, w), or with ``embeddings`` embeddings (D,), of each input.
-
-        They come from the cache or are encoded in batches. With ``collect``, a bad input
-        yields its ImageError in place instead of raising.
-        """
-        out: list[torch.Tensor | ImageError | None] = [None] * len(sources)
-        pending: dict[str, list[int]] = {}
-        payloads: dict[str, tuple[bytes | Image.Image, str, str | None]] = {}
-        for i, (src, field) in enumerate(zip(sources, fields, strict=True)):
-            label = _label(src, field)
-            try:
-                key, payload = self._key(src, label)
-                key = key + ":emb" if embeddings else key
-            except ImageError as exc:
-                exc.field = field
-                if not collect:
-                    raise
-                out[i] = exc
-                continue
-            if key in pending:
-                pending[key].append(i)
-                continue
-            hit = self.cache.get(key)
-            if hit is not None:
-                out[i] = hit
-            else:
-                pending[key] = [i]
-                payloads[key] = (payload, label, field)
-        keys = list(pending)
-        for start in range(0, len(keys), ENCODE_BATCH):
-            chunk, images = [], []
-            batch_keys = keys[start : start + ENCODE_BATCH]
-            decoded = self._decode_many([payloads[k][:2] for k in batch_keys])
-            for key, img in zip(batch_keys, decoded, strict=True):
-                if isinstance(img, ImageError):
-                    img.field = payloads[key][2]
-                    if not collect:  # a fresh exception: ``img`` stays free of this frame
-                        raise ImageError(str(img), field=img.field) from None
-                    first_label = payloads[key][1]
-                    for i in pending[key]:  # the same bad bytes may sit in several places
-                        label = _label(sources[i], fields[i])
-                        msg = str(img).replace(first_label, label, 1)
-                        out[i] = ImageError(msg, field=fields[i])
-                else:
-                    images.append(img)
-                    chunk.append(key)
-            if not chunk:
-                continue
-            feats = self._encode(self.preprocess.batch(images))
-            if embeddings:
-                feats = self._embed_features(feats)
-            for key, f in zip(chunk, feats, strict=True):
-                f = f.clone()  # own storage: a slice would pin the whole batch in the cache
-                self.cache.put(key, f)
-                for i in pending[key]:
-                    out[i] = f
-        for i, o in enumerate(out):
-            if o is None:  # the same key appeared earlier as a cache hit
-                raise AssertionError(f"input {i} was not resolved")  # pragma: no cover
-        return out  # type: ignore[return-value]
 
     def _head(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """Logits (N, 2) in fp32 from two batches of feature maps, or of embeddings (cosine)."""
