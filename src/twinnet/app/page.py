@@ -305,9 +305,7 @@ def identify_page(choice: BackendChoice | None, path: str, samples: dict[str, Pa
     query, top_k, pressed = identify_form(samples)
     if query is None:
         return
-    key = appidentify.result_key(
-        path, appidentify.index_stamp(path), opened.model, query, top_k
-    )
+    key = appidentify.result_key(path, appidentify.index_stamp(path), opened.model, query, top_k)
     result = run_once(
         key, pressed, "Identifying…", "identifying",
         lambda: appidentify.identify(opened.index, query, top_k),

@@ -73,25 +73,13 @@ class DeployResult:
 
 
 def deploy(
-    model_dir: str | Path,
-    endpoint: str,
-    bucket: str,
-    role: str,
-    image: str,
-    instance_type: str = DEFAULT_INSTANCE_TYPE,
-    count: int | None = None,
-    autoscale: Autoscale | None = None,
-    wait: bool = False,
-    prefix: str = "twinnet",
-    env: Mapping[str, str] | None = None,
-    session: Any = None,
-    region: str | None = None,
-    profile: str | None = None,
-    report: Reporter = quiet,
-    poll_s: float = 15.0,
-    wait_timeout_s: float = 3600.0,
-    package_options: Mapping[str, Any] | None = None,
-) -> DeployResult:
+    model_dir: str | Path, endpoint: str, bucket: str, role: str, image: str,
+    instance_type: str = DEFAULT_INSTANCE_TYPE, count: int | None = None,
+    autoscale: Autoscale | None = None, wait: bool = False, prefix: str = "twinnet",
+    env: Mapping[str, str] | None = None, session: Any = None, region: str | None = None,
+    profile: str | None = None, report: Reporter = quiet, poll_s: float = 15.0,
+    wait_timeout_s: float = 3600.0, package_options: Mapping[str, Any] | None = None,
+) -> DeployResult:  # fmt: skip
     """Make ``endpoint`` serve ``model_dir``: package, upload, create or update, scale.
 
     Args:
@@ -110,11 +98,9 @@ def deploy(
         env: extra environment variables for the container (e.g. ``TWINNET_WORKERS``).
         session: a boto3 session; by default one is opened from ``region`` and ``profile``
             once the arguments have been checked.
-        region: AWS region when no session is given.
-        profile: AWS profile when no session is given.
         report: progress callback ``report(event, message)``.
-        poll_s: seconds between status polls while waiting.
-        wait_timeout_s: give up waiting (and roll back) after this long.
+        poll_s, wait_timeout_s: seconds between status polls while waiting, and before giving
+            up waiting (and rolling back).
         package_options: keyword arguments for :func:`twinnet.container.package.package`.
 
     Raises:
@@ -131,23 +117,12 @@ def deploy(
     existing = check_target(clients.sm, clients.s3, endpoint, bucket)
     options = dict(package_options or {})
     plan = Plan(
-        model_dir=Path(model_dir),
-        endpoint=endpoint,
-        region=session.region_name,
-        bucket=bucket,
-        prefix=prefix.strip("/"),
-        role=role,
-        image=image,
-        instance_type=instance_type,
-        count=count,
-        autoscale=autoscale,
-        wait=wait or autoscale is not None,
-        env=env,
-        options=options,
-        digest=artifact_digest(model_dir, options),
-        poll_s=poll_s,
+        model_dir=Path(model_dir), endpoint=endpoint, region=session.region_name, bucket=bucket,
+        prefix=prefix.strip("/"), role=role, image=image, instance_type=instance_type,
+        count=count, autoscale=autoscale, wait=wait or autoscale is not None, env=env,
+        options=options, digest=artifact_digest(model_dir, options), poll_s=poll_s,
         wait_timeout_s=wait_timeout_s,
-    )
+    )  # fmt: skip
     return _reconcile(clients, plan, existing, report)
 
 

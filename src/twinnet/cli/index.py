@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from twinnet.errors import TwinnetError
+from twinnet.infer.runtime import PRECISIONS
 
 __all__ = ["register"]
 
@@ -24,7 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="A gallery index: a cosine model's embeddings of a labelled image folder.",
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _register_build(actions)
+    _register_changes(actions)
+    _register_identify(sub)
 
+
+def _register_build(actions: argparse._SubParsersAction) -> None:
     b = actions.add_parser("build", help="embed a labelled gallery folder into a new index")
     b.add_argument("model_dir", metavar="MODEL_DIR", help="a cosine model directory")
     b.add_argument("gallery", metavar="GALLERY_DIR", help="labelled image folder")
@@ -41,8 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="flat: exact; ivf, hnsw: approximate; auto: flat up to 100,000 images, then ivf",
     )
     b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    from twinnet.infer.runtime import PRECISIONS
-
     b.add_argument(
         "--precision",
         default="auto",
@@ -51,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     b.set_defaults(func=_build)
 
+
+def _register_changes(actions: argparse._SubParsersAction) -> None:
+    """``add``, ``remove``, ``info`` and ``export``: what changes or reads an existing index."""
     a = actions.add_parser("add", help="add the new images of a folder (same bytes are skipped)")
     a.add_argument("index", metavar="INDEX_DIR")
     a.add_argument("folder", metavar="MORE_DIR", help="labelled image folder")
@@ -75,6 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True, metavar="FILE.parquet")
     e.set_defaults(func=_export)
 
+
+def _register_identify(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser(
         "identify",
         help="which class of a gallery index is this image, if any?",

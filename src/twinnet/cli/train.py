@@ -216,6 +216,35 @@ def _register_calibrate(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- info, seed format
 
 
+def _print_training(spec) -> None:
+    """The recipe and the metrics lines of ``twinnet info``."""
+    r = spec.recipe
+    if r.get("source") == "seed-import":
+        print("recipe     imported from the seed format")
+    elif r:
+        preset = f"{r['recipe']}: " if r.get("recipe") else ""
+        print(
+            f"recipe     {preset}pretrained={r.get('pretrained')} "
+            f"frozen_epochs={r.get('frozen_epochs')} lr={r.get('lr')} epochs={r.get('epochs')} "
+            f"lr=slice({r.get('lr_lo')}, {r.get('lr_hi')}) bs={r.get('bs')} "
+            f"loss={r.get('loss')} sampler={r.get('sampler', 'balanced')} "
+            f"aug={r.get('augment')} wd={r.get('wd')} processes={r.get('world_size')}"
+        )
+    m = spec.metrics
+    if m:
+        first = f"valid loss {_fmt(m.get('valid_loss'))}, "
+        if m.get("valid_accuracy") is not None:
+            first += f"accuracy {_fmt(m.get('valid_accuracy'))}, "
+        print(
+            f"metrics    {first}pair accuracy {_fmt(m.get('pair_accuracy'))}, ROC AUC "
+            f"{_fmt(m.get('pair_auc'))}, EER {_fmt(m.get('pair_eer'))} "
+            f"({m.get('valid_pairs')} validation pairs)"
+        )
+        for i, row in enumerate(m.get("history", [])):
+            cells = "  ".join(f"{k} {_fmt(v)}" for k, v in row.items())
+            print(f"  epoch {i:<3} {cells}")
+
+
 def _info(args: argparse.Namespace) -> int:
     from twinnet.core.spec import ModelSpec
 
@@ -252,31 +281,7 @@ def _info(args: argparse.Namespace) -> int:
             f"{s.get('train_images')} train / {s.get('valid_images')} valid images, "
             f"{len(s.get('train_classes', []))} / {len(s.get('valid_classes', []))} classes"
         )
-    r = spec.recipe
-    if r.get("source") == "seed-import":
-        print("recipe     imported from the seed format")
-    elif r:
-        preset = f"{r['recipe']}: " if r.get("recipe") else ""
-        print(
-            f"recipe     {preset}pretrained={r.get('pretrained')} "
-            f"frozen_epochs={r.get('frozen_epochs')} lr={r.get('lr')} epochs={r.get('epochs')} "
-            f"lr=slice({r.get('lr_lo')}, {r.get('lr_hi')}) bs={r.get('bs')} "
-            f"loss={r.get('loss')} sampler={r.get('sampler', 'balanced')} "
-            f"aug={r.get('augment')} wd={r.get('wd')} processes={r.get('world_size')}"
-        )
-    m = spec.metrics
-    if m:
-        first = f"valid loss {_fmt(m.get('valid_loss'))}, "
-        if m.get("valid_accuracy") is not None:
-            first += f"accuracy {_fmt(m.get('valid_accuracy'))}, "
-        print(
-            f"metrics    {first}pair accuracy {_fmt(m.get('pair_accuracy'))}, ROC AUC "
-            f"{_fmt(m.get('pair_auc'))}, EER {_fmt(m.get('pair_eer'))} "
-            f"({m.get('valid_pairs')} validation pairs)"
-        )
-        for i, row in enumerate(m.get("history", [])):
-            cells = "  ".join(f"{k} {_fmt(v)}" for k, v in row.items())
-            print(f"  epoch {i:<3} {cells}")
+    _print_training(spec)
     if spec.versions:
         print("versions   " + ", ".join(f"{k} {v}" for k, v in spec.versions.items()))
     return 0

@@ -69,6 +69,26 @@ def read_bytes(src: ImageSource, name: str | None = None) -> bytes:
     raise ImageError(f"{label}: unsupported input type {type(src).__name__}", field=name)
 
 
+def _open(src: ImageSource, name: str | None, label: str, max_pixels: int) -> Image.Image:
+    """Open encoded bytes lazily (header only); a bomb, empty or unknown input is an ImageError."""
+    data = read_bytes(src, name)
+    if not data:
+        raise ImageError(f"{label}: empty input (0 bytes), expected an image", field=name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(
+            f"{label}: image too large (over {max_pixels:,} pixels)", field=name
+        ) from None
+    except Exception:
+        raise ImageError(
+            f"{label}: not a readable image (supported: JPEG, PNG, WebP, BMP, GIF, TIFF, PGM)",
+            field=name,
+        ) from None
+
+
 def decode_image(
     src: ImageSource,
     name: str | None = None,
@@ -90,25 +110,7 @@ def decode_image(
         draft: minimum (width, height) kept when JPEG decodes at reduced scale.
     """
     label = source_name(src, name)
-    if isinstance(src, Image.Image):
-        img = src
-    else:
-        data = read_bytes(src, name)
-        if not data:
-            raise ImageError(f"{label}: empty input (0 bytes), expected an image", field=name)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(
-                f"{label}: image too large (over {max_pixels:,} pixels)", field=name
-            ) from None
-        except Exception:
-            raise ImageError(
-                f"{label}: not a readable image (supported: JPEG, PNG, WebP, BMP, GIF, TIFF, PGM)",
-                field=name,
-            ) from None
+    img = src if isinstance(src, Image.Image) else _open(src, name, label, max_pixels)
     width, height = img.size
     if width * height > max_pixels:
         raise ImageError(

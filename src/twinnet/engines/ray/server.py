@@ -194,35 +194,10 @@ def _environment(instance: Path, address: str | None) -> dict[str, str]:
     return env
 
 
-def launch(
-    source: str | os.PathLike,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    auth: bool = True,
-    root: str | os.PathLike | None = None,
-    name: str | None = None,
-    options: ServeOptions | None = None,
-    replicas: int | None = None,
-    autoscale: tuple[int, int] | str | None = None,
-    address: str | None = None,
-    index: str | os.PathLike | None = None,
-    foreground: bool = False,
-) -> tuple[ServerInfo, Any]:
-    """Start the server process (not waiting for the model) and record it; see :func:`start`."""
-    check_ray()
-    from twinnet.engines.ray.engine import parse_autoscale, plan
-    from twinnet.engines.ray.ingress import key_digest
-
-    src = _model_source(source)
-    address = parse_address(address)
-    if isinstance(autoscale, str):
-        autoscale = parse_autoscale(autoscale)
-    options = options or ServeOptions()
-    plan(options, replicas, autoscale, 1)  # refuse a bad replica request here, not in Ray
-    model = name or ModelSpec.load(src).name
-    if not model or not model.replace("-", "").replace("_", "").isalnum():
-        raise TwinnetError(f"model name must be letters, digits, '-' or '_', got {model!r}")
-    instance = instance_dir(port, root)
+def _check_can_launch(
+    instance: Path, host: str, port: int, auth: bool, address: str | None
+) -> None:
+    """Refuse a port that is taken or invalid; clean up after a dead server; warn when open."""
     old = load_info(instance)
     if old is not None and old.alive():
         raise TwinnetError(
@@ -244,6 +219,56 @@ def launch(
             "reach this port can use the model. Drop --no-auth, or bind 127.0.0.1.",
             stacklevel=3,
         )
+
+
+def _write_config(
+    instance: Path, model: str, host: str, port: int, options: ServeOptions,
+    replicas: int | None, autoscale: tuple[int, int] | None, address: str | None, key: str | None,
+) -> Path:  # fmt: skip
+    """The launch record the server process reads, in the instance directory."""
+    from twinnet.engines.ray.ingress import key_digest
+
+    config = RayConfig(
+        name=model, model_dir=str(instance / "model"), host=host, port=int(port),
+        options=options.to_dict(), replicas=replicas,
+        autoscale=list(autoscale) if autoscale else None, address=address,
+        temp_dir=str(_ray_tmp(instance)) if address is None else None,
+        key_sha256=key_digest(key) if key else None, instance=str(instance),
+    )  # fmt: skip
+    path = instance / RAY_CONFIG_FILE
+    config.save(path)
+    return path
+
+
+def launch(
+    source: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    auth: bool = True,
+    root: str | os.PathLike | None = None,
+    name: str | None = None,
+    options: ServeOptions | None = None,
+    replicas: int | None = None,
+    autoscale: tuple[int, int] | str | None = None,
+    address: str | None = None,
+    index: str | os.PathLike | None = None,
+    foreground: bool = False,
+) -> tuple[ServerInfo, Any]:
+    """Start the server process (not waiting for the model) and record it; see :func:`start`."""
+    check_ray()
+    from twinnet.engines.ray.engine import parse_autoscale, plan
+
+    src = _model_source(source)
+    address = parse_address(address)
+    if isinstance(autoscale, str):
+        autoscale = parse_autoscale(autoscale)
+    options = options or ServeOptions()
+    plan(options, replicas, autoscale, 1)  # refuse a bad replica request here, not in Ray
+    model = name or ModelSpec.load(src).name
+    if not model or not model.replace("-", "").replace("_", "").isalnum():
+        raise TwinnetError(f"model name must be letters, digits, '-' or '_', got {model!r}")
+    instance = instance_dir(port, root)
+    _check_can_launch(instance, host, port, auth, address)
     if instance.exists():
         shutil.rmtree(instance, ignore_errors=True)
     instance.mkdir(parents=True, mode=0o700)
@@ -254,15 +279,9 @@ def launch(
         if key is not None:
             _write_secret(instance / KEY_FILE, _key_file(key))
         env = _environment(instance, address)
-        config = RayConfig(
-            name=model, model_dir=str(instance / "model"), host=host, port=int(port),
-            options=options.to_dict(), replicas=replicas,
-            autoscale=list(autoscale) if autoscale else None, address=address,
-            temp_dir=str(_ray_tmp(instance)) if address is None else None,
-            key_sha256=key_digest(key) if key else None, instance=str(instance),
-        )  # fmt: skip
-        config_path = instance / RAY_CONFIG_FILE
-        config.save(config_path)
+        config_path = _write_config(
+            instance, model, host, port, options, replicas, autoscale, address, key
+        )
     except BaseException:
         remove_files(instance)
         raise

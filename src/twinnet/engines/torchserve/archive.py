@@ -103,6 +103,23 @@ def _options(options: ServeOptions | None, fields: dict[str, Any]) -> ServeOptio
     return options
 
 
+def _archiver_command(
+    name: str, version: str, handler: Path, extra: list[str], config: Path, store: Path
+) -> list[str]:
+    """torch-model-archiver's command line: the handler, the model files, model-config.yaml."""
+    return [
+        sys.executable, "-m", "model_archiver.model_packaging",
+        "--model-name", name,
+        "--version", version,
+        "--handler", str(handler),
+        "--extra-files", ",".join(extra),
+        "--config-file", str(config),
+        "--export-path", str(store.resolve()),
+        "--archive-format", "default",
+        "--force",
+    ]  # fmt: skip
+
+
 def build_archive(
     model_dir: str | os.PathLike,
     store_dir: str | os.PathLike,
@@ -148,17 +165,7 @@ def build_archive(
             # The archiver copies a directory's entries into the archive's root: this one
             # holds only ``index/``, which arrives there whole.
             extra.append(str(stage_index(checked, tmp_path / ".gallery").parent))
-        cmd = [
-            sys.executable, "-m", "model_archiver.model_packaging",
-            "--model-name", name,
-            "--version", version,
-            "--handler", str(handler),
-            "--extra-files", ",".join(extra),
-            "--config-file", str(config_path),
-            "--export-path", str(store.resolve()),
-            "--archive-format", "default",
-            "--force",
-        ]  # fmt: skip
+        cmd = _archiver_command(name, version, handler, extra, config_path, store)
         _run_archiver(cmd, tmp_path)
     mar = store / f"{name}.mar"
     if not mar.is_file():
