@@ -25,7 +25,10 @@ from PIL import Image
 
 from twinnet.app.kit import ENV, ImageInput, remote_payload
 from twinnet.core.imaging import decode_image
+from twinnet.core.spec import ModelSpec
 from twinnet.errors import TwinnetError
+from twinnet.index import GalleryIndex
+from twinnet.index.store import META
 
 if TYPE_CHECKING:
     from twinnet.core.spec import ModelSpec
@@ -68,8 +71,6 @@ def remote_from_env(env: Mapping[str, str] | None = None) -> bool:
 
 def index_stamp(path: str | os.PathLike[str]) -> float:
     """Changes whenever the index is rebuilt or updated (each version rewrites ``index.json``)."""
-    from twinnet.index.store import META
-
     try:
         return (Path(path) / META).stat().st_mtime
     except OSError:
@@ -94,9 +95,6 @@ def check_startup(index_dir: str | os.PathLike[str], model_dir: str | None = Non
     folder that is no index, an unreadable one) are said at once, and a concat model is
     refused before Streamlit starts.
     """
-    from twinnet.core.spec import ModelSpec
-    from twinnet.index import GalleryIndex
-
     GalleryIndex.open(index_dir)
     if model_dir:
         require_cosine(ModelSpec.load(model_dir), model_dir)
@@ -137,8 +135,6 @@ def open_index(
         TwinnetError: the app's model is not a cosine model, or no model that can embed
             queries for this index is on this machine.
     """
-    from twinnet.index import GalleryIndex
-
     index = GalleryIndex.open(path)
     info = index.info["model"]
     if twin is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from twinnet.aws.session import describe_error
 from twinnet.clients.backends import KINDS, Backend, BackendChoice
 from twinnet.core.imaging import decode_image
 from twinnet.data.items import IMAGE_SUFFIXES, list_images
@@ -260,8 +261,6 @@ def user_message(exc: BaseException) -> str | None:
         return str(exc)
     module = type(exc).__module__
     if module.startswith("botocore"):
-        from twinnet.aws.session import describe_error
-
         return describe_error("AWS request", exc)
     if module.startswith(("requests", "urllib3")):
         names = _names(exc)

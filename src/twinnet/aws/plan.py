@@ -21,7 +21,9 @@ from twinnet.aws.scaling import Autoscale
 from twinnet.aws.session import aws, error_code, one_line
 from twinnet.core.spec import SPEC_FILE
 from twinnet.core.version import __version__
+from twinnet.engines.torchserve.archive import archive_files
 from twinnet.errors import TwinnetError
+from twinnet.index import store
 
 __all__ = ["Plan", "artifact_digest", "check_arguments", "check_target", "validate_role_arn"]
 
@@ -49,12 +51,9 @@ def artifact_digest(model_dir: str | Path, options: Mapping[str, Any] | None = N
     index = options.pop("index", None)
     h = hashlib.sha256()
     h.update(json.dumps({"twinnet": __version__, "options": options}, sort_keys=True).encode())
-    from twinnet.engines.torchserve.archive import archive_files
 
     files = list(archive_files(root))  # exactly the files build_archive ships
     if index:  # the gallery's content, not its path: `index add` to the same folder redeploys
-        from twinnet.index import store
-
         files += [Path(index) / n for n in store.FILES]
     for path in files:
         h.update(f"{path.name}\0{path.stat().st_size}\0".encode())

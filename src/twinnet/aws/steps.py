@@ -32,6 +32,7 @@ from twinnet.aws.scaling import (
     restore_scaling,
 )
 from twinnet.aws.session import aws, client, one_line
+from twinnet.container.package import package
 from twinnet.errors import TwinnetError
 
 __all__ = [
@@ -66,8 +67,6 @@ class Clients:
 
 def upload(s3: Any, plan: Plan, ledger: Ledger, report: Reporter) -> None:
     """The artifact: content-addressed, so an identical one is never uploaded twice."""
-    from twinnet.container.package import package
-
     with aws(f"check {plan.artifact}"):
         present = object_exists(s3, plan.bucket, plan.key)
     if present:

@@ -14,6 +14,10 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from twinnet.app.identify import check_startup
+from twinnet.app.kit import ENV, choice_to_env, is_loopback
+from twinnet.clients.backends import BackendChoice
+from twinnet.core.artifacts import is_model_dir
 from twinnet.errors import TwinnetError
 
 __all__ = ["register", "build_command", "exposure_warning", "run_app"]
@@ -66,8 +70,6 @@ def _check(args: argparse.Namespace) -> None:
     if not 0 < args.port < 65536:
         raise TwinnetError(f"--port must be between 1 and 65535, got {args.port}")
     if args.model:
-        from twinnet.core.artifacts import is_model_dir
-
         if not is_model_dir(args.model):
             raise TwinnetError(
                 f"{args.model} is not a model directory (no twinnet.json); "
@@ -89,8 +91,6 @@ def _check(args: argparse.Namespace) -> None:
     except ImportError:
         raise TwinnetError("the app needs Streamlit: pip install 'twinnet[app]'") from None
     if getattr(args, "index", None):
-        from twinnet.app.identify import check_startup
-
         check_startup(args.index, model_dir=args.model)
 
 
@@ -99,8 +99,6 @@ def build_command(
 ) -> tuple[list[str], dict[str, str]]:
     """The ``streamlit run`` command line and its environment for parsed ``twinnet app`` args."""
     from twinnet.app import page as app_module
-    from twinnet.app.kit import ENV, choice_to_env, is_loopback
-    from twinnet.clients.backends import BackendChoice
 
     env = {k: v for k, v in (os.environ if environ is None else environ).items()}
     for name in ENV.values():  # only this command line decides
@@ -152,8 +150,6 @@ def build_command(
 
 def exposure_warning(host: str) -> str | None:
     """What to tell the operator when ``host`` is reachable from other machines."""
-    from twinnet.app.kit import is_loopback
-
     if is_loopback(host):
         return None
     return (

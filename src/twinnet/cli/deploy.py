@@ -13,6 +13,15 @@ import json
 import sys
 from pathlib import Path
 
+from twinnet.aws.endpoints import list_endpoints
+from twinnet.aws.resources import validate_endpoint_name
+from twinnet.aws.rollout import deploy
+from twinnet.aws.scaling import parse_autoscale
+from twinnet.aws.session import open_session
+from twinnet.aws.teardown import teardown
+from twinnet.container.main import serve
+from twinnet.container.package import package
+from twinnet.contract.options import RESPONSE_FORMATS
 from twinnet.errors import TwinnetError
 
 __all__ = [
@@ -32,8 +41,6 @@ def _add_aws_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_archive_options(p: argparse.ArgumentParser) -> None:
-    from twinnet.contract.options import RESPONSE_FORMATS
-
     p.add_argument("--batch-size", type=int, default=None, help="TorchServe batch size")
     p.add_argument(
         "--max-batch-delay", type=int, default=None, help="ms TorchServe waits to fill a batch"
@@ -83,8 +90,6 @@ def parse_env(items: list[str] | None) -> dict[str, str]:
 
 def _autoscale(text: str):
     """argparse ``type=`` for ``--autoscale``: parse early so a typo fails before any AWS call."""
-    from twinnet.aws.scaling import parse_autoscale
-
     try:
         return parse_autoscale(text)
     except TwinnetError as exc:
@@ -196,8 +201,6 @@ def _register_container(sub: argparse._SubParsersAction) -> None:
 
 def run_package(args: argparse.Namespace) -> int:
     """``twinnet package MODEL_DIR --out model.tar.gz``."""
-    from twinnet.container.package import package
-
     out = package(args.model_dir, args.out, **_archive_options(args))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
@@ -231,8 +234,6 @@ class _Progress:
 
 def run_deploy(args: argparse.Namespace) -> int:
     """``twinnet deploy MODEL_DIR --endpoint NAME --bucket B --role ARN --image URI``."""
-    from twinnet.aws.rollout import deploy
-
     # deploy() checks every argument before it looks for credentials.
     result = deploy(
         args.model_dir,
@@ -266,9 +267,6 @@ def run_deploy(args: argparse.Namespace) -> int:
 
 def run_endpoints(args: argparse.Namespace) -> int:
     """``twinnet endpoints``: one line per twinnet endpoint."""
-    from twinnet.aws.endpoints import list_endpoints
-    from twinnet.aws.session import open_session
-
     session = open_session(region=args.region, profile=args.profile)
     rows = list_endpoints(session)
     if args.json:
@@ -297,10 +295,6 @@ def run_endpoints(args: argparse.Namespace) -> int:
 
 def run_teardown(args: argparse.Namespace) -> int:
     """``twinnet teardown NAME [--delete-artifacts]``: say what was deleted."""
-    from twinnet.aws.resources import validate_endpoint_name
-    from twinnet.aws.session import open_session
-    from twinnet.aws.teardown import teardown
-
     validate_endpoint_name(args.endpoint)
     session = open_session(region=args.region, profile=args.profile)
     kept: list[str] = []
@@ -326,6 +320,4 @@ def run_teardown(args: argparse.Namespace) -> int:
 
 def run_container_serve(args: argparse.Namespace) -> int:
     """``twinnet container serve``: the image's ENTRYPOINT; returns the model server's exit status."""
-    from twinnet.container.main import serve
-
     return serve(Path(args.model_dir), engine=args.engine)

@@ -11,8 +11,12 @@ import argparse
 import json
 from pathlib import Path
 
+from twinnet.cli.infer import remote_backend
+from twinnet.contract.protocol import parse_top_k
 from twinnet.errors import TwinnetError
+from twinnet.index import GalleryIndex, check_top_k
 from twinnet.infer.runtime import PRECISIONS
+from twinnet.infer.twin import Twin
 
 __all__ = ["register"]
 
@@ -120,15 +124,10 @@ def _model_option(p: argparse.ArgumentParser) -> None:
 
 
 def _open(args: argparse.Namespace):
-    from twinnet.index import GalleryIndex
-
     return GalleryIndex.open(args.index, model_dir=getattr(args, "model", None))
 
 
 def _build(args: argparse.Namespace) -> int:
-    from twinnet.index import GalleryIndex
-    from twinnet.infer.twin import Twin
-
     twin = Twin.load(args.model_dir, device=args.device, precision=args.precision)
     gallery = GalleryIndex.build(
         twin, args.gallery, args.out, labels=args.labels, kind=args.kind, model_dir=args.model_dir
@@ -202,17 +201,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _identify(args: argparse.Namespace) -> int:
-    from twinnet.contract.protocol import parse_top_k
-    from twinnet.index import check_top_k
-
     remote = bool(args.url or args.endpoint)
     top_k = parse_top_k(args.top_k) if remote else check_top_k(args.top_k)
     for query in args.queries:
         if not Path(query).is_file():
             raise TwinnetError(f"{query}: no such file")
     if remote:
-        from twinnet.cli.infer import remote_backend
-
         backend = remote_backend(args)
         results = [backend.identify(Path(q), top_k=top_k) for q in args.queries]
     else:

@@ -12,8 +12,12 @@ import json
 import os
 from pathlib import Path
 
+from twinnet.clients.backends import open_backend, resize_method
 from twinnet.core.result import CompareResult
 from twinnet.errors import TwinnetError
+from twinnet.infer.explain import save_cam_picture
+from twinnet.infer.runtime import PRECISIONS
+from twinnet.infer.twin import Twin
 
 __all__ = ["register", "run_compare", "run_search", "print_compare"]
 
@@ -29,7 +33,6 @@ def _add_local_options(p: argparse.ArgumentParser) -> None:
         help=f"model directory (default: ${MODEL_ENV})",
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    from twinnet.infer.runtime import PRECISIONS
 
     p.add_argument(
         "--precision",
@@ -55,8 +58,6 @@ def _add_aws_options(p: argparse.ArgumentParser) -> None:
 
 def remote_backend(args: argparse.Namespace):
     """The server or endpoint that ``--url`` / ``--endpoint`` (and their options) name."""
-    from twinnet.clients.backends import open_backend
-
     return open_backend(
         url=args.url,
         endpoint=args.endpoint,
@@ -110,8 +111,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _open_twin(args: argparse.Namespace):
-    from twinnet.infer.twin import Twin
-
     if not args.model:
         raise TwinnetError(f"no model: pass --model DIR or set ${MODEL_ENV}")
     return Twin.load(args.model, device=args.device, precision=args.precision)
@@ -119,8 +118,6 @@ def _open_twin(args: argparse.Namespace):
 
 def run_compare(args: argparse.Namespace) -> int:
     """``twinnet compare A B`` (and ``invoke NAME A B``): print the verdict; optionally the Grad-CAM picture."""
-    from twinnet.clients.backends import open_backend, resize_method
-
     for path in (args.left, args.right):
         if not Path(path).is_file():
             raise TwinnetError(f"{path}: no such file")
@@ -137,8 +134,6 @@ def run_compare(args: argparse.Namespace) -> int:
         backend = open_backend(model=args.model)
     result = backend.compare(Path(args.left), Path(args.right), cam=bool(args.cam))
     if args.cam:
-        from twinnet.infer.explain import save_cam_picture
-
         method = resize_method(backend)
         save_cam_picture(Path(args.left), Path(args.right), result, args.cam, method)
     print_compare(result, args.json, args.cam)

@@ -13,18 +13,19 @@ import sys
 import warnings
 from pathlib import Path
 
+from twinnet.contract.options import RESPONSE_FORMATS, ServeOptions
 from twinnet.core.spec import SPEC_FILE
+from twinnet.engines import server
 from twinnet.engines.base import Engine
 from twinnet.engines.registry import DEFAULT_ENGINE, engine_names, engine_of, get_engine
+from twinnet.engines.torchserve.archive import build_archive
 from twinnet.errors import TwinnetError
+from twinnet.infer.runtime import PRECISIONS
 
 __all__ = ["register"]
 
 
 def _archive_options(p: argparse.ArgumentParser) -> None:
-    from twinnet.contract.options import RESPONSE_FORMATS, ServeOptions
-    from twinnet.infer.runtime import PRECISIONS
-
     default = ServeOptions()
     p.add_argument(
         "--batch-size", type=int, default=default.batch_size,
@@ -58,8 +59,6 @@ def _archive_options(p: argparse.ArgumentParser) -> None:
 
 def _options(args: argparse.Namespace):
     """The archive's :class:`~twinnet.contract.options.ServeOptions` from the command line."""
-    from twinnet.contract.options import ServeOptions
-
     return ServeOptions(
         batch_size=args.batch_size,
         max_batch_delay=args.max_batch_delay,
@@ -157,8 +156,6 @@ def _engine_options(args: argparse.Namespace) -> tuple[Engine, dict]:
 
 
 def _archive(args: argparse.Namespace) -> int:
-    from twinnet.engines.torchserve.archive import build_archive
-
     mar = build_archive(
         args.model_dir, args.out, name=args.name, options=_options(args), index=args.index
     )
@@ -182,8 +179,6 @@ def _print_ready(info) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from twinnet.engines import server
-
     if args.status:
         entries = server.status(port=args.port)
         if not entries:

@@ -7,7 +7,15 @@ import json
 import math
 from pathlib import Path
 
+from twinnet.core.artifacts import export_seed, import_seed
+from twinnet.core.spec import ARCHS, ModelSpec
+from twinnet.data.datasets import DATASETS, resolve_source
 from twinnet.errors import TwinnetError
+from twinnet.evaluate.calibrate import recalibrate
+from twinnet.evaluate.verification import evaluate, evaluation_items
+from twinnet.infer.twin import Twin
+from twinnet.train.config import add_arguments, from_args
+from twinnet.train.fit import train
 
 __all__ = ["register"]
 
@@ -20,8 +28,6 @@ def _data_dir(args: argparse.Namespace) -> str | None:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    from twinnet.data.datasets import DATASETS
-
     p.add_argument("data_dir", nargs="?", metavar="DATA_DIR", help="labelled image folder")
     p.add_argument("--data", metavar="DIR", help="the same as DATA_DIR")
     p.add_argument(
@@ -45,9 +51,6 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from twinnet.train.config import from_args
-    from twinnet.train.fit import train
-
     cfg = from_args(args, data=_data_dir(args))
     result = train(cfg)
     if result.lr_suggestion is not None:
@@ -66,8 +69,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _register_train(sub: argparse._SubParsersAction) -> None:
-    from twinnet.train.config import add_arguments
-
     p = sub.add_parser(
         "train",
         help="train a twin network on a labelled image folder",
@@ -87,9 +88,6 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 def _labelled_data(args: argparse.Namespace, default_to_training: bool) -> tuple[str, str | None]:
     """DATA_DIR, --data or --dataset, and the label source; optionally the training folder."""
-    from twinnet.core.spec import ModelSpec
-    from twinnet.data.datasets import resolve_source
-
     data, fallback = _data_dir(args), None
     if default_to_training and not data and not args.dataset:
         fallback = ModelSpec.load(args.model_dir).recipe.get("data")
@@ -98,9 +96,6 @@ def _labelled_data(args: argparse.Namespace, default_to_training: bool) -> tuple
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from twinnet.evaluate.verification import evaluate, evaluation_items
-    from twinnet.infer.twin import Twin
-
     data, labels = _labelled_data(args, default_to_training=True)
     if args.pairs < 0 or args.trials < 1:
         raise TwinnetError("--pairs must be >= 0 and --trials >= 1")
@@ -167,8 +162,6 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from twinnet.evaluate.calibrate import recalibrate
-
     data, labels = _labelled_data(args, default_to_training=False)
     before, after = recalibrate(
         args.model_dir,
@@ -246,8 +239,6 @@ def _print_training(spec) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from twinnet.core.spec import ModelSpec
-
     spec = ModelSpec.load(args.model_dir)
     if args.json:
         print(json.dumps(spec.to_dict(), indent=2))
@@ -288,8 +279,6 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _import_seed(args: argparse.Namespace) -> int:
-    from twinnet.core.artifacts import import_seed
-
     out = import_seed(
         args.encoder_pth, args.head_pth, args.out, arch=args.arch, image_size=args.size
     )
@@ -298,8 +287,6 @@ def _import_seed(args: argparse.Namespace) -> int:
 
 
 def _export_seed(args: argparse.Namespace) -> int:
-    from twinnet.core.artifacts import export_seed
-
     enc, head = export_seed(args.model_dir, args.out)
     print(f"wrote {enc} and {head}")
     return 0
@@ -307,8 +294,6 @@ def _export_seed(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands to the `twinnet` parser."""
-    from twinnet.core.spec import ARCHS
-
     _register_train(sub)
     _register_evaluate(sub)
     _register_calibrate(sub)

@@ -12,9 +12,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from twinnet.clients.remote import HttpClient
+from twinnet.clients.sagemaker import SageMakerClient
 from twinnet.core.imaging import ImageSource
 from twinnet.core.result import CompareResult
+from twinnet.core.spec import ModelSpec
 from twinnet.errors import TwinnetError
+from twinnet.infer.twin import Twin
 
 if TYPE_CHECKING:
     from twinnet.core.spec import ModelSpec
@@ -62,7 +66,6 @@ def resize_method(backend: Backend | None) -> str:
     """How the model framed images; a server (or no backend) does not say: the spec's default."""
     if backend is not None and backend.spec is not None:
         return backend.spec.resize_method
-    from twinnet.core.spec import ModelSpec
 
     return ModelSpec.resize_method  # the dataclass default
 
@@ -81,14 +84,9 @@ def open_backend(
     if len(chosen) != 1:
         raise TwinnetError("choose exactly one backend: a model directory, --url or --endpoint")
     if model:
-        from twinnet.infer.twin import Twin
-
         return Twin.load(model)
     if url:
-        from twinnet.clients.remote import HttpClient
-
         return HttpClient(url, token=token, model_name=model_name)
-    from twinnet.clients.sagemaker import SageMakerClient
 
     return SageMakerClient(str(endpoint), region=region, profile=profile)
 

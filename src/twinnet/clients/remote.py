@@ -28,7 +28,9 @@ from twinnet.contract.protocol import (
 )
 from twinnet.core.imaging import ImageSource, read_bytes, source_name
 from twinnet.core.result import CompareResult
+from twinnet.engines.server import LOOPBACK, find_token, list_servers
 from twinnet.errors import ImageError, TwinnetError
+from twinnet.index import Identification, Match
 
 if TYPE_CHECKING:
     from twinnet.index import Identification
@@ -123,8 +125,6 @@ def parse_result(raw: bytes, where: str) -> CompareResult:
 def parse_identification(raw: bytes, where: str) -> Identification:
     """The contract's identification object as an Identification; a server does not send
     cosines, so each match's ``cosine`` is NaN."""
-    from twinnet.index import Identification, Match
-
     try:
         data = _json_object(raw)
         matches = data["matches"]
@@ -191,15 +191,12 @@ class HttpClient:
         return f"HttpClient({self.endpoint!r}, token={'set' if self._token else 'none'})"
 
     def _local_token(self) -> str | None:
-        from twinnet.engines.server import find_token
-
         return find_token(self.base)
 
     def _refresh_token(self) -> bool:
         """After an auth refusal: re-read the local key file, renewing an expired key."""
         if self._explicit:
             return False
-        from twinnet.engines.server import find_token
 
         fresh = find_token(self.base)
         if fresh and fresh != self._token:
@@ -295,8 +292,6 @@ def _auth_refused(resp: Any) -> bool:
 
 
 def _local_management_url(base: str) -> str | None:
-    from twinnet.engines.server import LOOPBACK, list_servers
-
     parts = urlsplit(base)
     if (parts.hostname or "") not in LOOPBACK:
         return None

@@ -28,6 +28,7 @@ from twinnet.container.http import (
     make_server,
 )
 from twinnet.contract.protocol import MAX_REQUEST_BYTES, error_body
+from twinnet.engines.health import model_ready
 from twinnet.errors import TwinnetError
 
 __all__ = [
@@ -191,8 +192,6 @@ class Gateway:
 
     def healthy(self) -> bool:
         """Every model ready (:func:`~twinnet.engines.health.model_ready`), cached for a second."""
-        from twinnet.engines.health import model_ready
-
         info = self.upstream
         if info is None:
             return False

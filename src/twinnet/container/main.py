@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from twinnet.container import ray as container_ray
 from twinnet.container.gateway import (
     Gateway,
     say,
@@ -54,6 +55,7 @@ from twinnet.container.settings import (
     settings_from_env,
 )
 from twinnet.contract.options import CONFIG_FILE
+from twinnet.engines import server
 from twinnet.engines.registry import get_engine
 
 if TYPE_CHECKING:
@@ -162,8 +164,6 @@ class _Run:
         return self.home / "serve"
 
     def close(self) -> None:
-        from twinnet.engines import server
-
         if self.inference:
             server.stop(port=self.inference, root=self.root, timeout=20.0)
         if self.gateway is not None:
@@ -201,8 +201,6 @@ def _serve_until_stopped(settings: ContainerSettings, source: Path, run: _Run) -
 
 def _start_torchserve(settings: ContainerSettings, mar: Path, run: _Run) -> ServerInfo:
     """TorchServe on loopback ports, with the environment's settings written into the archive."""
-    from twinnet.engines import server
-
     if settings.overrides:
         mar = apply_settings(mar, settings.overrides, run.home / "store")
     inference, management, metrics = server.free_loopback_ports(3, avoid={settings.port})
@@ -217,9 +215,6 @@ def _start_torchserve(settings: ContainerSettings, mar: Path, run: _Run) -> Serv
 
 def _start_ray(settings: ContainerSettings, source: Path, run: _Run) -> ServerInfo:
     """Ray Serve's HTTP proxy on a loopback port (:mod:`.container_ray`)."""
-    from twinnet.container import ray as container_ray
-    from twinnet.engines import server
-
     (inference,) = server.free_loopback_ports(1, avoid={settings.port})
     run.follower = _Follower(container_ray.log_file(inference, run.root))
     run.follower.start()
@@ -241,8 +236,6 @@ def _torchserve() -> _Runner:
 
 
 def _ray() -> _Runner:
-    from twinnet.container import ray as container_ray
-
     return _Runner(container_ray.RayGateway, container_ray.find_source, _start_ray)
 
 

@@ -34,7 +34,12 @@ from typing import TYPE_CHECKING, Any
 from twinnet.container.gateway import Gateway
 from twinnet.container.package import find_mar
 from twinnet.container.settings import read_options
+from twinnet.contract.gallery import INDEX_DIR
+from twinnet.contract.options import CONFIG_FILE, ServeOptions
 from twinnet.core.spec import SPEC_FILE
+from twinnet.engines.ray import server as ray_server
+from twinnet.engines.ray.launch import read_status
+from twinnet.engines.state import instance_dir
 
 if TYPE_CHECKING:
     from twinnet.container.settings import ContainerSettings
@@ -68,8 +73,6 @@ def unpack(mar: Path, dest: Path) -> Path:
 
 def options_for(source: Path, model_dir: Path, overrides: dict[str, Any]) -> ServeOptions:
     """The archive's (or model directory's) options with the environment's settings in place."""
-    from twinnet.contract.options import CONFIG_FILE, ServeOptions
-
     if source.is_file():
         options = read_options(source)
     elif (model_dir / CONFIG_FILE).is_file():
@@ -81,8 +84,6 @@ def options_for(source: Path, model_dir: Path, overrides: dict[str, Any]) -> Ser
 
 def log_file(port: int, root: Path) -> Path:
     """The Ray server process's output, which the container copies to its stdout."""
-    from twinnet.engines.state import instance_dir
-
     return instance_dir(port, root) / "logs" / "ray.out"
 
 
@@ -93,9 +94,6 @@ def start(
 
     A ``.mar`` is unpacked into ``scratch`` first, and removed once Ray has its own copy.
     """
-    from twinnet.contract.gallery import INDEX_DIR
-    from twinnet.engines.ray import server as ray_server
-
     model_dir = unpack(source, scratch / "model") if source.is_file() else source
     try:
         options = options_for(source, model_dir, settings.overrides)
@@ -121,8 +119,6 @@ class RayGateway(Gateway):
     """
 
     def healthy(self) -> bool:
-        from twinnet.engines.ray.launch import read_status
-
         info = self.upstream
         if info is None or not info.alive():
             return False

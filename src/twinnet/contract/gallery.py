@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from twinnet.core.spec import ModelSpec
 from twinnet.errors import TwinnetError
+from twinnet.index import GalleryIndex, store
+from twinnet.infer.twin import Twin
 
 if TYPE_CHECKING:
     from twinnet.contract.options import ServeOptions
@@ -89,7 +91,6 @@ def check_index(model_dir: str | os.PathLike, index: str | os.PathLike) -> Check
             "`twinnet train DATA_DIR --out MODEL_DIR --head cosine` and index the gallery with it."
         )
     _model_files_clash(model_dir)
-    from twinnet.index import GalleryIndex
 
     gallery = GalleryIndex.open(path)
     info = gallery.info
@@ -104,7 +105,6 @@ def check_index(model_dir: str | os.PathLike, index: str | os.PathLike) -> Check
                 "there: build the archive on a machine with a GPU, or rebuild the index with "
                 "`twinnet index build ... --device cpu`"
             )
-    from twinnet.infer.twin import Twin
 
     twin = Twin.load(model_dir, device=device, precision=str(model["precision"]), cache_mb=0)
     try:
@@ -120,8 +120,6 @@ def stage_index(checked: CheckedIndex, dest: str | os.PathLike) -> Path:
     Only the index's own files are copied (not the writers' lock beside it). An index that
     another process updates meanwhile is refused, so the archive holds the version checked.
     """
-    from twinnet.index import store
-
     out = Path(dest) / INDEX_DIR
     out.mkdir(parents=True)
     changed = TwinnetError(
@@ -151,7 +149,6 @@ def open_gallery(model_dir: str | os.PathLike, twin: Any) -> GalleryIndex | None
     path = Path(model_dir) / INDEX_DIR
     if not path.is_dir():
         return None
-    from twinnet.index import GalleryIndex
 
     gallery = GalleryIndex.open(path)
     model = gallery.info["model"]

@@ -19,6 +19,7 @@ import yaml
 
 from twinnet.contract.protocol import FORMATS as RESPONSE_FORMATS
 from twinnet.errors import TwinnetError
+from twinnet.infer.runtime import PRECISIONS
 
 __all__ = [
     "CONFIG_FILE",
@@ -91,8 +92,6 @@ def _whole(name: str, value: Any) -> int:
 def precisions() -> tuple[str, ...]:
     """:data:`twinnet.infer.runtime.PRECISIONS`, imported when first needed: it brings torch, which
     the container's gateway process does not otherwise need."""
-    from twinnet.infer.runtime import PRECISIONS
-
     return PRECISIONS
 
 

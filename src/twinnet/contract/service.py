@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from twinnet.contract.encode import render_result
+from twinnet.contract.gallery import open_gallery
 from twinnet.contract.protocol import (
     CUSTOM_ATTRIBUTES_HEADER,
     QUERY_FIELD,
@@ -44,6 +45,7 @@ from twinnet.contract.protocol import (
     parse_fields,
 )
 from twinnet.errors import ImageError, detached
+from twinnet.infer.twin import Twin
 
 __all__ = ["Reply", "Row", "TwinService", "header", "NO_INDEX"]
 
@@ -100,9 +102,6 @@ class TwinService:
     ) -> TwinService:
         """Load a model directory (and its gallery index, if it has one) with a
         :class:`~twinnet.contract.options.ServeOptions`, warmed up."""
-        from twinnet.contract.gallery import open_gallery
-        from twinnet.infer.twin import Twin
-
         twin = Twin.load(
             model_dir,
             device=device,

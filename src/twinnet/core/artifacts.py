@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from twinnet.core.model import TwinModel, build_model
 from twinnet.core.spec import SPEC_FILE, ModelSpec
+from twinnet.core.version import __version__
 from twinnet.errors import SpecError, TwinnetError
 
 __all__ = [
@@ -38,8 +39,6 @@ SEED_HEAD_FILE = "head_weight.pth"
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape the weights, recorded in the spec."""
     import torchvision
-
-    from twinnet.core.version import __version__
 
     versions = {
         "twinnet": __version__,

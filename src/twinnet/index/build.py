@@ -18,6 +18,7 @@ import numpy as np
 
 from twinnet.core.spec import ModelSpec
 from twinnet.core.version import __version__
+from twinnet.data.items import check_images, scan_folder
 from twinnet.index import store, vectors
 
 if TYPE_CHECKING:
@@ -74,8 +75,6 @@ def embed_folder(
 
     Returns the embeddings, their (paths, labels, hashes), and what was skipped.
     """
-    from twinnet.data.items import check_images, scan_folder
-
     items = scan_folder(folder, labels)
     seen = set(known)
     fresh, hashes, duplicates = [], [], 0

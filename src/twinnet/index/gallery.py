@@ -36,6 +36,8 @@ from twinnet.index.answers import (
     require_cosine,
 )
 from twinnet.index.build import Update
+from twinnet.index.export import write_parquet
+from twinnet.infer.twin import Twin
 
 if TYPE_CHECKING:
     from twinnet.core.imaging import ImageSource
@@ -112,8 +114,6 @@ class GalleryIndex:
             return self._twin  # type: ignore[return-value]
 
     def _load_twin(self) -> Twin:
-        from twinnet.infer.twin import Twin
-
         info = self._stored.meta["model"]
         if not info.get("dir"):
             raise TwinnetError(
@@ -343,8 +343,6 @@ class GalleryIndex:
 
     def export(self, out: str | os.PathLike) -> Path:
         """Write id, label, path and embedding of every image to a Parquet file."""
-        from twinnet.index.export import write_parquet
-
         return write_parquet(self._stored, Path(out))
 
 

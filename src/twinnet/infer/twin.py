@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from twinnet.core.artifacts import load_model_dir
 from twinnet.core.calibration import sigmoid
 from twinnet.core.imaging import (
     ImageSource,
@@ -139,8 +140,6 @@ class Twin(FeaturePipeline):
             threads: torch CPU threads (process-wide); default: torch's, capped at usable CPUs.
             draft: decode large JPEGs at reduced scale (faster, slightly different pixels).
         """
-        from twinnet.core.artifacts import load_model_dir
-
         runtime = resolve_runtime(device, precision, threads, draft)
         model, spec = load_model_dir(model_dir, device="cpu")
         return cls(model, spec, runtime, cache_mb=cache_mb)

@@ -17,6 +17,7 @@ import torch.nn.functional as F  # noqa: N812
 from fasttransform import Transform
 
 from twinnet.errors import TwinnetError
+from twinnet.train.fastai_compat import quiet_fastai_import
 
 __all__ = ["AUG_POLICIES", "AffineJitter", "SmallAffine", "batch_augmentations", "policy_name"]
 
@@ -83,8 +84,6 @@ def policy_name(augment: bool | str) -> str:
 def batch_augmentations(policy: str) -> list[Transform]:
     """The batch transforms of a policy (an empty list for ``none``)."""
     if policy == "fastai":
-        from twinnet.train.fastai_compat import quiet_fastai_import
-
         quiet_fastai_import()
         from fastai.vision.augment import aug_transforms
 

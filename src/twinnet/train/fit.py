@@ -47,6 +47,7 @@ from twinnet.train.fastai_parts import (
     training_bf16,
     twin_splitter,
 )
+from twinnet.train.losses import PairAUC, build_metric_loss
 
 __all__ = ["TrainResult", "train"]
 
@@ -235,7 +236,6 @@ def _learner(cfg: TrainConfig, data: _Data, model, device, scratch, dist: Dist):
     from fastai.metrics import accuracy
 
     from twinnet.train.loaders import ImageDataset, ImageStore, build_dataloaders, make_dataloaders
-    from twinnet.train.losses import PairAUC, build_metric_loss
 
     split = data.parts.split
     if data.spec.head == "concat":

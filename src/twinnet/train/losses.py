@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from twinnet.core.metrics import roc_auc
 from twinnet.errors import TwinnetError
 
 __all__ = [
@@ -125,8 +126,6 @@ def build_metric_loss(name: str, n_classes: int, dim: int) -> MetricLoss:
 
 
 def _pair_auc(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
-    from twinnet.core.metrics import roc_auc
-
     n = len(labels)
     if n < 2:
         return float("nan")

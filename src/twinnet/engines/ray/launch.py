@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from twinnet.contract.options import usable_cpus
+
 # The launch record in the instance directory; its path on the command line is what tells
 # this server's process from another one with the same pid.
 
@@ -116,8 +118,6 @@ def _on_signal(signum: int, _frame: Any) -> None:
 def _connect(config: RayConfig) -> int | None:
     """Start or join Ray; returns the local instance's CPUs (None on a cluster)."""
     import ray
-
-    from twinnet.contract.options import usable_cpus
 
     # The model directory is the job's working_dir: Ray uploads it to the cluster once, and
     # every replica (Serve deploys with the job's runtime_env) starts in an unpacked copy.

@@ -35,6 +35,7 @@ from typing import Any
 
 import psutil
 
+from twinnet.contract.gallery import check_index, stage_index
 from twinnet.contract.options import ServeOptions
 from twinnet.core.spec import SPEC_FILE, ModelSpec
 from twinnet.engines.health import http_get
@@ -49,6 +50,7 @@ from twinnet.engines.state import (
     load_info,
 )
 from twinnet.engines.supervise import run_until_stopped
+from twinnet.engines.torchserve.archive import archive_files
 from twinnet.engines.torchserve.launch import spawn
 from twinnet.errors import TwinnetError
 
@@ -121,21 +123,15 @@ def _stage_model(
     src: Path, dest: Path, options: ServeOptions, index: str | os.PathLike | None
 ) -> ServeOptions:
     """Copy what an archive would take (the model files, a checked gallery index) to ``dest``."""
-    from twinnet.engines.torchserve.archive import archive_files
-
     files = archive_files(src)
     checked = None
     if index is not None:
-        from twinnet.contract.gallery import check_index
-
         checked = check_index(src, index)
         options = checked.serving_options(options)
     dest.mkdir()
     for path in files:
         shutil.copy2(path, dest / path.name)
     if checked is not None:
-        from twinnet.contract.gallery import stage_index
-
         stage_index(checked, dest)
     return options
 

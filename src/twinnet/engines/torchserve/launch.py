@@ -33,6 +33,7 @@ from twinnet.engines.state import (
     remove_instance,
     url_host,
 )
+from twinnet.engines.torchserve.archive import build_archive
 from twinnet.errors import TwinnetError
 
 __all__ = [
@@ -147,8 +148,6 @@ def prepare_store(
     """
     src = Path(source)
     if (src / SPEC_FILE).is_file():
-        from twinnet.engines.torchserve.archive import build_archive
-
         model_name = name or ModelSpec.load(src).name
         mar = build_archive(src, workdir / "store", name=model_name, **archive_options)
         return mar.parent, [model_name]
