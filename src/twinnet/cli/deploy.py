@@ -22,6 +22,7 @@ from twinnet.aws.teardown import teardown
 from twinnet.container.main import serve
 from twinnet.container.package import package
 from twinnet.contract.options import RESPONSE_FORMATS
+from twinnet.engines.registry import engine_names
 from twinnet.errors import TwinnetError
 
 __all__ = [
@@ -188,7 +189,7 @@ def _register_container(sub: argparse._SubParsersAction) -> None:
     )
     cs.add_argument("--model-dir", default="/opt/ml/model", help="default /opt/ml/model")
     cs.add_argument(
-        "--engine", choices=("torchserve", "ray"), default=None,
+        "--engine", choices=engine_names(), default=None,
         help="the serving engine (default: TWINNET_ENGINE, else torchserve); ray runs Ray "
         "Serve on a local Ray instance and also serves a model directory",
     )  # fmt: skip
