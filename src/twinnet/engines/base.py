@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from twinnet.engines.state import ServerInfo
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "ModuleEngine"]
 
 
 class Engine(ABC):
@@ -70,3 +70,22 @@ class Engine(ABC):
     def describe(self, info: ServerInfo) -> list[tuple[str, str]]:
         """Extra ``(label, text)`` lines that ``twinnet serve`` prints once a server is ready."""
         return []
+
+
+class ModuleEngine(Engine):
+    """An engine whose module has ``start``, ``run_foreground`` and ``stop_info`` functions
+    (``server`` below): the adapter adds what differs, the checks and the reports."""
+
+    server: ClassVar[Any]
+
+    def start(self, source: str | os.PathLike, **options: Any) -> ServerInfo:
+        return self.server.start(source, **options)
+
+    def run_foreground(
+        self, source: str | os.PathLike, on_ready: Callable[[ServerInfo], None] | None = None,
+        **options: Any,
+    ) -> int:  # fmt: skip
+        return self.server.run_foreground(source, on_ready=on_ready, **options)
+
+    def stop(self, info: ServerInfo, timeout: float = 30.0) -> None:
+        self.server.stop_info(info, timeout)

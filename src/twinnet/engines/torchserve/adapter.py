@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from typing import Any
-
-from twinnet.engines.base import Engine
+from twinnet.engines.base import ModuleEngine
 from twinnet.engines.health import describe_model
 from twinnet.engines.state import ServerInfo
 from twinnet.engines.torchserve import server
@@ -15,25 +11,17 @@ from twinnet.engines.torchserve.launch import check_java
 __all__ = ["TorchServe"]
 
 
-class TorchServe(Engine):
+class TorchServe(ModuleEngine):
     """TorchServe: ``start`` archives a model directory on the fly, or serves a ``.mar``/store."""
 
     name = "torchserve"
     title = "TorchServe"
+    server = server
     unit = "workers"
     own_options = ("management_port", "metrics_port")
 
     def check(self) -> None:
         check_java()
-
-    def start(self, source: str | os.PathLike, **options: Any) -> ServerInfo:
-        return server.start(source, **options)
-
-    def run_foreground(
-        self, source: str | os.PathLike, on_ready: Callable[[ServerInfo], None] | None = None,
-        **options: Any,
-    ) -> int:  # fmt: skip
-        return server.run_foreground(source, on_ready=on_ready, **options)
 
     def models(self, info: ServerInfo) -> dict[str, list[str]]:
         out = {}
@@ -44,9 +32,6 @@ class TorchServe(Engine):
                 desc = []
             out[model] = [w.get("status", "?") for v in desc for w in v.get("workers", [])]
         return out
-
-    def stop(self, info: ServerInfo, timeout: float = 30.0) -> None:
-        server.stop_info(info, timeout)
 
     def describe(self, info: ServerInfo) -> list[tuple[str, str]]:
         return [
