@@ -63,6 +63,7 @@ __all__ = [
     "parse_body",
     "parse_multipart",
     "CUSTOM_ATTRIBUTES_HEADER",
+    "BATCH_HEADER",
     "options_from_attributes",
     "error_body",
     "error_from_exception",
@@ -90,6 +91,8 @@ MAX_REQUEST_TOP_K = 100
 #: ``format=list``, ``cam=true`` and ``top_k=3`` may travel there (SageMaker passes no query
 #: string).
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+#: Response header with the size of the batch a request was answered in (both engines).
+BATCH_HEADER = "X-Twinnet-Batch-Size"
 _OPTIONS = ("cam", "format", "top_k")
 
 

@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 from twinnet.engines.health import describe_model, wait_ready
+from twinnet.engines.ports import free_loopback_ports, port_free
 from twinnet.engines.registry import engine_of
 from twinnet.engines.state import (
     CHILDREN,
@@ -42,8 +43,6 @@ from twinnet.engines.torchserve.launch import (
     FRONTEND_MAX_REQUEST_BYTES,
     JAVA_HINT,
     check_java,
-    free_loopback_ports,
-    port_free,
     prepare_store,
     write_config,
 )

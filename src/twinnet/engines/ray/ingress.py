@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from twinnet.contract.protocol import (
+    BATCH_HEADER,
     MAX_REQUEST_BYTES,
     ProtocolError,
     check_size,
@@ -35,9 +36,6 @@ from twinnet.contract.service import Reply, Row
 
 __all__ = ["BATCH_HEADER", "Gate", "answer", "key_digest", "read_body", "row_from"]
 
-#: Response header telling each client how many requests shared its forward pass (as the
-#: TorchServe handler's).
-BATCH_HEADER = "X-Twinnet-Batch-Size"
 _JSON = "application/json"
 #: What the ingress calls with one row: the batched service, answering ``(reply, batch size)``.
 Batch = Callable[[Row], Awaitable[tuple[Reply, int]]]

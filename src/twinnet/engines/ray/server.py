@@ -25,7 +25,6 @@ import importlib.util
 import os
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from twinnet.contract.gallery import check_index, stage_index
 from twinnet.contract.options import ServeOptions
 from twinnet.core.spec import SPEC_FILE, ModelSpec
 from twinnet.engines.health import http_get
+from twinnet.engines.ports import port_free
 from twinnet.engines.ray.launch import RAY_CONFIG_FILE, RAY_TOKEN_FILE, RayConfig, read_status
 from twinnet.engines.ray.stop import reap, remove_files, server_processes, stop_info
 from twinnet.engines.registry import engine_of
@@ -92,19 +92,6 @@ def parse_address(address: str | None) -> str | None:
             f"node's GCS), got {address!r}"
         )
     return text
-
-
-def port_free(host: str, port: int) -> bool:
-    """True when nothing listens on ``host:port``. Bound as a server binds it (SO_REUSEADDR),
-    so connections of a server stopped a moment ago, still in TIME_WAIT, do not count."""
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host.strip("[]"), int(port)))
-        except OSError:
-            return False
-    return True
 
 
 def _model_source(source: str | os.PathLike) -> Path:

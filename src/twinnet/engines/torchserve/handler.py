@@ -24,14 +24,13 @@ from typing import Any
 
 from ts.torch_handler.base_handler import BaseHandler
 
+from twinnet.contract.protocol import BATCH_HEADER
 from twinnet.contract.service import Reply, Row, TwinService
 
 __all__ = ["TwinHandler", "BATCH_HEADER"]
 
 logger = logging.getLogger(__name__)
 
-#: Response header telling each client how many requests shared its forward pass.
-BATCH_HEADER = "X-Twinnet-Batch-Size"
 _JSON = "application/json"
 
 

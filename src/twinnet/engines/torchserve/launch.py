@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import psutil
 
 from twinnet.contract.protocol import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from twinnet.core.spec import SPEC_FILE, ModelSpec
+from twinnet.engines.ports import free_loopback_ports, port_free
 from twinnet.engines.state import (
     CHILDREN,
     CONFIG_FILE,
@@ -41,9 +41,7 @@ __all__ = [
     "FRONTEND_MAX_REQUEST_BYTES",
     "JAVA_HINT",
     "check_java",
-    "free_loopback_ports",
     "launch",
-    "port_free",
     "prepare_store",
     "spawn",
     "write_config",
@@ -67,35 +65,6 @@ def check_java() -> str:
     if not java or not os.access(java, os.X_OK):
         raise TwinnetError(JAVA_HINT)
     return java
-
-
-def port_free(host: str, port: int) -> bool:
-    """True when ``host:port`` can be bound now."""
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host.strip("[]"), int(port)))
-        except OSError:
-            return False
-    return True
-
-
-def free_loopback_ports(n: int, avoid: set[int]) -> tuple[int, ...]:
-    """``n`` distinct free loopback ports, none in ``avoid`` (TorchServe's gRPC and inner APIs)."""
-    socks: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        while len(ports) < n:
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-            port = sock.getsockname()[1]
-            if port not in avoid:
-                ports.append(port)
-    finally:
-        for sock in socks:
-            sock.close()
-    return tuple(ports)
 
 
 def _check_ports(host: str, ports: dict[str, int]) -> None:
