@@ -80,30 +80,48 @@ def log_tail(info: ServerInfo, lines: int = 15) -> str:
     return "(no log output)"
 
 
-def wait_ready(
-    info: ServerInfo, timeout: float = 300.0, should_stop: Callable[[], bool] | None = None
+def poll_ready(
+    info: ServerInfo,
+    ready: Callable[[], bool],
+    title: str,
+    tail: Callable[[], str],
+    timeout: float = 300.0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> float:
-    """Block until every model is ready (:func:`model_ready`); returns the seconds waited.
+    """Poll ``ready()`` until it is true; returns the seconds waited. Either engine's wait.
 
-    Readiness comes from the management API, not ``/ping``: TorchServe's ``/ping`` says
-    "Healthy" before any worker has loaded the model. ``should_stop`` is polled too, so a
-    SIGTERM during a slow model load is honoured at once (SageMaker kills a container that
-    ignores it for 30 s).
+    ``ready`` may raise to report a failure it can see; a server that exits, a timeout or
+    ``should_stop`` (polled too, so a SIGTERM during a slow model load is honoured at once:
+    SageMaker kills a container that ignores it for 30 s) end the wait with the last lines
+    of the server's log (``tail``).
     """
     start = time.monotonic()
     while True:
         if should_stop is not None and should_stop():
             raise TwinnetError("stopped before the model was ready")
+        if ready():
+            return time.monotonic() - start
         if not info.alive():
-            raise TwinnetError(
-                f"TorchServe exited during start-up; last log lines:\n{log_tail(info)}"
-            )
-        if info.key_file.exists() or not info.auth:
-            if all(model_ready(info, m) for m in info.models):
-                return time.monotonic() - start
+            raise TwinnetError(f"{title} exited during start-up; last log lines:\n{tail()}")
         if time.monotonic() - start > timeout:
             raise TwinnetError(
-                f"the model did not become ready within {timeout:.0f} s; see logs in "
-                f"{info.log_dir}. Last lines:\n{log_tail(info)}"
+                f"the model did not become ready within {timeout:.0f} s; see the logs in "
+                f"{info.log_dir}. Last lines:\n{tail()}"
             )
         time.sleep(0.25)
+
+
+def wait_ready(
+    info: ServerInfo, timeout: float = 300.0, should_stop: Callable[[], bool] | None = None
+) -> float:
+    """Block until every TorchServe model is ready (:func:`model_ready`); the seconds waited.
+
+    Readiness comes from the management API, not ``/ping``: TorchServe's ``/ping`` says
+    "Healthy" before any worker has loaded the model.
+    """
+
+    def ready() -> bool:
+        keyed = info.key_file.exists() or not info.auth
+        return keyed and all(model_ready(info, m) for m in info.models)
+
+    return poll_ready(info, ready, "TorchServe", lambda: log_tail(info), timeout, should_stop)

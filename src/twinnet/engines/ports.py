@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import socket
+import warnings
 
-__all__ = ["port_free", "free_loopback_ports"]
+from twinnet.engines.state import LOOPBACK
+
+__all__ = ["port_free", "free_loopback_ports", "warn_if_open"]
 
 
 def port_free(host: str, port: int) -> bool:
@@ -36,3 +39,13 @@ def free_loopback_ports(n: int, avoid: set[int]) -> tuple[int, ...]:
         for sock in socks:
             sock.close()
     return tuple(ports)
+
+
+def warn_if_open(host: str, auth: bool, stacklevel: int) -> None:
+    """Warn when a server would answer anyone: authorization off on a non-loopback address."""
+    if host not in LOOPBACK and not auth:
+        warnings.warn(
+            f"token authorization is off and the server listens on {host}: anyone who can "
+            "reach this port can use the model. Drop --no-auth, or bind 127.0.0.1.",
+            stacklevel=stacklevel + 1,
+        )

@@ -1,4 +1,4 @@
-"""Run a launched server in the foreground until SIGTERM/SIGINT or its own exit (both engines)."""
+"""Wait for a launched server, in the background or in the foreground (both engines)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,19 @@ from typing import Any
 
 from twinnet.errors import TwinnetError
 
-__all__ = ["run_until_stopped"]
+__all__ = ["ready_or_stopped", "run_until_stopped"]
+
+
+def ready_or_stopped(
+    info: Any, wait_ready: Callable[..., Any], stop: Callable[[Any], None], timeout: float
+) -> Any:
+    """``info`` once its server is ready; a server that fails to get there is stopped first."""
+    try:
+        wait_ready(info, timeout)
+    except BaseException:
+        stop(info)
+        raise
+    return info
 
 
 def run_until_stopped(

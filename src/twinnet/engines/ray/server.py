@@ -27,8 +27,6 @@ import secrets
 import shutil
 import sys
 import tempfile
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +35,18 @@ import psutil
 from twinnet.contract.gallery import check_index, stage_index
 from twinnet.contract.options import ServeOptions
 from twinnet.core.spec import SPEC_FILE, ModelSpec
-from twinnet.engines.health import http_get
-from twinnet.engines.ports import port_free
+from twinnet.engines.health import http_get, poll_ready
+from twinnet.engines.ports import port_free, warn_if_open
 from twinnet.engines.ray.launch import RAY_CONFIG_FILE, RAY_TOKEN_FILE, RayConfig, read_status
 from twinnet.engines.ray.stop import reap, remove_files, server_processes, stop_info
 from twinnet.engines.registry import engine_of
 from twinnet.engines.state import (
     KEY_FILE,
-    LOOPBACK,
     ServerInfo,
     instance_dir,
     load_info,
 )
-from twinnet.engines.supervise import run_until_stopped
+from twinnet.engines.supervise import ready_or_stopped, run_until_stopped
 from twinnet.engines.torchserve.archive import archive_files
 from twinnet.engines.torchserve.launch import spawn
 from twinnet.errors import TwinnetError
@@ -196,12 +193,7 @@ def _check_can_launch(
             f"inference port {port} on {host} is already in use (another server? see "
             "`twinnet serve --status`); choose another with --port"
         )
-    if host not in LOOPBACK and not auth:
-        warnings.warn(
-            f"token authorization is off and the server listens on {host}: anyone who can "
-            "reach this port can use the model. Drop --no-auth, or bind 127.0.0.1.",
-            stacklevel=3,
-        )
+    warn_if_open(host, auth, stacklevel=3)
 
 
 def _write_config(
@@ -291,11 +283,9 @@ def _log_tail(info: ServerInfo, lines: int = 20) -> str:
 
 def wait_ready(info: ServerInfo, timeout: float = 300.0, should_stop: Any = None) -> float:
     """Block until the application runs and answers ``/ping``; returns the seconds waited."""
-    start = time.monotonic()
     ping = f"{info.inference_url}/ping"
-    while True:
-        if should_stop is not None and should_stop():
-            raise TwinnetError("stopped before the model was ready")
+
+    def ready() -> bool:
         status = read_status(info.instance)
         if status.get("state") == "failed":
             lines = [x.strip() for x in str(status.get("message", "")).splitlines() if x.strip()]
@@ -303,21 +293,17 @@ def wait_ready(info: ServerInfo, timeout: float = 300.0, should_stop: Any = None
                 f"Ray Serve could not start the model: {lines[-1] if lines else 'no reason given'}"
                 f" (the error in full is in {info.log_dir / _SERVER_OUT})"
             )
-        if not info.alive():
-            raise TwinnetError(f"the Ray Serve server exited during start-up:\n{_log_tail(info)}")
-        if status.get("state") == "ready":
-            config = RayConfig.load(info.config_file)
-            if config.address is not None:  # the proxies run where the cluster puts them
-                return time.monotonic() - start
-            with contextlib.suppress(OSError):
-                if http_get(ping, timeout=2.0)[0] == 200:
-                    return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise TwinnetError(
-                f"the model did not become ready within {timeout:.0f} s; last lines of "
-                f"{info.log_dir / _SERVER_OUT}:\n{_log_tail(info)}"
-            )
-        time.sleep(0.25)
+        if status.get("state") != "ready":
+            return False
+        if RayConfig.load(info.config_file).address is not None:
+            return True  # the proxies run where the cluster puts them
+        with contextlib.suppress(OSError):
+            return http_get(ping, timeout=2.0)[0] == 200
+        return False
+
+    return poll_ready(
+        info, ready, "the Ray Serve server", lambda: _log_tail(info), timeout, should_stop
+    )
 
 
 def start(source: str | os.PathLike, timeout: float = 300.0, **kwargs: Any) -> ServerInfo:
@@ -339,12 +325,7 @@ def start(source: str | os.PathLike, timeout: float = 300.0, **kwargs: Any) -> S
         index: a gallery index to serve with the model (identification requests).
     """
     info, _ = launch(source, **kwargs)
-    try:
-        wait_ready(info, timeout)
-    except BaseException:
-        stop_info(info)
-        raise
-    return info
+    return ready_or_stopped(info, wait_ready, stop_info, timeout)
 
 
 def run_foreground(

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,10 @@ import psutil
 
 from twinnet.contract.protocol import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from twinnet.core.spec import SPEC_FILE, ModelSpec
-from twinnet.engines.ports import free_loopback_ports, port_free
+from twinnet.engines.ports import free_loopback_ports, port_free, warn_if_open
 from twinnet.engines.state import (
     CHILDREN,
     CONFIG_FILE,
-    LOOPBACK,
     ServerInfo,
     instance_dir,
     load_info,
@@ -98,12 +96,7 @@ def _check_can_launch(host: str, ports: dict[str, int], auth: bool, instance: Pa
             "stop it with `twinnet serve --stop` or choose another --port"
         )
     _check_ports(host, ports)
-    if host not in LOOPBACK and not auth:
-        warnings.warn(
-            f"token authorization is off and the server listens on {host}: anyone who can "
-            "reach this port can use the model. Drop --no-auth, or bind 127.0.0.1.",
-            stacklevel=4,
-        )
+    warn_if_open(host, auth, stacklevel=4)
 
 
 # ---------------------------------------------------------------------------- store

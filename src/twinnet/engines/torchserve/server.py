@@ -19,7 +19,7 @@ from typing import Any
 
 from twinnet.engines.health import wait_ready
 from twinnet.engines.state import CHILDREN, ServerInfo, group_alive, java_pid, remove_instance
-from twinnet.engines.supervise import run_until_stopped
+from twinnet.engines.supervise import ready_or_stopped, run_until_stopped
 from twinnet.engines.torchserve.launch import launch
 
 __all__ = ["start", "run_foreground", "stop_info"]
@@ -56,12 +56,7 @@ def start(
     """
     ports = {"inference": port, "management": management_port, "metrics": metrics_port}
     info, _ = launch(source, host, ports, auth, root, name, False, default_workers, archive_options)
-    try:
-        wait_ready(info, timeout)
-    except BaseException:
-        stop_info(info)
-        raise
-    return info
+    return ready_or_stopped(info, wait_ready, stop_info, timeout)
 
 
 def run_foreground(
