@@ -16,7 +16,7 @@ from twinnet.core.calibration import (
     DEFAULT_CALIBRATION,
     fit_calibration,
     parse_target,
-    sigmoid,
+    probability,
 )
 from twinnet.data.items import check_images, draw_pairs, require_pairs, scan_folder
 from twinnet.errors import TwinnetError
@@ -46,7 +46,7 @@ def calibration_scores(
 def _decision_report(
     targets: np.ndarray, scores: np.ndarray, scale: float, bias: float, threshold: float
 ) -> dict[str, float]:
-    accept = sigmoid(scale * scores + bias) >= threshold
+    accept = probability({"scale": scale, "bias": bias}, scores) >= threshold
     return {
         "threshold": float(threshold),
         "accuracy": float(np.mean(accept == targets)),
