@@ -23,31 +23,23 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from twinnet.core.artifacts import library_versions, save_model_dir
-from twinnet.core.calibration import Calibration, fit_calibration
 from twinnet.core.imaging import build_transforms
-from twinnet.core.metrics import eer, roc_auc
 from twinnet.core.model import build_model
 from twinnet.core.spec import ModelSpec
 from twinnet.data.datasets import resolve_source
 from twinnet.data.items import LabelledImages, check_images, scan_folder, split_items
 from twinnet.errors import DataError, TwinnetError
-from twinnet.evaluate.calibrate import calibration_scores
-from twinnet.infer.twin import Twin
 from twinnet.train.config import TrainConfig, calibration_classes, check_config, resolve_defaults
 from twinnet.train.distributed import Dist, init_distributed
 from twinnet.train.fastai_compat import quiet_fastai_import
 from twinnet.train.fastai_parts import (
-    EmbeddingNet,
     bf16_callback,
-    proxy_sync_callback,
     training_bf16,
-    twin_splitter,
 )
-from twinnet.train.losses import PairAUC, build_metric_loss
+from twinnet.train.heads import HEAD_RECIPES
 
 __all__ = ["TrainResult", "train"]
 
@@ -213,7 +205,7 @@ def _run(cfg: TrainConfig, data: _Data, dist: Dist) -> _Run:
     device = default_device()
     bf16 = training_bf16(cfg.precision, torch.device(device))
     with tempfile.TemporaryDirectory(prefix="twinnet-train-") as scratch:
-        learn = _learner(cfg, data, model, device, scratch, dist)
+        learn = HEAD_RECIPES[data.spec.head].learner(cfg, data, model, device, scratch, dist)
         if bf16:
             learn.add_cb(bf16_callback())
         if cfg.lr_find:
@@ -227,48 +219,6 @@ def _run(cfg: TrainConfig, data: _Data, dist: Dist) -> _Run:
             model.to("cpu").eval(), None, history, time.monotonic() - started, str(device), bf16,
             len(dls.train.dataset), len(dls.valid.dataset), dls.valid,
         )  # fmt: skip
-
-
-def _learner(cfg: TrainConfig, data: _Data, model, device, scratch, dist: Dist):
-    """The fastai Learner of either objective: pair cross-entropy, or a metric loss."""
-    from fastai.learner import Learner
-    from fastai.losses import CrossEntropyLossFlat
-    from fastai.metrics import accuracy
-
-    from twinnet.train.loaders import ImageDataset, ImageStore, build_dataloaders, make_dataloaders
-
-    split = data.parts.split
-    if data.spec.head == "concat":
-        dls = build_dataloaders(
-            split, data.preprocess, bs=cfg.bs, seed=cfg.seed, epoch_pairs=cfg.epoch_pairs,
-            valid_pairs=cfg.valid_pairs, augment=cfg.augment, workers=data.workers,
-            cache=data.cache, device=device,
-        )  # fmt: skip
-        return Learner(
-            dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy,
-            splitter=twin_splitter, path=scratch, wd=cfg.wd,
-        )  # fmt: skip
-    store = ImageStore(data.preprocess, data.cache)
-    images = cfg.epoch_pairs or max(len(split.train), 1024)
-    n_batches = -(-images // (cfg.bs * dist.world_size)) * dist.world_size
-    train_ds = ImageDataset(
-        split.train, store, cfg.seed, cfg.per_class, cfg.bs, n_batches, cfg.sampler == "balanced"
-    )
-    valid_ds = ImageDataset(split.valid, store, cfg.seed)
-    dls = make_dataloaders(
-        train_ds, valid_ds, data.preprocess, bs=train_ds.batch_size, augment=cfg.augment,
-        workers=data.workers, device=device,
-    )  # fmt: skip
-    loss = build_metric_loss(cfg.loss, len(split.train.classes), data.spec.embedding_dim)
-
-    def splitter(m):
-        return [list(m.encoder.parameters()), list(m.head.parameters()) + list(loss.parameters())]
-
-    cbs = [proxy_sync_callback(loss)] if dist.active and loss.has_proxies else []
-    return Learner(
-        dls, EmbeddingNet(model), loss_func=loss, metrics=PairAUC(), splitter=splitter,
-        path=scratch, cbs=cbs, wd=cfg.wd,
-    )  # fmt: skip
 
 
 def _fit(learn, cfg: TrainConfig, dist: Dist) -> list[dict[str, Any]]:
@@ -311,14 +261,7 @@ def _history(recorder) -> list[dict[str, Any]]:
 
 def _finished_spec(cfg: TrainConfig, data: _Data, run: _Run, dist: Dist) -> ModelSpec:
     """The model's spec, complete: calibration, what was measured, the data and the recipe."""
-    fitted: dict[str, Any] = {}
-    if data.spec.head == "cosine":
-        cal, metrics = _calibrate_and_measure(run.model, data.spec, data.parts)
-        run.model.head.set_calibration(cal.scale, cal.bias)
-        fitted = {"calibration": cal.to_dict(), "threshold": float(cal.threshold)}
-    else:
-        prob, truth = _valid_scores(run.model, run.valid_dl)
-        metrics = _pair_report(prob, truth, data.spec.threshold)
+    fitted, metrics = HEAD_RECIPES[data.spec.head].measure(run.model, data.spec, data.parts, run)
     last = run.history[-1] if run.history else {}
     return replace(
         data.spec,
@@ -341,29 +284,6 @@ def _finished_spec(cfg: TrainConfig, data: _Data, run: _Run, dist: Dist) -> Mode
     )  # fmt: skip
 
 
-def _calibrate_and_measure(
-    model, spec: ModelSpec, parts: _Parts
-) -> tuple[Calibration, dict[str, Any]]:
-    """Fit the cosine head's mapping and threshold on the calibration classes; report validation.
-
-    Embeddings come from the inference library at its default precision, so the threshold
-    is fitted on the numbers that ``compare`` will compute.
-    """
-    twin = Twin.from_model(model, spec, cache_mb=0)
-    cos, same = calibration_scores(twin, parts.calib, seed=int(parts.split.seed))
-    cal = fit_calibration(same, cos, target="accuracy", method=parts.calib_method)
-    print(
-        f"calibration: threshold {cal.threshold:.4f} (cosine {cal.score_threshold:.4f}) on "
-        f"{cal.pairs} pairs of {len(parts.calib.classes)} classes not trained on; "
-        f"EER {cal.eer:.4f}"
-    )
-    if parts.calib is parts.split.valid:
-        v_cos, v_same = cos, same
-    else:
-        v_cos, v_same = calibration_scores(twin, parts.split.valid, seed=int(parts.split.seed))
-    return cal, _pair_report(cal.probability(v_cos), v_same, cal.threshold)
-
-
 def _calib_description(parts: _Parts) -> dict[str, Any]:
     if parts.calib is None:
         return {}
@@ -372,26 +292,3 @@ def _calib_description(parts: _Parts) -> dict[str, Any]:
         "calibration_classes": list(parts.calib.classes),
         "calibration_images": len(parts.calib),
     }
-
-
-def _pair_report(prob: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, Any]:
-    return {
-        "pair_accuracy": float(np.mean((prob >= threshold) == truth)),
-        "pair_auc": roc_auc(truth, prob),
-        "pair_eer": eer(truth, prob)[0],
-        "valid_pairs": len(truth),
-    }
-
-
-def _valid_scores(model: torch.nn.Module, dl) -> tuple[np.ndarray, np.ndarray]:
-    """P(same) and truth of every validation pair, in this process alone.
-
-    (fastai's ``get_preds`` would gather across ranks that have already finished.)
-    """
-    model.eval()
-    probs, truth = [], []
-    with torch.no_grad():
-        for left, right, same in dl:
-            probs.append(torch.softmax(model(left, right).float(), dim=1)[:, 1].cpu())
-            truth.append(same.cpu())
-    return torch.cat(probs).numpy(), torch.cat(truth).numpy().astype(bool)
