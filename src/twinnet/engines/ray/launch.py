@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from twinnet.contract.options import usable_cpus
+from twinnet.contract.options import ServeOptions, usable_cpus
 
 # The launch record in the instance directory; its path on the command line is what tells
 # this server's process from another one with the same pid.
@@ -194,7 +194,6 @@ def run(config: RayConfig) -> int:
     try:
         from ray import serve
 
-        from twinnet.contract.options import ServeOptions
         from twinnet.engines.ray.engine import build_app, plan
 
         cpus = _connect(config)

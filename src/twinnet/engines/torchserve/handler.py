@@ -24,6 +24,7 @@ from typing import Any
 
 from ts.torch_handler.base_handler import BaseHandler
 
+from twinnet.contract.options import ServeOptions, resolve_threads
 from twinnet.contract.protocol import BATCH_HEADER
 from twinnet.contract.service import Reply, Row, TwinService
 
@@ -57,8 +58,6 @@ class TwinHandler(BaseHandler):
     def initialize(self, context: Any) -> None:
         """Load the model directory shipped in the archive, with the archive's options."""
         import torch
-
-        from twinnet.contract.options import ServeOptions, resolve_threads
 
         props = context.system_properties
         options = ServeOptions.from_config(getattr(context, "model_yaml_config", None))
