@@ -165,3 +165,36 @@ def test_training_refuses_a_single_class_before_any_work(tmp_path, capsys):
     assert code == 2
     assert "at least 2 classes" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_init_and_encoder_weights_start_from_an_earlier_model(unseen_model, tmp_path, capsys):
+    """`--init` fine-tunes an earlier model (frozen, then unfrozen at discriminative rates) and
+    records where it started; `--encoder-weights` starts from a weights file instead. Either
+    way the run is far above chance after two short epochs that barely move the encoder."""
+    from twinnet.core.weights import file_digest
+
+    source, data = unseen_model
+    short = ["--split", "classes", "--valid-pct", "0.3", "--epoch-pairs", "512", "--workers", "0",
+             "--frozen-epochs", "1", "--epochs", "1", "--bs", "32"]  # fmt: skip
+    out = tmp_path / "finetuned"
+    assert main(["train", str(data), "--out", str(out), "--init", str(source), *short]) == 0
+    assert "head taken" in capsys.readouterr().out
+    spec = ModelSpec.load(out)
+    start = spec.recipe["start"]
+    assert start["init"] == str(source.resolve()) and start["head_taken"] is True
+    assert start["blake2b"] == file_digest(
+        source / "encoder.safetensors", source / "head.safetensors"
+    )
+    assert (spec.arch, spec.image_size) == ("resnet18", 32)  # taken from the source model
+    assert (spec.recipe["lr_lo"], spec.recipe["lr_hi"]) == (1e-6, 1e-4)
+    assert spec.metrics["pair_auc"] >= 0.85, spec.metrics  # chance 0.5
+    assert main(["info", str(out)]) == 0
+    assert f"start      {source.resolve()}" in capsys.readouterr().out
+
+    weights = tmp_path / "weights"
+    argv = ["train", str(data), "--out", str(weights), "--arch", "resnet18", "--size", "32"]
+    encoder = source / "encoder.safetensors"
+    assert main([*argv, "--encoder-weights", str(encoder), *short]) == 0
+    spec = ModelSpec.load(weights)
+    assert spec.recipe["start"]["blake2b"] == file_digest(encoder)
+    assert spec.recipe["pretrained"] is False and spec.metrics["pair_auc"] >= 0.75, spec.metrics

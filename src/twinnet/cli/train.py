@@ -223,6 +223,12 @@ def _print_training(spec) -> None:
             f"loss={r.get('loss')} sampler={r.get('sampler', 'balanced')} "
             f"aug={r.get('augment')} wd={r.get('wd')} processes={r.get('world_size')}"
         )
+    start = r.get("start") if r else None
+    if start and "init" in start:
+        head = "head taken" if start.get("head_taken") else "head started fresh"
+        print(f"start      {start['init']} ({start.get('name')}, {head})")
+    elif start:
+        print(f"start      encoder weights {start.get('encoder_weights')}")
     m = spec.metrics
     if m:
         first = f"valid loss {_fmt(m.get('valid_loss'))}, "

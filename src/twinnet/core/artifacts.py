@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from twinnet.core.model import TwinModel, build_model
 from twinnet.core.spec import SPEC_FILE, ModelSpec
 from twinnet.core.version import __version__
-from twinnet.errors import SpecError, TwinnetError
+from twinnet.core.weights import read_state_dict
+from twinnet.errors import SpecError
 
 __all__ = [
     "ENCODER_FILE",
@@ -100,21 +101,6 @@ def load_model_dir(
     return model.to(device).eval(), spec
 
 
-def _read_pth(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise TwinnetError(f"{path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TwinnetError(
-            f"{path}: not a weights-only PyTorch state dict ({exc.__class__.__name__}). "
-            "Only plain tensors are read; pickled objects are refused."
-        ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise TwinnetError(f"{path}: expected a state dict of tensors")
-    return state
-
-
 def import_seed(
     encoder_pth: str | Path,
     head_pth: str | Path,
@@ -127,7 +113,7 @@ def import_seed(
     The sample squashes images to a square and uses ImageNet statistics, which the default
     spec reproduces.
     """
-    enc_state, head_state = _read_pth(Path(encoder_pth)), _read_pth(Path(head_pth))
+    enc_state, head_state = read_state_dict(Path(encoder_pth)), read_state_dict(Path(head_pth))
     hidden = head_state.get("4.weight")
     spec = ModelSpec(
         arch=arch,

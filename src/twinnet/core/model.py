@@ -36,9 +36,6 @@ __all__ = [
     "DEFAULT_CALIBRATION",
 ]
 
-#: The cosine-to-logit map ``z = scale * cos + bias`` used before calibration has run: it
-#: puts the decision at a cosine of 0.5.
-
 
 class PretrainedWeightsError(TwinnetError):
     """ImageNet weights could not be fetched (usually: no internet)."""
@@ -86,8 +83,9 @@ def build_encoder(arch: str, pretrained: bool = False) -> nn.Sequential:
         except (OSError, RuntimeError, ValueError) as exc:
             raise PretrainedWeightsError(
                 f"could not download ImageNet weights for {arch} ({exc.__class__.__name__}: "
-                f"{exc}). Connect to the internet, place the file in "
-                f"{torch.hub.get_dir()}/checkpoints, or train from scratch with --no-pretrained."
+                f"{exc}). Without internet, download {weights.url} elsewhere and pass it with "
+                f"--encoder-weights FILE (or place it in {torch.hub.get_dir()}/checkpoints); "
+                "or train from scratch with --no-pretrained."
             ) from None
     else:
         net = ctor(weights=None)

@@ -122,6 +122,22 @@ class TrainConfig:
             "start from torchvision's ImageNet weights", action=argparse.BooleanOptionalAction
         ),
     )
+    init: str | None = field(
+        default=None,
+        metadata=_opt(
+            "start from an earlier twinnet model: its encoder always, its head when it fits; "
+            "its arch and size for options left out",
+            metavar="MODEL_DIR",
+        ),  # fmt: skip
+    )
+    encoder_weights: str | None = field(
+        default=None,
+        metadata=_opt(
+            "start the encoder from a weights file (safetensors, or .pth read weights-only; "
+            "torchvision's or timm's key names), e.g. ImageNet weights downloaded elsewhere",
+            metavar="FILE",
+        ),
+    )
     frozen_epochs: int | None = field(
         default=None, metadata=_opt("epochs with the encoder frozen", type=int)
     )
@@ -265,6 +281,14 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
         raise TwinnetError(f"--recipe must be one of {', '.join(PRESETS)}, got {cfg.recipe!r}")
     preset = PRESETS.get(cfg.recipe or "", {})
     asked_sampler = cfg.sampler
+    warm = bool(cfg.init or cfg.encoder_weights)  # trained weights, not ImageNet's download
+    if warm and cfg.pretrained:
+        raise TwinnetError(
+            "--pretrained downloads ImageNet weights; --init and --encoder-weights start from "
+            "weights of their own: give one starting point"
+        )
+    if warm:
+        cfg = replace(cfg, pretrained=False)
     if cfg.augment is True:  # "on": the preset's policy
         cfg = replace(cfg, augment=preset.get("augment", BASE_DEFAULTS["augment"]))
     values = {
@@ -273,9 +297,10 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
         if getattr(cfg, name) is None
     }
     cfg = replace(cfg, **values)
-    frozen, epochs, lr = RECIPE_DEFAULTS[bool(cfg.pretrained)]
+    warm = warm or bool(cfg.pretrained)  # a fine-tuning recipe: frozen first, then all
+    frozen, epochs, lr = RECIPE_DEFAULTS[warm]
     loss = cfg.loss or default_loss(cfg.head)
-    lo, hi = PRETRAINED_LR_RANGE if cfg.pretrained else (None, None)
+    lo, hi = PRETRAINED_LR_RANGE if warm else (None, None)
     lr = lr if cfg.lr is None else cfg.lr
     return replace(
         cfg,
@@ -294,6 +319,8 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
 
 def check_config(cfg: TrainConfig) -> None:
     """Refuse a resolved configuration that cannot train, with the option to change."""
+    if cfg.init and cfg.encoder_weights:
+        raise TwinnetError("give --init or --encoder-weights, not both")
     if cfg.frozen_epochs < 0 or cfg.epochs < 0 or cfg.frozen_epochs + cfg.epochs == 0:
         raise TwinnetError("--frozen-epochs and --epochs must be >= 0, and not both 0")
     if cfg.bs < 2:

@@ -40,6 +40,7 @@ from twinnet.train.fastai_parts import (
     training_bf16,
 )
 from twinnet.train.heads import HEAD_RECIPES
+from twinnet.train.start import apply_start, with_init_defaults
 
 __all__ = ["TrainResult", "train"]
 
@@ -62,7 +63,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     beside the weights.
     """
     quiet_fastai_import()
-    cfg = resolve_defaults(cfg)
+    cfg = resolve_defaults(with_init_defaults(cfg))
     check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -185,6 +186,7 @@ class _Run:
     """What fitting left: the model on the CPU, its history and how it ran."""
 
     model: Any
+    start: dict[str, Any] | None = None
     lr_suggestion: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -202,6 +204,7 @@ def _run(cfg: TrainConfig, data: _Data, dist: Dist) -> _Run:
 
     set_seed(cfg.seed)
     model = build_model(data.spec, pretrained=cfg.pretrained)
+    start = apply_start(model, data.spec, cfg)
     device = default_device()
     bf16 = training_bf16(cfg.precision, torch.device(device))
     with tempfile.TemporaryDirectory(prefix="twinnet-train-") as scratch:
@@ -211,12 +214,12 @@ def _run(cfg: TrainConfig, data: _Data, dist: Dist) -> _Run:
         if cfg.lr_find:
             if cfg.frozen_epochs:
                 learn.freeze()
-            return _Run(model, lr_suggestion=float(learn.lr_find(show_plot=False).valley))
+            return _Run(model, start, lr_suggestion=float(learn.lr_find(show_plot=False).valley))
         started = time.monotonic()
         history = _fit(learn, cfg, dist)
         dls = learn.dls
         return _Run(
-            model.to("cpu").eval(), None, history, time.monotonic() - started, str(device), bf16,
+            model.to("cpu").eval(), start, None, history, time.monotonic() - started, str(device), bf16,
             len(dls.train.dataset), len(dls.valid.dataset), dls.valid,
         )  # fmt: skip
 
@@ -278,7 +281,7 @@ def _finished_spec(cfg: TrainConfig, data: _Data, run: _Run, dist: Dist) -> Mode
             "valid_items": run.valid_items, "world_size": dist.world_size, "device": run.device,
             "wd": cfg.wd if cfg.wd is not None else 0.01,
             "precision": "bf16" if run.bf16 else "fp32", "optimizer": "Adam",
-            "schedule": "fit_one_cycle",
+            "schedule": "fit_one_cycle", "start": run.start,
         },
         versions=library_versions(),
     )  # fmt: skip
