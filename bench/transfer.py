@@ -30,38 +30,12 @@ from verification import (  # noqa: E402
     PAIRS,
     RECIPES,
     TRIALS,
+    evaluation_row,
     head_config,
     model_row,
     prepare,
     raw_pixel_row,
 )
-
-
-def zero_shot_row(model_dir: Path, test: Path, way: int) -> dict:
-    """An existing model evaluated as it is, at its own threshold."""
-    import numpy as np
-
-    from twinnet.core.metrics import best_threshold
-    from twinnet.data.items import draw_pairs
-    from twinnet.evaluate.verification import evaluate, evaluation_items
-    from twinnet.infer.twin import Twin
-
-    twin = Twin.load(model_dir)
-    items = evaluation_items(test, twin.spec)
-    report = evaluate(twin, items, pairs=PAIRS, way=way, trials=TRIALS, seed=0)
-    drawn = draw_pairs(items.labels, PAIRS, np.random.default_rng([0, 10]), swap=True)
-    files = [str(f) for f in items.files]
-    res = twin.compare_batch([(files[a], files[b]) for a, b, _ in drawn])
-    margins = np.array([r.logits[1] - r.logits[0] for r in res])
-    return {
-        "model": "Omniglot encoder, zero-shot",
-        "train_s": 0.0,
-        "accuracy": report["accuracy"],
-        "best_accuracy": best_threshold(drawn[:, 2].astype(bool), margins)[1],
-        "auc": report["auc"],
-        "eer": report["eer"],
-        "way_accuracy": report["way_accuracy"],
-    }
 
 
 def main() -> None:
@@ -104,7 +78,7 @@ def main() -> None:
         rows = [
             raw_pixel_row(scratch["spec"], train, test, scratch["calib_classes"], way),
             scratch,
-            zero_shot_row(source, test, way),
+            evaluation_row("Omniglot encoder, zero-shot", source, test, way),
             tuned,
         ]
     print(f"transfer to unseen digits 7-9: {PAIRS} pairs, {TRIALS} {way}-way episodes, seed 0")

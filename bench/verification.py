@@ -174,27 +174,19 @@ def head_config(head: str, recipe: dict) -> dict:
     )  # fmt: skip
 
 
-def model_row(
-    label: str, fields: dict, train: Path, test: Path, way: int, out: Path, pairs: int = PAIRS
+def evaluation_row(
+    label: str, model_dir: Path, test: Path, way: int, pairs: int = PAIRS, seconds: float = 0.0
 ) -> dict:
-    """Train one configuration, then evaluate it on the unseen classes."""
+    """A trained model on the unseen classes: at its own threshold, and at the best one."""
     from twinnet.core.metrics import best_threshold
+    from twinnet.data.items import draw_pairs
     from twinnet.evaluate.verification import evaluate, evaluation_items
     from twinnet.infer.twin import Twin
-    from twinnet.train.config import TrainConfig
-    from twinnet.train.fit import train as run_train
 
-    cfg = TrainConfig(out=str(out), data=str(train), seed=0, workers=0, **fields)
-    started = time.monotonic()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        result = run_train(cfg)
-    seconds = time.monotonic() - started
-    twin = Twin.load(out)
+    twin = Twin.load(model_dir)
     items = evaluation_items(test, twin.spec)
     report = evaluate(twin, items, pairs=pairs, way=way, trials=TRIALS, seed=0)
     # best possible threshold on the test pairs themselves, from the same pairs' margins
-    from twinnet.data.items import draw_pairs
-
     drawn = draw_pairs(items.labels, pairs, np.random.default_rng([0, 10]), swap=True)
     files = [str(f) for f in items.files]
     res = twin.compare_batch([(files[a], files[b]) for a, b, _ in drawn])
@@ -207,6 +199,23 @@ def model_row(
         "auc": report["auc"],
         "eer": report["eer"],
         "way_accuracy": report["way_accuracy"],
+    }
+
+
+def model_row(
+    label: str, fields: dict, train: Path, test: Path, way: int, out: Path, pairs: int = PAIRS
+) -> dict:
+    """Train one configuration, then evaluate it on the unseen classes."""
+    from twinnet.train.config import TrainConfig
+    from twinnet.train.fit import train as run_train
+
+    cfg = TrainConfig(out=str(out), data=str(train), seed=0, workers=0, **fields)
+    started = time.monotonic()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        result = run_train(cfg)
+    seconds = time.monotonic() - started
+    return {
+        **evaluation_row(label, out, test, way, pairs, seconds),
         "calib_classes": result.spec.split.get("calibration_classes")
         or result.spec.split.get("valid_classes", []),
         "spec": result.spec,

@@ -1,6 +1,7 @@
-"""Where training starts: an encoder weights file (torchvision's, timm's or twinnet's key names,
-safetensors or weights-only .pth), an earlier model (--init), and the refusals of what does
-not fit. The weights are made here, so nothing is downloaded."""
+"""Where training starts: an encoder weights file (torchvision's key names, which timm's ResNets
+share, or twinnet's; a DDP prefix; safetensors or weights-only .pth), an earlier model
+(--init), and the refusals of what does not fit. The weights are made here: nothing is
+downloaded."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.parametrize("form", ["pth", "safetensors", "timm-names", "twinnet-names"])
+@pytest.mark.parametrize("form", ["pth", "safetensors", "ddp-prefix", "twinnet-names"])
 def test_encoder_weights_load_exactly_whatever_their_names(tmp_path: Path, form: str):
     state = _torchvision_state()
     if form == "twinnet-names":  # an encoder.safetensors of a model directory
@@ -41,8 +42,8 @@ def test_encoder_weights_load_exactly_whatever_their_names(tmp_path: Path, form:
             {k2: v for k, v in state.items() if (k2 := _tv_to_seq(k)) is not None}
         )
         state = source.state_dict()
-    if form == "timm-names":  # timm's ResNets name their tensors as torchvision does
-        state = {f"module.{k}": v for k, v in state.items()}  # and a DDP checkpoint's prefix
+    if form == "ddp-prefix":  # a checkpoint saved from DistributedDataParallel
+        state = {f"module.{k}": v for k, v in state.items()}
     path = tmp_path / ("w.safetensors" if form != "pth" else "w.pth")
     if path.suffix == ".pth":
         torch.save(state, path)
