@@ -21,8 +21,6 @@ autosummary_imported_members = False
 autodoc_default_options = {"members": True, "show-inheritance": True, "ignore-module-all": True}
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"
-# Import-time only dependencies of pages that are documented but not installed for the docs.
-autodoc_mock_imports: list[str] = []
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 

@@ -63,10 +63,6 @@ class Engine(ABC):
     def reap(self, info: ServerInfo) -> None:  # noqa: B027 - nothing to do for most engines
         """Clean up after a server that died on its own (its record is removed afterwards)."""
 
-    def url(self, info: ServerInfo) -> str:
-        """The base URL of the contract's routes."""
-        return info.inference_url
-
     def describe(self, info: ServerInfo) -> list[tuple[str, str]]:
         """Extra ``(label, text)`` lines that ``twinnet serve`` prints once a server is ready."""
         return []
