@@ -175,16 +175,12 @@ def with_gallery_calibration(model_dir: Path, work: Path) -> Path:
         raise SystemExit(f"{model_dir} records no calibration classes; retrain it")
     copy = work / "model"
     shutil.copytree(model_dir, copy)
-    data = _copy_classes(ATT, work / "calibration", calib)
+    from verification import copy_classes
+
+    data = copy_classes(ATT, work / "calibration", calib)
     with contextlib.redirect_stdout(io.StringIO()):
         recalibrate(copy, data)
     return copy
-
-
-def _copy_classes(src: Path, dst: Path, names: list[str]) -> Path:
-    for name in names:
-        shutil.copytree(src / name, dst / name)
-    return dst
 
 
 def identification(model_dir: Path, work: Path) -> tuple[list[dict], dict]:

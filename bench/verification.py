@@ -68,7 +68,7 @@ WAY = 10
 TRIALS = 400
 
 
-def _copy_classes(src: Path, dst: Path, names: list[str]) -> Path:
+def copy_classes(src: Path, dst: Path, names: list[str]) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     for name in names:
         shutil.copytree(src / name, dst / name)
@@ -85,10 +85,10 @@ def prepare_omniglot(work: Path, data: Path, test: Path | None) -> tuple[Path, P
     alphabets = sorted({n.split("__")[0] for n in names})
     held = set(np.random.default_rng(0).choice(alphabets, OMNIGLOT_TEST_ALPHABETS, replace=False))
     print(f"[omniglot] unseen alphabets: {', '.join(sorted(held))}", file=sys.stderr)
-    train = _copy_classes(
+    train = copy_classes(
         data, work / "omniglot-train", [n for n in names if n.split("__")[0] not in held]
     )
-    test = _copy_classes(
+    test = copy_classes(
         data, work / "omniglot-test", [n for n in names if n.split("__")[0] in held]
     )
     return train, test
@@ -103,14 +103,14 @@ def prepare(
     if name == "att":
         if not ATT.is_dir():
             raise SystemExit(f"{ATT} not found (the AT&T faces live in ../shared/data)")
-        train = _copy_classes(ATT, work / "att-train", [f"s{i}" for i in range(1, 31)])
-        test = _copy_classes(ATT, work / "att-test", [f"s{i}" for i in range(31, 41)])
+        train = copy_classes(ATT, work / "att-train", [f"s{i}" for i in range(1, 31)])
+        test = copy_classes(ATT, work / "att-test", [f"s{i}" for i in range(31, 41)])
         return train, test, 10
     from twinnet.data.datasets import export_digits
 
     root = export_digits()
-    train = _copy_classes(root, work / "digits-train", [str(d) for d in range(7)])
-    test = _copy_classes(root, work / "digits-test", [str(d) for d in range(7, 10)])
+    train = copy_classes(root, work / "digits-train", [str(d) for d in range(7)])
+    test = copy_classes(root, work / "digits-test", [str(d) for d in range(7, 10)])
     return train, test, 3
 
 
@@ -203,13 +203,20 @@ def evaluation_row(
 
 
 def model_row(
-    label: str, fields: dict, train: Path, test: Path, way: int, out: Path, pairs: int = PAIRS
+    label: str,
+    fields: dict,
+    train: Path,
+    test: Path,
+    way: int,
+    out: Path,
+    pairs: int = PAIRS,
+    seed: int = 0,
 ) -> dict:
     """Train one configuration, then evaluate it on the unseen classes."""
     from twinnet.train.config import TrainConfig
     from twinnet.train.fit import train as run_train
 
-    cfg = TrainConfig(out=str(out), data=str(train), seed=0, workers=0, **fields)
+    cfg = TrainConfig(out=str(out), data=str(train), seed=seed, workers=0, **fields)
     started = time.monotonic()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         result = run_train(cfg)

@@ -56,6 +56,25 @@ def random_cosine_dir(tmp_path_factory) -> Path:
     return save_model_dir(model, spec, tmp_path_factory.mktemp("random_cosine"))
 
 
+#: A small timm CNN: what a ``timm/NAME`` backbone brings (its own layer names, bicubic
+#: resizing from its data config) at a cost the tests can pay.
+TIMM_ARCH = "timm/resnet10t"
+
+
+@pytest.fixture(scope="session")
+def timm_model_dir(shapes_dir, tmp_path_factory) -> Path:
+    """A cosine twin on a timm backbone from random weights, trained one epoch at 64 px."""
+    from twinnet.cli import main
+
+    out = tmp_path_factory.mktemp("timm") / "model"
+    argv = ["train", str(shapes_dir), "--out", str(out), "--arch", TIMM_ARCH, "--size", "64",
+            "--no-pretrained", "--epochs", "1", "--lr", "3e-3", "--bs", "32",
+            "--epoch-pairs", "512", "--seed", "0", "--workers", "0"]  # fmt: skip
+    if main(argv) != 0:
+        raise RuntimeError("training the timm_model_dir fixture failed")
+    return out
+
+
 @pytest.fixture(scope="session", params=["concat", "cosine"])
 def any_head_model_dir(request) -> Path:
     """An untrained model directory of each head in turn: serving tests run for both."""

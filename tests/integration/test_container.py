@@ -90,10 +90,16 @@ def _unpacked(model_dir: Path, work: Path, **options) -> Path:
     return unpacked
 
 
+@pytest.fixture(scope="module", params=["random_model_dir", "random_cosine_dir", "timm_model_dir"], ids=["concat", "cosine", "timm"])  # fmt: skip
+def served_model_dir(request) -> Path:
+    """The model of each head, then one on a timm backbone: the container serves them alike."""
+    return request.getfixturevalue(request.param)
+
+
 @pytest.fixture(scope="module")
-def sagemaker_model_dir(any_head_model_dir, tmp_path_factory) -> Path:
-    """The model of each head in turn, packaged and unpacked."""
-    return _unpacked(any_head_model_dir, tmp_path_factory.mktemp("container"))
+def sagemaker_model_dir(served_model_dir, tmp_path_factory) -> Path:
+    """The model under test, packaged and unpacked."""
+    return _unpacked(served_model_dir, tmp_path_factory.mktemp("container"))
 
 
 def _run_container(model_dir: Path, log: Path, *args: str, **env_settings: str):
@@ -174,7 +180,7 @@ def test_ping_is_200_only_once_the_model_is_ready(container):
 
 
 @pytest.mark.parametrize("cam", [False, True])
-def test_invocations_answers_what_invoke_sends(container, any_head_model_dir, cam):
+def test_invocations_answers_what_invoke_sends(container, served_model_dir, cam):
     from twinnet.infer.twin import Twin
 
     left, right = _png(3, (64, 48)), _png(4, (50, 50))
@@ -192,7 +198,7 @@ def test_invocations_answers_what_invoke_sends(container, any_head_model_dir, ca
         {"cam"} if cam else set()
     )
     # The container's answer is the model's answer.
-    expected = Twin.load(any_head_model_dir, precision="fp32").compare(left, right)
+    expected = Twin.load(served_model_dir, precision="fp32").compare(left, right)
     assert answer["logits"] == pytest.approx(list(expected.logits), abs=1e-3)
     assert answer["same"] == (answer["probability"] >= answer["threshold"])
     if cam:

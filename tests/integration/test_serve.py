@@ -4,8 +4,8 @@ and `twinnet serve --stop` leaving no process behind.
 
 The contract tests run once per server of :data:`SERVERS`: TorchServe with the model of each
 head (resnet18 at 64 px, fp32 so answers can be compared with the in-process library to
-1e-4), and Ray Serve (`twinnet serve --engine ray`, one Ray instance for the module) with the
-concat head. One more TorchServe serves an archive built with ``response_format="list"`` for
+1e-4) and with a timm backbone, and Ray Serve (`twinnet serve --engine ray`, one Ray instance
+for the module) with the concat head. One more TorchServe serves an archive built with ``response_format="list"`` for
 the sample's client. Each is stopped in teardown; the Ray server with `twinnet serve --stop`,
 which must leave none of its Ray processes behind.
 """
@@ -161,11 +161,12 @@ def _serve_ray(model_dir: Path, state: Path):
 SERVERS = [
     ("torchserve", "random_model_dir"),
     ("torchserve", "random_cosine_dir"),
+    ("torchserve", "timm_model_dir"),
     ("ray", "random_model_dir"),
 ]
 
 
-@pytest.fixture(scope="module", params=SERVERS, ids=["torchserve-concat", "torchserve-cosine", "ray-concat"])  # fmt: skip
+@pytest.fixture(scope="module", params=SERVERS, ids=["torchserve-concat", "torchserve-cosine", "torchserve-timm", "ray-concat"])  # fmt: skip
 def served(request) -> tuple[str, Path]:
     """The engine and the model directory of the server under test."""
     engine, model_fixture = request.param

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from twinnet.cli import main
@@ -38,6 +39,24 @@ def test_training_learns_same_versus_different(trained_model_dir):
         assert spec.threshold == spec.calibration["threshold"]
     model, loaded = load_model_dir(trained_model_dir)
     assert loaded.arch == "resnet18" and loaded.image_size == 32 and loaded.head == spec.head
+
+
+def test_a_timm_backbone_trains_records_its_data_config_and_explains(timm_model_dir, shapes_dir):
+    from twinnet.core.backbones import describe
+    from twinnet.infer.twin import Twin
+
+    spec = ModelSpec.load(timm_model_dir)
+    assert spec.metrics["pair_auc"] >= 0.75, spec.metrics  # one epoch, well above chance
+    info = describe(spec.arch)  # timm's data config, recorded so every stage resizes alike
+    assert spec.interpolation == info["interpolation"] == "bicubic"
+    assert list(spec.mean) == info["mean"] and list(spec.std) == info["std"]
+    assert spec.backbone["channels"] == 512 and spec.backbone["reduction"] == 32
+    twin = Twin.load(timm_model_dir, precision="fp32")
+    assert type(twin.model.encoder).__module__.startswith("timm.")
+    left, right = sorted((shapes_dir / "circle_0").iterdir())[:2]
+    result = twin.compare(left, right, cam=True)
+    assert result.cam_left.shape == result.cam_right.shape == (2, 2)  # 64 px / 32
+    assert np.isfinite(result.cam_left).all() and np.ptp(result.cam_left) > 0
 
 
 @pytest.fixture(scope="module")

@@ -36,12 +36,16 @@ def test_every_option_is_a_field_and_says_its_default():
     helps = _help(_parser())
     names = {f.name for f in fields(TrainConfig)}
     assert set(helps) <= names | {"help"}
-    for name in ("arch", "size", "bs"):
+    for name in ("arch", "bs"):
         assert f"(default {BASE_DEFAULTS[name]})" in helps[name]
-    frozen, epochs, lr = RECIPE_DEFAULTS[True]
-    assert f"(default {frozen}; from scratch {RECIPE_DEFAULTS[False][0]})" in helps["frozen_epochs"]
-    assert f"(default {epochs}; from scratch {RECIPE_DEFAULTS[False][1]})" in helps["epochs"]
-    assert f"(default {PRETRAINED_LR_RANGE[0]:g}; from scratch: --lr)" in helps["lr_lo"]
+    assert f"(default {BASE_DEFAULTS['size']}; a timm backbone's" in helps["size"]
+    pre, init, scratch = (RECIPE_DEFAULTS[k] for k in ("pretrained", "init", "scratch"))
+    for i, name in enumerate(("frozen_epochs", "epochs", "lr")):
+        said = f"(default {pre[i]:g}; with --init {init[i]:g}; from scratch {scratch[i]:g})"
+        assert said in helps[name]
+    assert (
+        f"(default {PRETRAINED_LR_RANGE[0]:g}; with --init or from scratch: --lr)" in helps["lr_lo"]
+    )
     assert "(default 0.2)" in helps["valid_pct"] and "(default cosine)" in helps["head"]
 
 
@@ -63,4 +67,4 @@ def test_unset_options_stay_unset_until_resolved():
     resolved = resolve_defaults(cfg)
     assert (resolved.lr_lo, resolved.lr_hi) == PRETRAINED_LR_RANGE
     scratch = resolve_defaults(TrainConfig(out="M", pretrained=False))
-    assert scratch.lr_lo == scratch.lr_hi == scratch.lr == RECIPE_DEFAULTS[False][2]
+    assert scratch.lr_lo == scratch.lr_hi == scratch.lr == RECIPE_DEFAULTS["scratch"][2]

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from twinnet.core.model import TwinModel, build_model
-from twinnet.core.spec import SPEC_FILE, ModelSpec
+from twinnet.core.spec import SPEC_FILE, ModelSpec, is_timm
 from twinnet.core.version import __version__
 from twinnet.core.weights import read_state_dict
 from twinnet.errors import SpecError
@@ -129,7 +129,12 @@ def import_seed(
 
 def export_seed(model_dir: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
     """Write a model directory's weights as the sample's two ``.pth`` state dicts."""
-    model, _ = load_model_dir(model_dir)
+    model, spec = load_model_dir(model_dir)
+    if is_timm(spec.arch):
+        raise SpecError(
+            f"export-seed writes the sample's layout, a torchvision ResNet encoder; "
+            f"{model_dir} has a {spec.arch} encoder, which the sample cannot load"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     enc, head = out / SEED_ENCODER_FILE, out / SEED_HEAD_FILE

@@ -172,15 +172,16 @@ class Preprocess:
     resize_method: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    interpolation: str = "bilinear"
 
     def resize(self, img: Image.Image) -> Image.Image:
         """Resize an RGB image to the network's square input."""
-        s = self.size
+        s, resample = self.size, Image.Resampling[self.interpolation.upper()]
         if self.resize_method == "squish":
-            return img.resize((s, s), Image.BILINEAR, reducing_gap=None)
+            return img.resize((s, s), resample, reducing_gap=None)
         if self.resize_method == "crop":
-            return ImageOps.fit(img, (s, s), Image.BILINEAR)
-        return ImageOps.pad(img, (s, s), Image.BILINEAR, color=(0, 0, 0))
+            return ImageOps.fit(img, (s, s), resample)
+        return ImageOps.pad(img, (s, s), resample, color=(0, 0, 0))
 
     def to_unit_tensor(self, img: Image.Image) -> torch.Tensor:
         """A resized image as a float tensor (3, s, s) in [0, 1]."""
@@ -210,4 +211,4 @@ class Preprocess:
 
 def build_transforms(spec: ModelSpec) -> Preprocess:
     """The only constructor of the preprocessing; every stage calls it with the model's spec."""
-    return Preprocess(spec.image_size, spec.resize_method, spec.mean, spec.std)
+    return Preprocess(spec.image_size, spec.resize_method, spec.mean, spec.std, spec.interpolation)

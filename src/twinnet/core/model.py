@@ -1,4 +1,4 @@
-"""The twin network: one shared ResNet encoder and one of two heads.
+"""The twin network: one shared encoder (:mod:`twinnet.core.backbones`) and one of two heads.
 
 - ``concat`` (the original sample's): a pooling/MLP classifier over both feature maps
   concatenated. Parameter names match the sample for resnet50 (a plain ``Sequential`` of the
@@ -15,12 +15,10 @@ Both heads take ``cat([left, right], dim=1)`` of two feature maps and return log
 
 from __future__ import annotations
 
-import socket
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
+from twinnet.core.backbones import PretrainedWeightsError, build_encoder
 from twinnet.core.calibration import DEFAULT_CALIBRATION
 from twinnet.core.spec import ModelSpec
 from twinnet.errors import TwinnetError
@@ -37,10 +35,6 @@ __all__ = [
 ]
 
 
-class PretrainedWeightsError(TwinnetError):
-    """ImageNet weights could not be fetched (usually: no internet)."""
-
-
 class AdaptiveConcatPool2d(nn.Module):
     """Max- and average-pool to ``size`` and concatenate them, max first (fastai's layer)."""
 
@@ -52,44 +46,6 @@ class AdaptiveConcatPool2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.mp(x), self.ap(x)], 1)
-
-
-@contextmanager
-def _socket_timeout(seconds: float):
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
-
-def build_encoder(arch: str, pretrained: bool = False) -> nn.Sequential:
-    """A torchvision ResNet without its pooling and classifier: ``Sequential(*children()[:-2])``.
-
-    Raises:
-        PretrainedWeightsError: ``pretrained`` and the weights are neither cached nor
-            downloadable; the message suggests ``--no-pretrained``.
-    """
-    import torchvision
-
-    ctor = getattr(torchvision.models, arch)
-    weights = None
-    if pretrained:
-        weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
-        try:
-            with _socket_timeout(20):
-                net = ctor(weights=weights)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise PretrainedWeightsError(
-                f"could not download ImageNet weights for {arch} ({exc.__class__.__name__}: "
-                f"{exc}). Without internet, download {weights.url} elsewhere and pass it with "
-                f"--encoder-weights FILE (or place it in {torch.hub.get_dir()}/checkpoints); "
-                "or train from scratch with --no-pretrained."
-            ) from None
-    else:
-        net = ctor(weights=None)
-    return nn.Sequential(*list(net.children())[:-2])
 
 
 def build_head(spec: ModelSpec) -> nn.Module:

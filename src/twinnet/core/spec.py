@@ -22,6 +22,10 @@ __all__ = [
     "FORMAT_VERSION",
     "ARCHS",
     "HEADS",
+    "TIMM_PREFIX",
+    "INTERPOLATIONS",
+    "is_timm",
+    "check_arch",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]
@@ -30,12 +34,31 @@ SPEC_FILE = "twinnet.json"
 FORMAT_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: Channels of the last feature map of each supported encoder.
+#: Channels of the last feature map of each torchvision encoder; any timm CNN is also
+#: accepted as ``timm/NAME`` (:mod:`twinnet.core.backbones`).
 ARCHS: dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+TIMM_PREFIX = "timm/"
 RESIZE_METHODS = ("squish", "crop", "pad")
+#: Resampling filters of the resize (timm's data config names one per backbone).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 #: ``concat``: the original sample's pair classifier; ``cosine``: an L2-normalised embedding
 #: per image, scored by the cosine of two embeddings through a calibrated mapping.
 HEADS = ("concat", "cosine")
+
+
+def is_timm(arch: str) -> bool:
+    """True for ``timm/NAME`` architectures."""
+    return arch.startswith(TIMM_PREFIX)
+
+
+def check_arch(arch: str) -> str:
+    """``arch`` when it names a known encoder (argparse's ``type``); else a clear error."""
+    if arch in ARCHS or (is_timm(arch) and len(arch) > len(TIMM_PREFIX)):
+        return arch
+    raise SpecError(
+        f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}, or a timm CNN as "
+        "timm/NAME (for example timm/convnext_tiny, timm/efficientnet_b0)"
+    )
 
 
 @dataclass
@@ -43,12 +66,15 @@ class ModelSpec:
     """Architecture, preprocessing, decision rule and provenance of a twin model.
 
     Attributes:
-        arch: torchvision ResNet name, one of :data:`ARCHS`.
+        arch: torchvision ResNet name, one of :data:`ARCHS`, or ``timm/NAME``.
         image_size: side of the square network input, in pixels.
         resize_method: ``squish`` (the original sample's ``Resize((s, s))``),
             ``crop`` (resize the short side, centre crop) or ``pad``.
         mean: per-channel normalisation mean.
         std: per-channel normalisation standard deviation.
+        interpolation: the resize's resampling filter, one of :data:`INTERPOLATIONS`.
+        backbone: for a timm ``arch``, what :func:`twinnet.core.backbones.describe`
+            measured: feature channels and downsampling, timm's version and data config.
         head: ``concat`` (the original sample's head; what a spec without the key means) or
             ``cosine`` (an embedding per image; what ``twinnet train`` builds by default).
         head_hidden: width of the concat head's hidden layer.
@@ -71,6 +97,8 @@ class ModelSpec:
     resize_method: str = "squish"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    backbone: dict[str, Any] = field(default_factory=dict)
     head: str = "concat"
     head_hidden: int = 512
     embedding_dim: int = 128
@@ -87,8 +115,16 @@ class ModelSpec:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise SpecError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        check_arch(self.arch)
+        if is_timm(self.arch) and not int(self.backbone.get("channels", 0)) > 0:
+            raise SpecError(
+                f"the spec of {self.arch} must record its backbone's channels "
+                "(twinnet.core.backbones.backbone_fields measures them)"
+            )
+        if self.interpolation not in INTERPOLATIONS:
+            raise SpecError(
+                f"unknown interpolation {self.interpolation!r}; choose one of {INTERPOLATIONS}"
+            )
         if not 16 <= int(self.image_size) <= 2048:
             raise SpecError(f"image_size must be between 16 and 2048, got {self.image_size}")
         if self.head not in HEADS:
@@ -112,7 +148,7 @@ class ModelSpec:
     @property
     def feature_channels(self) -> int:
         """Channels of one image's encoder feature map."""
-        return ARCHS[self.arch]
+        return int(self.backbone["channels"]) if is_timm(self.arch) else ARCHS[self.arch]
 
     @property
     def head_in(self) -> int:
@@ -126,13 +162,20 @@ class ModelSpec:
 
     @property
     def feature_size(self) -> int:
-        """Side of the encoder's feature map (7 at 224 px): ResNets downsample 32x."""
-        return -(-self.image_size // 32)
+        """Side of the encoder's feature map: 7 at 224 px for a backbone that downsamples 32x."""
+        return -(-self.image_size // int(self.backbone.get("reduction", 32)))
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict, with the format version first."""
+        """A JSON-ready dict, with the format version first.
+
+        Keys added since format 1 are written only when they differ from their default, so
+        a ResNet model stays readable by earlier releases.
+        """
         d = asdict(self)
         d["mean"], d["std"], d["dropout"] = list(self.mean), list(self.std), list(self.dropout)
+        for key, default in (("interpolation", "bilinear"), ("backbone", {})):
+            if d[key] == default:
+                del d[key]
         return {"format_version": d.pop("format_version"), **d}
 
     @classmethod

@@ -1,11 +1,13 @@
 """Encoder weights from a file: a state dict as safetensors, or a ``.pth`` read weights-only.
 
 The offline way to start from ImageNet (or any) weights: ``twinnet train --encoder-weights
-FILE``. torchvision's key names (``conv1.weight``, ``layer1.0.bn1.running_mean``) and timm's,
-which are the same for ResNets, are mapped onto the encoder's (a ``Sequential`` of the
-ResNet's children: ``0.weight``, ``4.0.bn1.running_mean``); the classifier (``fc.*``) is
-dropped; keys already in the encoder's form are kept. A file that does not fit is refused
-with the missing and unexpected keys and the architecture it seems to be for.
+FILE``. For a torchvision encoder, torchvision's key names (``conv1.weight``,
+``layer1.0.bn1.running_mean``) and timm's, which are the same for ResNets, are mapped onto
+the encoder's (a ``Sequential`` of the ResNet's children: ``0.weight``,
+``4.0.bn1.running_mean``). A ``timm/NAME`` encoder is timm's own network, so a timm
+checkpoint's names fit as they are. Either way the classifier (``fc.*``, or what timm's
+``pretrained_cfg`` names) is dropped, and a file that does not fit is refused with the
+missing and unexpected keys and the architecture it seems to be for.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from twinnet.core.backbones import classifier_prefixes
+from twinnet.core.spec import is_timm
 from twinnet.errors import TwinnetError
 
 __all__ = ["read_state_dict", "encoder_state", "guess_arch", "load_encoder_weights", "file_digest"]
@@ -68,9 +72,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def _encoder_key(key: str) -> str | None:
-    """The encoder's name for a torchvision/timm ResNet key; None for the classifier."""
+def _encoder_key(key: str, classifier: tuple[str, ...] | None = None) -> str | None:
+    """The encoder's name for a checkpoint's key; None for the classifier.
+
+    ``classifier`` (a timm encoder's classifier prefixes) means the names are kept as they
+    are; without it, torchvision/timm ResNet names become the ``Sequential``'s.
+    """
     key = key.removeprefix("module.").removeprefix("encoder.")
+    if classifier is not None:
+        return None if key.startswith(classifier) else key
     head, _, rest = key.partition(".")
     if head in ("fc", "classifier", "head"):
         return None
@@ -97,7 +107,8 @@ def encoder_state(
     encoder: torch.nn.Module, state: dict[str, torch.Tensor], arch: str, source: str
 ) -> dict[str, torch.Tensor]:
     """``state`` renamed for ``encoder``; a TwinnetError naming what does not fit."""
-    mapped = {k2: v for k, v in state.items() if (k2 := _encoder_key(k)) is not None}
+    classifier = classifier_prefixes(encoder) if is_timm(arch) else None
+    mapped = {k2: v for k, v in state.items() if (k2 := _encoder_key(k, classifier)) is not None}
     own = encoder.state_dict()
     missing = sorted(set(own) - set(mapped))
     unexpected = sorted(set(mapped) - set(own))

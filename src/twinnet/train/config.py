@@ -13,7 +13,7 @@ import argparse
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
-from twinnet.core.spec import ARCHS, HEADS, RESIZE_METHODS
+from twinnet.core.spec import ARCHS, HEADS, RESIZE_METHODS, check_arch, is_timm
 from twinnet.errors import TwinnetError
 from twinnet.infer.runtime import PRECISIONS
 from twinnet.train.augment import AUG_POLICIES, policy_name
@@ -25,6 +25,7 @@ __all__ = [
     "BASE_DEFAULTS",
     "RECIPE_DEFAULTS",
     "PRETRAINED_LR_RANGE",
+    "start_kind",
     "SAMPLERS",
     "CALIB_MAX_CLASSES",
     "resolve_defaults",
@@ -37,10 +38,16 @@ __all__ = [
 #: With many classes, a few dozen calibrate the threshold as well as a fifth of them
 #: (measured on Omniglot); the rest go to training.
 CALIB_MAX_CLASSES = 50
-#: (frozen epochs, epochs, lr) by whether the encoder starts from ImageNet weights.
-RECIPE_DEFAULTS = {True: (4, 4, 1e-3), False: (0, 12, 3e-3)}
-#: The unfrozen learning rates (encoder, head) with pretrained weights; from scratch both are lr.
+#: (frozen epochs, epochs, lr) by where the encoder starts (:func:`start_kind`):
+#: ``pretrained`` (ImageNet, downloaded or from ``--encoder-weights``) is the original
+#: sample's recipe; ``init`` (an earlier twinnet model, already a metric space) trains
+#: everything at one low rate, which beat frozen-first schedules when measured
+#: (bench/transfer.py); ``scratch`` trains everything at once at a higher rate.
+RECIPE_DEFAULTS = {"pretrained": (4, 4, 1e-3), "init": (0, 8, 1e-4), "scratch": (0, 12, 3e-3)}
+#: The unfrozen learning rates (encoder, head) with pretrained weights; otherwise both are lr.
 PRETRAINED_LR_RANGE = (1e-6, 1e-4)
+#: The fields of a preset that describe a from-scratch schedule, not the data.
+_SCHEDULE = ("frozen_epochs", "epochs", "lr")
 #: What a run without a preset starts from: the original sample's Oxford-IIIT Pet recipe.
 BASE_DEFAULTS: dict[str, Any] = {
     "arch": "resnet50",
@@ -72,6 +79,14 @@ def _opt(help: str, **cli: Any) -> Any:
     return {"help": help, **cli}
 
 
+def _arch(value: str) -> str:
+    """``--arch``'s type: the name, or argparse's error with :func:`check_arch`'s message."""
+    try:
+        return check_arch(value)
+    except TwinnetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _recipe_help() -> str:
     preset = " ".join(f"{k.replace('_', '-')}={v}" for k, v in PRESETS["small-grey"].items())
     return (
@@ -86,10 +101,10 @@ class TrainConfig:
     """Everything ``twinnet train`` takes; recorded in the spec's ``recipe``.
 
     ``frozen_epochs``/``epochs``/``lr`` default to the original sample's 4/4/1e-3 with
-    pretrained weights, and from scratch to 0/12/3e-3 (freezing a random encoder teaches
-    nothing; measured on AT&T faces and digits). ``lr_lo``/``lr_hi`` default to 1e-6/1e-4
-    with pretrained weights and to ``lr`` for every layer group from scratch, where there is
-    nothing to protect in the encoder. For the cosine head, ``bs`` counts images: with the
+    pretrained weights, to 0/8/1e-4 with ``--init`` (measured: bench/transfer.py), and from
+    scratch to 0/12/3e-3 (freezing a random encoder teaches nothing; measured on AT&T faces
+    and digits). ``lr_lo``/``lr_hi`` default to 1e-6/1e-4 with pretrained weights and to
+    ``lr`` for every layer group otherwise. For the cosine head, ``bs`` counts images: with the
     ``balanced`` sampler ``per_class`` of each of ``bs // per_class`` classes, with ``random``
     a plain shuffle. For the concat head it counts pairs. ``calib_pct`` is the share of
     classes held out for calibration when ``split`` is ``random``, at most
@@ -111,8 +126,23 @@ class TrainConfig:
     recipe: str | None = field(
         default=None, metadata=_opt(_recipe_help(), choices=tuple(PRESETS), show_default=False)
     )
-    arch: str | None = field(default=None, metadata=_opt("encoder", choices=tuple(ARCHS)))
-    size: int | None = field(default=None, metadata=_opt("square input side in pixels", type=int))
+    arch: str | None = field(
+        default=None,
+        metadata=_opt(
+            f"encoder: {', '.join(ARCHS)}, or a timm CNN as timm/NAME (timm/convnext_tiny, "
+            "timm/efficientnet_b0, ...)",
+            type=_arch,
+            metavar="ARCH",
+        ),
+    )
+    size: int | None = field(
+        default=None,
+        metadata=_opt(
+            "square input side in pixels",
+            type=int,
+            default_text=f"{BASE_DEFAULTS['size']}; a timm backbone's from its data config",
+        ),
+    )
     resize: str = field(
         default="squish", metadata=_opt("how images reach the square input", choices=RESIZE_METHODS)
     )
@@ -242,11 +272,12 @@ def _default_text(f: Any) -> str | None:
         return meta["default_text"]
     if not meta.get("show_default", True) or meta.get("action") == "store_true":
         return None
-    if f.name in ("frozen_epochs", "epochs", "lr"):
-        i = ("frozen_epochs", "epochs", "lr").index(f.name)
-        return f"{RECIPE_DEFAULTS[True][i]}; from scratch {RECIPE_DEFAULTS[False][i]}"
+    if f.name in _SCHEDULE:
+        pre, init, scratch = (RECIPE_DEFAULTS[k][_SCHEDULE.index(f.name)]
+                              for k in ("pretrained", "init", "scratch"))  # fmt: skip
+        return f"{pre:g}; with --init {init:g}; from scratch {scratch:g}"
     if f.name in ("lr_lo", "lr_hi"):
-        return f"{PRETRAINED_LR_RANGE[f.name == 'lr_hi']:g}; from scratch: --lr"
+        return f"{PRETRAINED_LR_RANGE[f.name == 'lr_hi']:g}; with --init or from scratch: --lr"
     value = BASE_DEFAULTS.get(f.name, f.default)
     if value is None or value is MISSING:
         return None
@@ -275,6 +306,13 @@ def from_args(args: argparse.Namespace, **given: Any) -> TrainConfig:
     return TrainConfig(**{**values, **given})
 
 
+def start_kind(cfg: TrainConfig) -> str:
+    """Where the encoder starts: ``init``, ``pretrained`` (a download or a file) or ``scratch``."""
+    if cfg.init:
+        return "init"
+    return "pretrained" if cfg.pretrained or cfg.encoder_weights else "scratch"
+
+
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with every unset field filled: the preset's value, else the default."""
     if cfg.recipe is not None and cfg.recipe not in PRESETS:
@@ -294,13 +332,15 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     values = {
         name: preset.get(name, BASE_DEFAULTS.get(name))
         for name in (*BASE_DEFAULTS, *preset)
-        if getattr(cfg, name) is None
+        if getattr(cfg, name) is None and not (cfg.init and name in _SCHEDULE)
     }
+    if is_timm(cfg.arch or values.get("arch", "")) and "size" not in preset:
+        values.pop("size", None)  # the backbone's data config decides (backbone_fields)
     cfg = replace(cfg, **values)
-    warm = warm or bool(cfg.pretrained)  # a fine-tuning recipe: frozen first, then all
-    frozen, epochs, lr = RECIPE_DEFAULTS[warm]
+    kind = start_kind(cfg)
+    frozen, epochs, lr = RECIPE_DEFAULTS[kind]
     loss = cfg.loss or default_loss(cfg.head)
-    lo, hi = PRETRAINED_LR_RANGE if warm else (None, None)
+    lo, hi = PRETRAINED_LR_RANGE if kind == "pretrained" else (None, None)
     lr = lr if cfg.lr is None else cfg.lr
     return replace(
         cfg,

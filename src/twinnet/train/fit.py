@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from twinnet.core.artifacts import library_versions, save_model_dir
+from twinnet.core.backbones import backbone_fields
 from twinnet.core.imaging import build_transforms
 from twinnet.core.model import build_model
 from twinnet.core.spec import ModelSpec
@@ -126,7 +127,7 @@ def _resolve_data(cfg: TrainConfig, dist: Dist) -> tuple[Path, str]:
 def _prepare_data(cfg: TrainConfig, dist: Dist) -> _Data:
     root, labels = _resolve_data(cfg, dist)
     spec = ModelSpec(
-        arch=cfg.arch, image_size=cfg.size, resize_method=cfg.resize, name=cfg.name,
+        **backbone_fields(cfg.arch, cfg.size), arch=cfg.arch, resize_method=cfg.resize, name=cfg.name,
         labels=labels, head=cfg.head, embedding_dim=cfg.embedding_dim,
     )  # fmt: skip
     preprocess = build_transforms(spec)
