@@ -187,10 +187,11 @@ def test_training_refuses_a_single_class_before_any_work(tmp_path, capsys):
 
 
 def test_init_and_encoder_weights_start_from_an_earlier_model(unseen_model, tmp_path, capsys):
-    """`--init` fine-tunes an earlier model (frozen, then unfrozen at discriminative rates) and
-    records where it started; `--encoder-weights` starts from a weights file instead. Either
-    way the run is far above chance after two short epochs that barely move the encoder."""
+    """`--init` fine-tunes an earlier model (at its own low rate for every layer group) and
+    records where it started; `--encoder-weights` starts from a weights file instead (ImageNet's
+    discriminative rates). Either way the run is far above chance after two short epochs."""
     from twinnet.core.weights import file_digest
+    from twinnet.train.config import PRETRAINED_LR_RANGE, RECIPE_DEFAULTS
 
     source, data = unseen_model
     short = ["--split", "classes", "--valid-pct", "0.3", "--epoch-pairs", "512", "--workers", "0",
@@ -205,7 +206,8 @@ def test_init_and_encoder_weights_start_from_an_earlier_model(unseen_model, tmp_
         source / "encoder.safetensors", source / "head.safetensors"
     )
     assert (spec.arch, spec.image_size) == ("resnet18", 32)  # taken from the source model
-    assert (spec.recipe["lr_lo"], spec.recipe["lr_hi"]) == (1e-6, 1e-4)
+    init_lr = RECIPE_DEFAULTS["init"][2]
+    assert (spec.recipe["lr"], spec.recipe["lr_lo"], spec.recipe["lr_hi"]) == (init_lr,) * 3
     assert spec.metrics["pair_auc"] >= 0.85, spec.metrics  # chance 0.5
     assert main(["info", str(out)]) == 0
     assert f"start      {source.resolve()}" in capsys.readouterr().out
@@ -217,3 +219,4 @@ def test_init_and_encoder_weights_start_from_an_earlier_model(unseen_model, tmp_
     spec = ModelSpec.load(weights)
     assert spec.recipe["start"]["blake2b"] == file_digest(encoder)
     assert spec.recipe["pretrained"] is False and spec.metrics["pair_auc"] >= 0.75, spec.metrics
+    assert (spec.recipe["lr_lo"], spec.recipe["lr_hi"]) == PRETRAINED_LR_RANGE
