@@ -1,4 +1,4 @@
-"""Subcommands of the infer stage: ``twinnet compare`` (alias ``invoke``) and ``twinnet search``.
+"""Subcommands of the infer stage: ``twinnet compare`` (alias ``invoke``), ``search``, ``export``.
 
 ``compare`` runs wherever :func:`twinnet.clients.backends.open_backend` points (a model directory,
 a TorchServe URL or a SageMaker endpoint); ``invoke NAME A B`` is ``compare --endpoint NAME
@@ -109,6 +109,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_local_options(s)
     s.set_defaults(func=run_search)
 
+    e = sub.add_parser(
+        "export",
+        help="write a model as ONNX graphs for Triton or ONNX Runtime",
+        description="Write a model directory as ONNX graphs with a dynamic batch, beside "
+        "twinnet-onnx.json (preprocessing, calibration, and ONNX Runtime's measured "
+        "difference from PyTorch).",
+    )
+    e.add_argument("model_dir", metavar="MODEL_DIR")
+    e.add_argument("--format", choices=("onnx",), default="onnx", help="(default onnx)")
+    e.add_argument("--out", required=True, metavar="DIR")
+    e.set_defaults(func=run_export)
+
 
 def _open_twin(args: argparse.Namespace):
     if not args.model:
@@ -171,4 +183,16 @@ def run_search(args: argparse.Namespace) -> int:
     else:
         for r, h in enumerate(hits, 1):
             print(f"{r:>3}  {h.probability:.4f}  {h.item}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``twinnet export MODEL_DIR --out DIR``: the model as ONNX graphs."""
+    from twinnet.infer.onnx_export import export_onnx
+
+    info = json.loads(export_onnx(args.model_dir, args.out).read_text())
+    gap = info["onnxruntime_max_relative_difference"]
+    graphs = ", ".join(info["graphs"].values())
+    checked = f"ONNX Runtime within {gap:.1e} of PyTorch" if gap is not None else "not checked"
+    print(f"wrote {graphs} and twinnet-onnx.json to {args.out} ({checked})")
     return 0
