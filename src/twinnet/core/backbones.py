@@ -32,9 +32,13 @@ __all__ = [
     "backbone_fields",
     "build_encoder",
     "classifier_prefixes",
+    "CLASSIFIER_PREFIXES",
 ]
 
 _HUB = ("huggingface.co", 443)
+#: Key prefixes of the classifier in a checkpoint that names none: torchvision's ``fc``,
+#: and the names other networks use.
+CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.")
 
 
 class PretrainedWeightsError(TwinnetError):
@@ -116,7 +120,7 @@ def backbone_fields(arch: str, image_size: int | None = None) -> dict[str, Any]:
     ``image_size`` overrides the backbone's default input side.
     """
     if not is_timm(check_arch(arch)):
-        return {"image_size": image_size or 224}
+        return {} if image_size is None else {"image_size": image_size}  # the spec's defaults
     info = describe(arch)
     return {
         "image_size": image_size or info["input_size"],
@@ -222,7 +226,8 @@ def classifier_prefixes(encoder: nn.Module) -> tuple[str, ...]:
     A timm encoder has none (``num_classes=0``), but its checkpoints do: timm's
     ``pretrained_cfg`` names the layer. torchvision's ResNets call it ``fc``.
     """
-    cfg = getattr(encoder, "pretrained_cfg", None) or {}
-    names = cfg.get("classifier") or ("fc", "classifier", "head")
+    names = (getattr(encoder, "pretrained_cfg", None) or {}).get("classifier")
+    if not names:
+        return CLASSIFIER_PREFIXES
     names = (names,) if isinstance(names, str) else tuple(names)
     return tuple(f"{n}." for n in names)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from twinnet.core.backbones import classifier_prefixes
+from twinnet.core.backbones import CLASSIFIER_PREFIXES, classifier_prefixes
 from twinnet.core.spec import is_timm
 from twinnet.errors import TwinnetError
 
@@ -72,19 +72,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def _encoder_key(key: str, classifier: tuple[str, ...] | None = None) -> str | None:
-    """The encoder's name for a checkpoint's key; None for the classifier.
+def _encoder_key(
+    key: str, classifier: tuple[str, ...] = CLASSIFIER_PREFIXES, rename: bool = True
+) -> str | None:
+    """The encoder's name for a checkpoint's key; None for a key under ``classifier``.
 
-    ``classifier`` (a timm encoder's classifier prefixes) means the names are kept as they
-    are; without it, torchvision/timm ResNet names become the ``Sequential``'s.
+    With ``rename``, torchvision/timm ResNet names become the ``Sequential``'s; a timm
+    encoder keeps the names as they are.
     """
     key = key.removeprefix("module.").removeprefix("encoder.")
-    if classifier is not None:
-        return None if key.startswith(classifier) else key
-    head, _, rest = key.partition(".")
-    if head in ("fc", "classifier", "head"):
+    if key.startswith(classifier):
         return None
-    if head in _CHILDREN:
+    head, _, rest = key.partition(".")
+    if rename and head in _CHILDREN:
         return f"{_CHILDREN[head]}.{rest}"
     return key
 
@@ -107,8 +107,10 @@ def encoder_state(
     encoder: torch.nn.Module, state: dict[str, torch.Tensor], arch: str, source: str
 ) -> dict[str, torch.Tensor]:
     """``state`` renamed for ``encoder``; a TwinnetError naming what does not fit."""
-    classifier = classifier_prefixes(encoder) if is_timm(arch) else None
-    mapped = {k2: v for k, v in state.items() if (k2 := _encoder_key(k, classifier)) is not None}
+    classifier, rename = classifier_prefixes(encoder), not is_timm(arch)
+    mapped = {
+        k2: v for k, v in state.items() if (k2 := _encoder_key(k, classifier, rename)) is not None
+    }
     own = encoder.state_dict()
     missing = sorted(set(own) - set(mapped))
     unexpected = sorted(set(mapped) - set(own))
