@@ -6,13 +6,18 @@ folder is absent). Prints pairs/s for:
 
 1. naive: the sample's handler: PIL open, ``Resize((224, 224))``, ``ToTensor``,
    ``Normalize``, the encoder twice at batch 1, the head; fp32, no cache;
-2. the library's default ``Twin.compare`` on images it has not seen;
+2. the library's default ``Twin.compare`` on images it has not seen: with the int8 encoder
+   that ``twinnet quantize`` adds (calibrated on 128 pet photos, checked on 400 pairs of the
+   other 242) where the CPU has VNNI; then at bf16 (the float fast path) and fp32;
 3. ``compare_batch`` with batches of 8 unseen pairs;
 4. ``search`` of one query against 50 gallery images, unseen and then seen (cached).
 
 It also measures this CPU's fp32 and bf16 matmul (and 3x3 convolution) rates and prints each
 row's useful work (16.4 GFLOP per pair, 8.2 per encoded image) as a fraction of the rate its
-precision could reach.
+precision could reach (int8 rows against the bf16 rate: the "bf16 floor"), where the time of
+one pair goes (decode, resize, to tensor, encoder, head; each timed alone, one thread
+unless the stage is the encoder), the int8 encoder's agreement with fp32, and how long
+``Twin.load`` takes at each precision (a worker's cold start, less the server's own).
 
     .venv/bin/python bench/inference_speed.py [--rounds 15] [--threads N]
 """
@@ -51,6 +56,28 @@ def round_robin(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, 
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def grouped_rounds(
+    groups: list[tuple[int, dict[str, Callable[[], object]]]], rounds: int, cycles: int = 3
+) -> dict[str, float]:
+    """:func:`round_robin` for rows that need different torch thread counts (an int8 Twin
+    runs torch on one thread, the float paths on all): each group runs at its count, and the
+    groups take turns ``cycles`` times, so drift on a shared machine falls on all of them.
+    Switching on every call instead would rebuild oneDNN's kernels each time."""
+    times: dict[str, list[float]] = {name: [] for _, fns in groups for name in fns}
+    per_cycle = max(1, -(-rounds // cycles))
+    for _ in range(cycles):
+        for threads, fns in groups:
+            torch.set_num_threads(threads)
+            for fn in fns.values():  # warm-up after the switch
+                fn()
+            for _ in range(per_cycle):
+                for name, fn in fns.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -129,6 +156,109 @@ class NaiveHandler:
             return self.head(torch.cat([self.encoder(lt), self.encoder(rt)], dim=1))[0]
 
 
+def calibration_folder(tmp: Path) -> Path:
+    """Pet photos by breed (the real ones when present): what ``twinnet quantize`` reads."""
+    if PETS.is_dir():
+        return PETS
+    out = tmp / "calibration"
+    for i, data in enumerate(photos(200, offset=100)):
+        (out / f"class{i % 10}").mkdir(parents=True, exist_ok=True)
+        (out / f"class{i % 10}" / f"{i}.jpg").write_bytes(data)
+    return out
+
+
+def load_seconds(model_dir: Path, precision: str, threads: int | None) -> float:
+    """Median seconds of ``Twin.load`` plus a first comparison (kernels are built lazily)."""
+    from twinnet.infer.twin import Twin
+
+    img = jpeg_bytes(Image.new("RGB", (64, 48), "gray"))
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        Twin.load(model_dir, device="cpu", precision=precision, threads=threads).compare(img, img)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def twin_stages(twin: object, left: bytes, right: bytes) -> dict[str, Callable[[], object]]:
+    """One pair through the library's steps, each timed alone."""
+    from twinnet.core.imaging import decode_image
+
+    pre = twin.preprocess  # type: ignore[attr-defined]
+    imgs = [decode_image(b, "x") for b in (left, right)]
+    small = [pre.resize(i) for i in imgs]
+    batch = pre.batch(small)
+    feats = twin._encode(batch)  # type: ignore[attr-defined]
+    half = feats.shape[0] // 2
+    if twin.has_embeddings:  # type: ignore[attr-defined]
+        feats = twin._embed_features(feats)  # type: ignore[attr-defined]
+    return {
+        "decode": lambda: [decode_image(b, "x") for b in (left, right)],
+        "resize": lambda: [pre.resize(i) for i in imgs],
+        "to tensor": lambda: pre.batch(small),
+        "encoder": lambda: twin._encode(batch),  # type: ignore[attr-defined]
+        "head": lambda: twin._head(feats[:half], feats[half:]),  # type: ignore[attr-defined]
+    }
+
+
+def naive_stages(naive: NaiveHandler, left: bytes, right: bytes) -> dict[str, Callable[[], object]]:
+    from torchvision import transforms
+
+    resize, rest = naive.tfm.transforms[0], transforms.Compose(naive.tfm.transforms[1:])
+    imgs = [Image.open(io.BytesIO(b)).convert("RGB") for b in (left, right)]
+    small = [resize(i) for i in imgs]
+    xs = [rest(i)[None] for i in small]
+
+    def encode() -> object:
+        with torch.no_grad():
+            return [naive.encoder(x) for x in xs]
+
+    feats = encode()
+
+    def head() -> object:
+        with torch.no_grad():
+            return naive.head(torch.cat(feats, dim=1))  # type: ignore[arg-type]
+
+    return {
+        "decode": lambda: [Image.open(io.BytesIO(b)).convert("RGB") for b in (left, right)],
+        "resize": lambda: [resize(i) for i in imgs],
+        "to tensor": lambda: [rest(i)[None] for i in small],
+        "encoder": encode,
+        "head": head,
+    }
+
+
+def torch_threads(twin: object) -> int:
+    """The torch threads a Twin's load left: one for an int8 runtime, else its own count."""
+    runtime = twin.runtime  # type: ignore[attr-defined]
+    return 1 if runtime.int8 else runtime.threads
+
+
+def measure_stages(
+    paths: dict[str, tuple[int, Callable[[], dict[str, Callable[[], object]]]]], rounds: int
+) -> dict[str, dict[str, float]]:
+    """Seconds per stage of one pair, per path; each path's stages are built and timed at
+    its torch thread count."""
+    out = {}
+    for name, (threads, build) in paths.items():
+        torch.set_num_threads(threads)
+        out[name] = round_robin(build(), rounds)
+    return out
+
+
+def print_stages(stages: dict[str, dict[str, float]]) -> None:
+    """Where one pair's time goes, per path: ms per stage and its share."""
+    print("Per pair, each stage timed alone (decode and resize run in parallel threads in")
+    print("Twin.compare, so its wall time is less than their sum):")
+    print()
+    print("| path | decode | resize | to tensor | encoder | head | sum |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, t in stages.items():
+        total = sum(t.values())
+        cells = " | ".join(f"{v * 1000:.1f} ({v / total:.0%})" for v in t.values())
+        print(f"| {name} | {cells} | {total * 1000:.1f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15, help="timed calls of each row")
@@ -138,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     from twinnet.core.artifacts import save_model_dir
     from twinnet.core.model import build_model
     from twinnet.core.spec import ModelSpec
-    from twinnet.infer.runtime import cpu_has_native_bf16
+    from twinnet.infer.quantize import quantize_model
+    from twinnet.infer.runtime import cpu_has_int8_dot, cpu_has_native_bf16, default_threads
     from twinnet.infer.twin import Twin
 
     if args.threads:
@@ -148,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(spec).eval()
     tmp = tempfile.TemporaryDirectory()
     model_dir = save_model_dir(model, spec, Path(tmp.name) / "model")
+    record = quantize_model(model_dir, calibration_folder(Path(tmp.name)))
+    loads = {p: load_seconds(model_dir, p, args.threads) for p in ("auto", "bf16", "fp32")}
     twin = Twin.load(model_dir, device="cpu", threads=args.threads)
+    twin16 = Twin.load(model_dir, device="cpu", precision="bf16", threads=args.threads)
     twin32 = Twin.load(model_dir, device="cpu", precision="fp32", threads=args.threads)
     drafty = Twin.load(model_dir, device="cpu", draft=True, threads=args.threads)
     naive = NaiveHandler(model)
@@ -157,10 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     gallery = photos(GALLERY, offset=8)
     batch_imgs = gallery[:16]
 
+    torch.set_num_threads(args.threads or default_threads())  # the CPU's rates: all threads
     mm32, conv32 = flop_rates(torch.float32, 2.0)
     mm16, conv16 = flop_rates(torch.bfloat16, 2.0)
     peak32, peak16 = max(mm32, conv32), max(mm16, conv16)
-    peak_default = peak16 if twin.precision == "bf16" else peak32
+    peak_default = peak32 if twin.precision == "fp32" else peak16  # int8: the bf16 floor
 
     cycle = {"i": 0}
 
@@ -179,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         twin32.cache.clear()
         twin32.compare(*next_pair())
 
+    def run_bf16() -> None:
+        twin16.cache.clear()
+        twin16.compare(*next_pair())
+
     def run_draft() -> None:
         drafty.cache.clear()
         drafty.compare(*next_pair())
@@ -194,21 +333,33 @@ def main(argv: list[str] | None = None) -> int:
     def run_search_seen() -> None:
         twin.search(pairs_imgs[0], gallery, top_k=5)
 
-    fns = {
-        "naive": run_naive,
-        "default": run_default,
-        "fp32": run_fp32,
-        "draft": run_draft,
-        "batch": run_batch,
-        "unseen": run_search_unseen,
-        "seen": run_search_seen,
+    n = args.threads or default_threads()
+    rows = {
+        "naive": (n, run_naive),
+        "default": (torch_threads(twin), run_default),
+        "fp32": (torch_threads(twin32), run_fp32),
+        "bf16": (torch_threads(twin16), run_bf16),
+        "draft": (torch_threads(drafty), run_draft),
+        "batch": (torch_threads(twin), run_batch),
+        "unseen": (torch_threads(twin), run_search_unseen),
+        "seen": (torch_threads(twin), run_search_seen),
     }
-    t = round_robin(fns, args.rounds)
+    groups: dict[int, dict[str, Callable[[], object]]] = {}
+    for name, (threads, fn) in rows.items():
+        groups.setdefault(threads, {})[name] = fn
+    stages = measure_stages(
+        {"naive (fp32)": (n, lambda: naive_stages(naive, *pairs_imgs[:2])),
+         f"default ({twin.precision})": (torch_threads(twin), lambda: twin_stages(twin, *pairs_imgs[:2])),
+         "bf16": (torch_threads(twin16), lambda: twin_stages(twin16, *pairs_imgs[:2]))},
+        args.rounds,
+    )  # fmt: skip
+    t = grouped_rounds(list(groups.items()), args.rounds)
     p = twin.precision
     rows = [  # name, s/call, pairs/call, GFLOP of encoder work per call, peak
         ("1. naive: sample handler, fp32, batch 1", t["naive"], 1, GFLOP_PAIR, peak32),
         (f"2. Twin.compare, default ({p})", t["default"], 1, GFLOP_PAIR, peak_default),
         ("2a. Twin.compare, precision=fp32", t["fp32"], 1, GFLOP_PAIR, peak32),
+        ("2c. Twin.compare, precision=bf16", t["bf16"], 1, GFLOP_PAIR, peak16),
         (f"2b. Twin.compare, {p} + draft=True", t["draft"], 1, GFLOP_PAIR, peak_default),
         ("3. compare_batch, 8 pairs", t["batch"], 8, 8 * GFLOP_PAIR, peak_default),
         (
@@ -221,7 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         (f"4b. search 1 vs {GALLERY}, cached", t["seen"], GALLERY, 0.0, peak_default),
     ]
 
-    print(f"CPU: {torch.get_num_threads()} torch threads; native bf16: {cpu_has_native_bf16()}")
+    print(
+        f"CPU: {torch.get_num_threads()} torch threads; native bf16: {cpu_has_native_bf16()}; "
+        f"int8 dot products (VNNI/AMX): {cpu_has_int8_dot()}"
+    )
     print(f"matmul (torch.mm 2048^3): fp32 {mm32:.0f} GFLOP/s, bf16 {mm16:.0f} GFLOP/s")
     print(f"3x3 conv (oneDNN):        fp32 {conv32:.0f} GFLOP/s, bf16 {conv16:.0f} GFLOP/s")
     print(f"FLOP limit used (the larger): fp32 {peak32:.0f}, bf16 {peak16:.0f} GFLOP/s")
@@ -235,7 +389,23 @@ def main(argv: list[str] | None = None) -> int:
         frac = f"{work / sec / peak:.2f}" if work else "- (no encoder run)"
         print(f"| {name} | {sec * 1000:.1f} | {rate:.1f} | {rate / naive_rate:.2f} | {frac} |")
     print()
-    print(f"default vs naive: {t['naive'] / t['default']:.2f}x (target >= 1.8x)")
+    print_stages(stages)
+    a = record["agreement"]
+    print()
+    print(
+        f"int8 encoder vs fp32 on {a['pairs']} held-out pairs ({a['held_out_images']} images, "
+        f"calibrated on {record['calibration_images']}): {a['pairs'] - a['changed_decisions']}"
+        f"/{a['pairs']} decisions the same ({a['agreement']:.2%}), |dp| max "
+        f"{a['max_abs_probability_difference']:.3f}, mean {a['mean_abs_probability_difference']:.4f}"
+    )
+    print(
+        "Twin.load, median of 3 (s): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in loads.items())
+        + f"; {loads['auto'] / loads['bf16']:.2f}x bf16's"
+    )
+    print()
+    print(f"default vs naive: {t['naive'] / t['default']:.2f}x (target >= 4.5x)")
+    print(f"default vs bf16 (the float fast path): {t['bf16'] / t['default']:.2f}x")
     ratio = t["seen"] / t["default"]
     print(f"cached {GALLERY}-image search / single compare: {ratio:.2f} (target < 3)")
     tmp.cleanup()

@@ -21,8 +21,10 @@ Engines (``--engines``), on the same model and the same photos:
 Configurations (``--configs``):
 
 * ``tuned`` — ``twinnet archive`` defaults: batch size 8, 10 ms batch delay, one worker (or
-  replica) per CPU with one torch thread each (threads = CPUs / workers), bf16 encoder where
-  the CPU has it;
+  replica) per CPU with one torch thread each (threads = CPUs / workers), precision ``auto``:
+  the int8 encoder that ``twinnet quantize`` added to the model (calibrated on 128 pet photos)
+  where the CPU has VNNI, else bf16 where the CPU has it;
+* ``bf16`` — the same with ``--precision bf16``: the float fast path;
 * ``naive`` — batch size 1, fp32, TorchServe's default workers (one per core) and threads
   (torch's default: all cores, in every worker).
 
@@ -43,7 +45,9 @@ raylet, agents, Serve's controller and proxy and the replicas), idle after the f
 and again after the load.
 
 Ray / TorchServe ratios (tuned) per workload and concurrency; the targets, on ``unique``:
-throughput at 16 clients at least 0.9x, p99 latency at 4 clients at most 1.2x.
+throughput at 16 clients at least 1.0x, p99 latency at 4 clients at most 1.2x. Each
+``unique`` rate is also shown as a fraction of the bf16 floor: this CPU's bf16 3x3
+convolution rate (measured at the start) divided by a resnet50 pair's 16.4 GFLOP.
 
 Scale-out (with ``ray`` among the engines; ``--no-scale-out`` skips it): a Ray cluster of a
 head and one more node on this machine (``ray.cluster_utils.Cluster``, loopback, half the
@@ -93,11 +97,12 @@ from twinnet.engines.torchserve.archive import ServeOptions, build_archive, usab
 from twinnet.errors import TwinnetError
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "samples"
+PETS = SAMPLES.with_name("oxford-pets-sample")
 WORKLOADS = ("repeat", "verify", "unique")
-CONFIGS = ("tuned", "naive")
+CONFIGS = ("tuned", "bf16", "naive")
 ENGINES = ("torchserve", "ray")
 #: Targets for Ray Serve against TorchServe (tuned, ``unique``).
-TARGET_RATE_16 = 0.9
+TARGET_RATE_16 = 1.0
 TARGET_P99_4 = 1.2
 REPLICA = "ray::ServeReplica:twin:TwinDeployment"
 MIB = 2**20
@@ -116,6 +121,7 @@ class Stats:
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     batches: list[int] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per role, in the cell
 
     @property
     def rate(self) -> float:
@@ -311,22 +317,45 @@ def load_avg() -> str:
 
 # ---------------------------------------------------------------------------- servers
 def make_model(root: Path, arch: str, size: int) -> Path:
+    """Seeded random weights, with the int8 encoder of ``twinnet quantize`` (pet photos)."""
     import torch
 
     from twinnet.core.artifacts import save_model_dir
     from twinnet.core.model import build_model
     from twinnet.core.spec import ModelSpec
+    from twinnet.infer.quantize import quantize_model
 
     torch.manual_seed(0)
     spec = ModelSpec(arch=arch, image_size=size)
-    return save_model_dir(build_model(spec).eval(), spec, root / f"{arch}-{size}")
+    model_dir = save_model_dir(build_model(spec).eval(), spec, root / f"{arch}-{size}")
+    if PETS.is_dir():
+        a = quantize_model(model_dir, PETS)["agreement"]
+        print(f"# quantized: {a['pairs'] - a['changed_decisions']}/{a['pairs']} held-out "
+              "decisions as fp32's", flush=True)  # fmt: skip
+    return model_dir
+
+
+def bf16_floor() -> float:
+    """Pairs/s that this CPU's bf16 3x3 convolution rate allows a resnet50 pair (16.4 GFLOP)."""
+    import torch
+
+    x = torch.randn(8, 256, 28, 28).bfloat16().contiguous(memory_format=torch.channels_last)
+    w = torch.randn(256, 256, 3, 3).bfloat16().contiguous(memory_format=torch.channels_last)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(20):
+            t0 = time.perf_counter()
+            torch.nn.functional.conv2d(x, w, padding=1)
+            best = min(best, time.perf_counter() - t0)
+    return 2 * 8 * 256 * 256 * 9 * 28 * 28 / best / 1e9 / 16.4
 
 
 def serve_options(config: str, args: argparse.Namespace) -> ServeOptions:
-    if config == "tuned":
+    if config in ("tuned", "bf16"):
         return ServeOptions(
             batch_size=args.batch_size, max_batch_delay=args.max_batch_delay,
             workers=args.workers, threads=args.threads,
+            precision="auto" if config == "tuned" else "bf16",
         )  # fmt: skip
     return ServeOptions(batch_size=1, max_batch_delay=0, precision="fp32", plan="torchserve")
 
@@ -360,17 +389,43 @@ def start_ray(model_dir: Path, **kwargs: Any) -> ServerInfo:
     raise AssertionError("unreachable")
 
 
+def processes(info: ServerInfo) -> list[psutil.Process]:
+    """The server's processes: its session (and, for Ray, every process naming its directory)."""
+    if info.engine == "ray":
+        return list(ray_server.server_processes(info))
+    procs = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getsid(proc.pid) == info.pid:
+                procs.append(proc)
+    return procs
+
+
+def role(proc: psutil.Process) -> str:
+    """What a server process does: the model (workers, replicas), HTTP, or the rest."""
+    with contextlib.suppress(psutil.Error):
+        cmd = " ".join(proc.cmdline())
+        if "ServeReplica" in cmd or "model_service_worker" in cmd:
+            return "model"
+        if "ProxyActor" in cmd or proc.name() == "java":
+            return "http"
+    return "other"
+
+
+def cpu_by_role(procs: list[psutil.Process]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far, per :func:`role`."""
+    out = {"model": 0.0, "http": 0.0, "other": 0.0}
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            out[role(proc)] += t.user + t.system
+    return out
+
+
 def memory(info: ServerInfo) -> tuple[int, float, float]:
     """``(processes, RSS MiB, PSS MiB)`` summed over the server's session (and, for Ray, every
     process naming its Ray directory)."""
-    if info.engine == "ray":
-        procs = ray_server.server_processes(info)
-    else:
-        procs = []
-        for proc in psutil.process_iter():
-            with contextlib.suppress(psutil.Error, OSError):
-                if os.getsid(proc.pid) == info.pid:
-                    procs.append(proc)
+    procs = processes(info)
     rss = pss = 0
     count = 0
     for proc in procs:
@@ -440,7 +495,11 @@ def run_turn(
             for _ in range(args.warmup):
                 post(session, server.url, server.token, *src.body())
             stats = Stats(run.engine, run.config, workload, conc)
+            procs = processes(server.info)
+            before = cpu_by_role(procs)
             closed_loop(server.url, server.token, src, conc, args.duration, stats, args.requests)
+            after = cpu_by_role(procs)
+            stats.cpu = {k: after[k] - before[k] for k in after}
             results.append(stats)
             print(
                 f"  {run.engine:10} {run.config:6} {workload:7} c={conc:<3} "
@@ -638,6 +697,19 @@ def print_table(
             f"| {s.errors} |"
         )
     print()
+    print("Where the CPU goes, per pair (ms of CPU time: the model's processes, which decode,")
+    print("resize, encode and run the head; the HTTP front end: TorchServe's Java, Ray's proxy):")
+    print()
+    print("| engine | config | workload | clients | model | HTTP front end | other | total |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for s in results:
+        if s.pairs and s.cpu:
+            per = {k: 1000 * v / s.pairs for k, v in s.cpu.items()}
+            print(
+                f"| {s.engine} | {s.config} | {s.workload} | {s.concurrency} | {per['model']:.1f} "
+                f"| {per['http']:.1f} | {per['other']:.1f} | {sum(per.values()):.1f} |"
+            )
+    print()
     print("| engine | config | cold start (s), median | cold starts | processes | RSS idle (MiB) "
           "| RSS after load (MiB) | PSS after load (MiB) |")  # fmt: skip
     print("|---|---|---:|---|---:|---:|---:|---:|")
@@ -659,6 +731,23 @@ def print_table(
                     f"- {engine}/{config}/{workload}: throughput at 16 clients = "
                     f"{hi.rate / lo.rate:.0%} of 1 client"
                 )
+    floor = getattr(args, "floor", 0.0)
+    for (engine, config, workload, conc), s in by.items():
+        if workload == "unique" and floor and args.arch == "resnet50" and args.size == 224:
+            print(
+                f"- {engine}/{config}/unique, {conc} clients: {s.rate:.1f} pairs/s = "
+                f"{s.rate / floor:.2f} of the bf16 floor ({floor:.0f} pairs/s)"
+            )
+    for engine in ("torchserve", "ray"):
+        for workload in workloads:
+            for conc in concs:
+                t = by.get((engine, "tuned", workload, conc))
+                b = by.get((engine, "bf16", workload, conc))
+                if t and b and b.rate:
+                    print(
+                        f"- {engine} {workload}, {conc} clients: tuned / bf16 = "
+                        f"{t.rate / b.rate:.2f}x"
+                    )
     for workload in workloads:
         for conc in concs:
             t = by.get(("torchserve", "tuned", workload, conc))
@@ -710,6 +799,13 @@ def ray_vs_ts(
             f"- target, unique, 4 clients: p99 ray / torchserve = {ratio:.2f}x "
             f"(<= {TARGET_P99_4}x: {verdict})"
         )
+    for engine in ("torchserve", "ray"):
+        cold = {r.config: r.cold_s for r in runs if r.engine == engine}
+        if cold.get("tuned") and cold.get("bf16"):
+            print(
+                f"- {engine} cold start tuned / bf16 = {cold['tuned'] / cold['bf16']:.2f}x "
+                f"({cold['tuned']:.1f} s vs {cold['bf16']:.1f} s)"
+            )
     mem = {r.engine: r for r in runs if r.config == "tuned"}
     if "ray" in mem and "torchserve" in mem:
         ray_run, ts_run = mem["ray"], mem["torchserve"]
@@ -809,12 +905,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scale-settle", type=float, default=30.0,
         help="most seconds after that for the rate to come back",
     )  # fmt: skip
-    p.add_argument("--quick", action="store_true", help="unique photos, tuned, 5 s per cell")
+    p.add_argument(
+        "--quick", action="store_true", help="unique photos, tuned and bf16, 5 s per cell"
+    )
     p.add_argument("--json", type=Path, help="also write the results as JSON")
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = min(args.duration, 5.0), min(args.warmup, 2)
-        args.workloads, args.configs = ["unique"], ["tuned"]
+        args.workloads, args.configs = ["unique"], ["tuned", "bf16"]
         args.scale_baseline, args.scale_timeout = 5.0, 90.0
     if args.threads != "auto":
         args.threads = int(args.threads)
@@ -841,6 +939,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# photos: {len(bases)} bases {sorted(sizes)}, each sent once as a new photo", flush=True
     )
     pool = UniquePool(bases)
+    args.floor = bf16_floor()
+    print(f"# bf16 floor: {args.floor:.1f} resnet50 pairs/s", flush=True)
     results: list[Stats] = []
     runs: list[EngineRun] = []
     scale: dict[str, Any] | None = None

@@ -90,10 +90,19 @@ def _unpacked(model_dir: Path, work: Path, **options) -> Path:
     return unpacked
 
 
-@pytest.fixture(scope="module", params=["random_model_dir", "random_cosine_dir", "timm_model_dir"], ids=["concat", "cosine", "timm"])  # fmt: skip
+@pytest.fixture(scope="module", params=["random_model_dir", "random_cosine_dir", "timm_model_dir", "quantized_model_dir"], ids=["concat", "cosine", "timm", "int8"])  # fmt: skip
 def served_model_dir(request) -> Path:
-    """The model of each head, then one on a timm backbone: the container serves them alike."""
+    """The model of each head, one on a timm backbone, and that one with an int8 encoder:
+    the container serves them alike."""
     return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def served_precision(served_model_dir) -> str:
+    """What the container is told to run: the int8 encoder when the model has one."""
+    from twinnet.core.spec import ModelSpec
+
+    return "int8" if ModelSpec.load(served_model_dir).quantization else "fp32"
 
 
 @pytest.fixture(scope="module")
@@ -153,12 +162,12 @@ def _run_container(model_dir: Path, log: Path, *args: str, **env_settings: str):
 
 
 @pytest.fixture(scope="module")
-def container(sagemaker_model_dir, tmp_path_factory):
-    """The container of each head in turn, with settings from the environment."""
+def container(sagemaker_model_dir, served_precision, tmp_path_factory):
+    """The container of each model in turn, with settings from the environment."""
     log = tmp_path_factory.mktemp("container-log") / "container.log"
     yield from _run_container(
         sagemaker_model_dir, log,
-        TWINNET_BATCH_SIZE="2", TWINNET_THREADS="1", TWINNET_PRECISION="fp32",
+        TWINNET_BATCH_SIZE="2", TWINNET_THREADS="1", TWINNET_PRECISION=served_precision,
     )  # fmt: skip
 
 
@@ -180,7 +189,7 @@ def test_ping_is_200_only_once_the_model_is_ready(container):
 
 
 @pytest.mark.parametrize("cam", [False, True])
-def test_invocations_answers_what_invoke_sends(container, served_model_dir, cam):
+def test_invocations_answers_what_invoke_sends(container, served_model_dir, served_precision, cam):
     from twinnet.infer.twin import Twin
 
     left, right = _png(3, (64, 48)), _png(4, (50, 50))
@@ -197,8 +206,8 @@ def test_invocations_answers_what_invoke_sends(container, served_model_dir, cam)
     assert set(answer) == {"same", "probability", "logits", "threshold", "model"} | (
         {"cam"} if cam else set()
     )
-    # The container's answer is the model's answer.
-    expected = Twin.load(served_model_dir, precision="fp32").compare(left, right)
+    # The container's answer is the model's answer, at the precision it was told.
+    expected = Twin.load(served_model_dir, precision=served_precision).compare(left, right)
     assert answer["logits"] == pytest.approx(list(expected.logits), abs=1e-3)
     assert answer["same"] == (answer["probability"] >= answer["threshold"])
     if cam:
@@ -251,8 +260,10 @@ def test_other_routes(container):
     assert requests.post(f"{url}/models", data=b"x", timeout=10).status_code == 404
 
 
-def test_environment_settings_reach_torchserve(container, sagemaker_model_dir, tmp_path):
-    said = "settings from the environment: batch_size=2, threads=1, precision=fp32"
+def test_environment_settings_reach_torchserve(
+    container, sagemaker_model_dir, served_precision, tmp_path
+):
+    said = f"settings from the environment: batch_size=2, threads=1, precision={served_precision}"
     assert said in container["log"].read_text()
     # What the container does with them: the archive's config, rewritten.
     (mar,) = sagemaker_model_dir.glob("*.mar")
@@ -261,6 +272,8 @@ def test_environment_settings_reach_torchserve(container, sagemaker_model_dir, t
         config = yaml.safe_load(z.read("model-config.yaml"))
         assert sorted(z.namelist()) == sorted(original.namelist())
         assert z.read("head.safetensors") == original.read("head.safetensors")
+        if served_precision == "int8":  # the archive carries the int8 encoder
+            assert z.read("encoder.int8.onnx") == original.read("encoder.int8.onnx")
     assert (config["batchSize"], config["maxBatchDelay"], config["responseTimeout"]) == (3, 20, 30)
     assert config["minWorkers"] == config["maxWorkers"] == config["twinnet"]["workers"] == 2
 

@@ -31,9 +31,9 @@ def encoded(monkeypatch) -> list[int]:
     counts: list[int] = []
     real = Twin._encode
 
-    def counting(self, batch):
+    def counting(self, batch, *args, **kwargs):
         counts.append(int(batch.shape[0]))
-        return real(self, batch)
+        return real(self, batch, *args, **kwargs)
 
     monkeypatch.setattr(Twin, "_encode", counting)
     return counts

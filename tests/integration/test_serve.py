@@ -75,12 +75,12 @@ def state(tmp_path_factory):
         yield home
 
 
-def _serve(model_dir: Path, state: Path, store: Path, **options):
+def _serve(model_dir: Path, state: Path, store: Path, precision: str = "fp32", **options):
     """Archive ``model_dir`` into ``store``, start TorchServe on it; yield it, then stop it."""
     from twinnet.engines.server import start, stop
     from twinnet.engines.torchserve.archive import build_archive
 
-    mar = build_archive(model_dir, store, workers=1, precision="fp32", **options)
+    mar = build_archive(model_dir, store, workers=1, precision=precision, **options)
     assert mar == store / "twin.mar"
     port, mport, metport = _free_ports(3)
     info = start(
@@ -126,7 +126,7 @@ def _session(info) -> list[tuple[int, str]]:
     return found
 
 
-def _serve_ray(model_dir: Path, state: Path):
+def _serve_ray(model_dir: Path, state: Path, precision: str = "fp32"):
     """`twinnet serve --engine ray` on ``model_dir``; yield it, then `twinnet serve --stop` it
     and check that no Ray process, file or directory of it is left."""
     from twinnet.engines.state import instance_dir, load_info
@@ -135,7 +135,7 @@ def _serve_ray(model_dir: Path, state: Path):
     started = _cli(
         state, "serve", str(model_dir), "--engine", "ray", "--port", str(port),
         "--replicas", "1", "--batch-size", "4", "--max-batch-delay", "300",
-        "--precision", "fp32", "--timeout", "400", timeout=600,
+        "--precision", precision, "--timeout", "400", timeout=600,
     )  # fmt: skip
     instance = instance_dir(port, state / "serve")
     info = load_info(instance)
@@ -157,39 +157,43 @@ def _serve_ray(model_dir: Path, state: Path):
         assert (instance / "logs" / "ray.out").is_file()  # the logs stay
 
 
-#: The servers every contract test runs against: (engine, model directory fixture).
+#: The servers every contract test runs against: (engine, model directory fixture, precision).
+#: The int8 ones serve the encoder that ``twinnet quantize`` added to the model directory.
 SERVERS = [
-    ("torchserve", "random_model_dir"),
-    ("torchserve", "random_cosine_dir"),
-    ("torchserve", "timm_model_dir"),
-    ("ray", "random_model_dir"),
+    ("torchserve", "random_model_dir", "fp32"),
+    ("torchserve", "random_cosine_dir", "fp32"),
+    ("torchserve", "timm_model_dir", "fp32"),
+    ("torchserve", "quantized_model_dir", "int8"),
+    ("ray", "random_model_dir", "fp32"),
+    ("ray", "quantized_model_dir", "int8"),
 ]
 
 
-@pytest.fixture(scope="module", params=SERVERS, ids=["torchserve-concat", "torchserve-cosine", "torchserve-timm", "ray-concat"])  # fmt: skip
-def served(request) -> tuple[str, Path]:
-    """The engine and the model directory of the server under test."""
-    engine, model_fixture = request.param
-    return engine, request.getfixturevalue(model_fixture)
+@pytest.fixture(scope="module", params=SERVERS, ids=["torchserve-concat", "torchserve-cosine", "torchserve-timm", "torchserve-int8", "ray-concat", "ray-int8"])  # fmt: skip
+def served(request) -> tuple[str, Path, str]:
+    """The engine, the model directory and the precision of the server under test."""
+    engine, model_fixture, precision = request.param
+    return engine, request.getfixturevalue(model_fixture), precision
 
 
 @pytest.fixture(scope="module")
 def server(served, state, tmp_path_factory):
     """The server of :data:`SERVERS` in turn: batches of 4 within 300 ms, one worker or replica,
     the JSON object as default answer."""
-    engine, model_dir = served
+    engine, model_dir, precision = served
     if engine == "ray":
-        yield from _serve_ray(model_dir, state)
+        yield from _serve_ray(model_dir, state, precision)
         return
     store = tmp_path_factory.mktemp("store")
-    yield from _serve(model_dir, state, store, batch_size=4, max_batch_delay=300)
+    yield from _serve(model_dir, state, store, precision, batch_size=4, max_batch_delay=300)
 
 
 @pytest.fixture(scope="module")
 def twin(served):
+    """The same model in process, at the server's precision: its answers are the server's."""
     from twinnet.infer.twin import Twin
 
-    return Twin.load(served[1], precision="fp32")
+    return Twin.load(served[1], precision=served[2])
 
 
 def _only(server, engine: str) -> None:
@@ -312,11 +316,7 @@ def test_concurrent_requests_form_batches_and_get_their_own_answers(server, twin
     # batch size 4, 300 ms delay, 8 simultaneous clients: requests must have shared passes
     assert max(sizes) > 1, sizes
     assert all(1 <= s <= 4 for s in sizes), sizes
-    if server.engine == "ray":  # the replicas' own log files, in the Ray session's logs
-        logs = Path(server.instance, "tmp", "session_latest", "logs", "serve")
-        log = "".join(p.read_text() for p in logs.glob("replica_twin_TwinDeployment_*.log"))
-    else:
-        log = (server.log_dir / "model_log.log").read_text()
+    log = _worker_log(server)
     assert any(f"batch_size={k} " in log for k in (2, 3, 4))
 
 
@@ -417,6 +417,20 @@ def test_token_auth(server, images, twin):
 
 
 # ------------------------------------------------------------------------ 4. worker restart
+def _worker_log(server) -> str:
+    """What the workers (TorchServe) or the replicas (Ray Serve) have logged so far."""
+    if server.engine == "ray":  # the replicas' own log files, in the Ray session's logs
+        logs = Path(server.instance, "tmp", "session_latest", "logs", "serve")
+        return "".join(p.read_text() for p in logs.glob("replica_twin_TwinDeployment_*.log"))
+    return (server.log_dir / "model_log.log").read_text()
+
+
+def test_workers_load_the_model_at_the_servers_precision(server, served, images):
+    assert _post(server, files={"left": images[0], "right": images[1]}).status_code == 200
+    loaded = [line for line in _worker_log(server).splitlines() if "twinnet: loaded" in line]
+    assert loaded and all(f"precision {served[2]}" in line for line in loaded), loaded[:3]
+
+
 def test_killed_worker_is_restarted(server, images):
     from twinnet.engines.server import describe_model
 

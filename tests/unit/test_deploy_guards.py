@@ -398,7 +398,7 @@ def test_container_settings_from_environment():
         ({"TWINNET_BATCH_SIZE": "0"}, "TWINNET_BATCH_SIZE='0': expected a whole number >= 1"),
         ({"TWINNET_WORKERS": "-1"}, "TWINNET_WORKERS"),
         ({"TWINNET_THREADS": "many"}, "TWINNET_THREADS"),
-        ({"TWINNET_PRECISION": "fp8"}, "expected auto, bf16 or fp32"),
+        ({"TWINNET_PRECISION": "fp8"}, "expected auto, int8, bf16 or fp32"),
     ],
 )
 def test_container_settings_rejected(env, fragment):

@@ -114,6 +114,10 @@ def _register_package(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("--out", default="model.tar.gz", help="tarball to write (default model.tar.gz)")
     _add_archive_options(p)
+    p.add_argument(
+        "--quantize", metavar="IMAGES_DIR",
+        help="first add an int8 encoder calibrated on these images (as `twinnet quantize`)",
+    )  # fmt: skip
     p.set_defaults(func=run_package)
 
 
@@ -202,6 +206,10 @@ def _register_container(sub: argparse._SubParsersAction) -> None:
 
 def run_package(args: argparse.Namespace) -> int:
     """``twinnet package MODEL_DIR --out model.tar.gz``."""
+    if args.quantize:
+        from twinnet.cli.infer import quantize_into
+
+        quantize_into(args.model_dir, args.quantize)
     out = package(args.model_dir, args.out, **_archive_options(args))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -55,7 +55,8 @@ def _register_build(actions: argparse._SubParsersAction) -> None:
         "--precision",
         default="auto",
         choices=PRECISIONS,
-        help="encoder precision (queries use the same); auto: bf16 where the CPU has it",
+        help="encoder precision (queries use the same); auto: int8 when the model has a "
+        "quantized encoder and the CPU has VNNI, else bf16 where the CPU has it",
     )
     b.set_defaults(func=_build)
 

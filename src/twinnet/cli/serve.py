@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from twinnet.cli.infer import quantize_into
 from twinnet.contract.options import RESPONSE_FORMATS, ServeOptions
 from twinnet.core.spec import SPEC_FILE
 from twinnet.engines import server
@@ -43,7 +44,8 @@ def _archive_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--precision", choices=PRECISIONS, default=default.precision,
-        help="encoder precision in the workers (default auto: bf16 where the CPU has it)",
+        help="encoder precision in the workers (default auto: the int8 encoder when the model "
+        "has one and the CPU has VNNI, else bf16 where the CPU has it, else fp32)",
     )  # fmt: skip
     p.add_argument(
         "--response-format", choices=RESPONSE_FORMATS, default=default.response_format,
@@ -85,6 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--name", default="twin", help="model name, served at /predictions/NAME (default twin)"
     )
     _archive_options(p)
+    p.add_argument(
+        "--quantize", metavar="IMAGES_DIR",
+        help="first add an int8 encoder calibrated on these images (as `twinnet quantize`)",
+    )  # fmt: skip
     p.set_defaults(func=_archive)
 
     p = sub.add_parser(
@@ -156,6 +162,8 @@ def _engine_options(args: argparse.Namespace) -> tuple[Engine, dict]:
 
 
 def _archive(args: argparse.Namespace) -> int:
+    if args.quantize:
+        quantize_into(args.model_dir, args.quantize)
     mar = build_archive(
         args.model_dir, args.out, name=args.name, options=_options(args), index=args.index
     )

@@ -13,6 +13,7 @@ from twinnet.data.datasets import DATASETS, resolve_source
 from twinnet.errors import TwinnetError
 from twinnet.evaluate.calibrate import recalibrate
 from twinnet.evaluate.verification import evaluate, evaluation_items
+from twinnet.infer.runtime import PRECISIONS
 from twinnet.infer.twin import Twin
 from twinnet.train.config import add_arguments, from_args
 from twinnet.train.fit import train
@@ -153,7 +154,11 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", type=int, default=400, help="N-way episodes (default 400)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="auto", help="auto, bf16 or fp32")
+    p.add_argument(
+        "--precision", default="auto", choices=PRECISIONS,
+        help="encoder precision (default auto: int8 when the model has a quantized encoder "
+        "and the CPU has VNNI, else bf16 where the CPU has it, else fp32)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_evaluate)
 

@@ -13,7 +13,7 @@ Settings (environment variables; all optional):
 ``TWINNET_THREADS``             torch threads per worker, or ``auto``
 ``TWINNET_RESPONSE_TIMEOUT``    seconds before TorchServe counts a batch as stuck (also
                                 ``SAGEMAKER_MODEL_SERVER_TIMEOUT``; TorchServe only)
-``TWINNET_PRECISION``           ``auto``, ``bf16`` or ``fp32``
+``TWINNET_PRECISION``           ``auto``, ``int8``, ``bf16`` or ``fp32``
 ``TWINNET_RESPONSE_FORMAT``     ``object`` or ``list``: the answer to a request that names
                                 no ``format``
 ``TWINNET_STARTUP_TIMEOUT``     seconds to wait for the model to load (default 600)

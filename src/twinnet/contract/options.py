@@ -116,7 +116,7 @@ class ServeOptions:
             the ``torchserve`` plan.
         response_timeout: seconds before a batch is considered stuck.
         startup_timeout: seconds a worker may take to load the model.
-        precision: ``auto``, ``bf16`` or ``fp32`` (:data:`twinnet.infer.runtime.PRECISIONS`).
+        precision: ``auto``, ``int8``, ``bf16`` or ``fp32`` (:data:`twinnet.infer.runtime.PRECISIONS`).
         cache_mb: each worker's embedding cache.
         plan: ``tuned``, or ``torchserve`` (TorchServe's own workers and threads).
         response_format: the answer for a request that names no ``format``: ``object`` (the

@@ -3,7 +3,7 @@
 Written once and shared by every engine, so none of them can drift from the contract:
 
 * the TorchServe handler (:mod:`twinnet.engines.torchserve.handler`) hands it TorchServe's batch rows;
-* the Ray Serve deployment hands it the requests one ``@serve.batch`` call gathered.
+* the Ray Serve deployment hands it the requests one batch of its batcher gathered.
 
 A row is what TorchServe gives a handler, a mapping of named parameters (multipart fields and
 query-string parameters by name, any other body as ``body``), plus the request's headers.

@@ -66,6 +66,7 @@ class _Job:
     fields: list[str | None]
     collect: bool
     embeddings: bool
+    float_path: bool = False
     out: list[Any] = dataclass_field(default_factory=list)
     pending: dict[str, list[int]] = dataclass_field(default_factory=dict)
     payloads: dict[str, tuple[bytes | Image.Image, str, str | None]] = dataclass_field(
@@ -86,6 +87,7 @@ class FeaturePipeline:
     preprocess: Any
     cache: Any
     encoder: torch.nn.Module
+    int8: Any
     head: torch.nn.Module
     device: torch.device
     _namespace: str
@@ -136,8 +138,13 @@ class FeaturePipeline:
             return [self._decode_resized(item) for item in items]
         return list(_decode_pool(self.runtime.threads).map(self._decode_resized, items))
 
-    def _encode(self, batch: torch.Tensor) -> torch.Tensor:
-        """Encoder feature maps of a normalised batch, in the runtime's storage dtype, NCHW."""
+    def _encode(self, batch: torch.Tensor, float_path: bool = False) -> torch.Tensor:
+        """Encoder feature maps of a normalised batch, in the runtime's storage dtype, NCHW.
+
+        The int8 encoder runs when there is one, unless ``float_path`` asks for the float one.
+        """
+        if self.int8 is not None and not float_path:
+            return self.int8(batch)
         x = batch.to(self.device)
         if self.runtime.bf16:
             x = x.to(torch.bfloat16)
@@ -157,13 +164,16 @@ class FeaturePipeline:
         fields: Sequence[str | None],
         collect: bool = False,
         embeddings: bool = False,
+        float_path: bool = False,
     ) -> list[torch.Tensor | ImageError]:
         """Feature maps (C, h, w), or with ``embeddings`` embeddings (D,), of each input.
 
         They come from the cache or are encoded in batches. With ``collect``, a bad input
-        yields its ImageError in place instead of raising.
+        yields its ImageError in place instead of raising. ``float_path`` asks for the float
+        encoder's maps where an int8 encoder would otherwise run (Grad-CAM needs them).
         """
-        job = _Job(list(sources), list(fields), collect, embeddings)
+        float_path = float_path and self.int8 is not None
+        job = _Job(list(sources), list(fields), collect, embeddings, float_path)
         self._look_up(job)
         keys = list(job.pending)
         for start in range(0, len(keys), ENCODE_BATCH):
@@ -180,6 +190,7 @@ class FeaturePipeline:
             try:
                 key, payload = self._key(src, label)
                 key = key + ":emb" if job.embeddings else key
+                key = key + ":float" if job.float_path else key
             except ImageError as exc:
                 exc.field = field
                 if not job.collect:
@@ -214,7 +225,7 @@ class FeaturePipeline:
                 chunk.append(key)
         if not chunk:
             return
-        feats = self._encode(self.preprocess.batch(images))
+        feats = self._encode(self.preprocess.batch(images), job.float_path)
         if job.embeddings:
             feats = self._embed_features(feats)
         for key, f in zip(chunk, feats, strict=True):

@@ -24,7 +24,7 @@ from torch import nn
 from twinnet.core.artifacts import load_model_dir
 from twinnet.errors import TwinnetError
 
-__all__ = ["export_onnx", "ONNX_INFO", "ONNX_TOLERANCE"]
+__all__ = ["export_onnx", "export_graph", "ONNX_INFO", "ONNX_TOLERANCE"]
 
 ONNX_INFO = "twinnet-onnx.json"
 #: The largest difference from PyTorch (fp32) accepted on the check batch, relative to the
@@ -50,7 +50,10 @@ class _Head(nn.Module):
         return self.model.compare_features(left, right)
 
 
-def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], output: str) -> None:
+def export_graph(
+    module: nn.Module, args: tuple, path: Path, inputs: list[str], output: str
+) -> None:
+    """Write ``module`` as an ONNX graph with a dynamic batch (the dynamo exporter)."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -106,14 +109,14 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path) -> Path:
     x = torch.zeros(2, 3, s, s)
     if spec.has_embeddings:
         graphs = {"embedding": out / "embedding.onnx"}
-        _export(_Embed(model).eval(), (x,), graphs["embedding"], ["images"], "embeddings")
+        export_graph(_Embed(model).eval(), (x,), graphs["embedding"], ["images"], "embeddings")
     else:
         graphs = {"encoder": out / "encoder.onnx", "head": out / "head.onnx"}
-        _export(model.encoder, (x,), graphs["encoder"], ["images"], "features")
+        export_graph(model.encoder, (x,), graphs["encoder"], ["images"], "features")
         with torch.no_grad():
             maps = model.encode(x)
         pair = (maps, maps.flip(0).clone())  # two tensors: one passed twice is one input
-        _export(_Head(model).eval(), pair, graphs["head"], ["left", "right"], "logits")
+        export_graph(_Head(model).eval(), pair, graphs["head"], ["left", "right"], "logits")
     gap = _largest_difference(graphs, model, spec)
     if gap is not None and gap > ONNX_TOLERANCE:
         raise TwinnetError(

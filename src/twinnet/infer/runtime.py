@@ -1,6 +1,11 @@
 """Where and how the encoder runs: device, precision, memory format and threads.
 
-The CPU fast path runs the encoder in bfloat16 with channels-last tensors and batch norm
+The fastest CPU path is an int8 encoder in ONNX Runtime, made by ``twinnet quantize`` and
+checked there against fp32 on held-out pairs (:mod:`twinnet.infer.int8`). ``auto`` takes it
+when the model directory has one and the CPU has int8 dot products (VNNI or AMX); Grad-CAM
+still runs on a float encoder, since it needs a model that gradients can flow through.
+
+The float fast path runs the encoder in bfloat16 with channels-last tensors and batch norm
 folded into the convolutions, but only on CPUs with native bf16 dot products (AVX512-BF16
 or AMX). Elsewhere oneDNN would emulate bf16 and be slower than fp32, so ``auto`` falls
 back to fp32 there. The head always runs in fp32: its first batch norm normalises the
@@ -21,15 +26,22 @@ from twinnet.errors import TwinnetError
 
 __all__ = [
     "PRECISIONS",
+    "FLOAT_PRECISIONS",
+    "NO_INT8",
     "Runtime",
     "cpu_flags",
     "cpu_has_native_bf16",
+    "cpu_has_int8_dot",
     "resolve_runtime",
     "fast_encoder",
     "default_threads",
 ]
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "int8", "bf16", "fp32")
+#: What training and in-memory models accept: int8 needs an encoder made by ``twinnet quantize``.
+FLOAT_PRECISIONS = ("auto", "bf16", "fp32")
+#: Why a model has no int8 path when nothing more specific is known.
+NO_INT8 = "it has no int8 encoder; make one with `twinnet quantize MODEL_DIR IMAGES_DIR`"
 
 
 @dataclass(frozen=True)
@@ -38,10 +50,13 @@ class Runtime:
 
     Attributes:
         device: where the model runs.
-        bf16: encoder weights and activations in bfloat16 (head stays fp32).
+        bf16: the float encoder's weights and activations in bfloat16 (head stays fp32).
         channels_last: NHWC memory format for the encoder.
         draft: JPEGs may decode at reduced scale (never below the network input).
-        threads: torch intra-op threads in use on the CPU.
+        threads: CPU threads of the encoder: torch's intra-op threads, or with ``int8``
+            ONNX Runtime's (torch then runs on one thread: see :func:`resolve_runtime`).
+        int8: comparisons run the model directory's int8 encoder (ONNX Runtime); the float
+            encoder above is kept for Grad-CAM.
     """
 
     device: torch.device
@@ -49,10 +64,13 @@ class Runtime:
     channels_last: bool
     draft: bool
     threads: int
+    int8: bool = False
 
     @property
     def precision(self) -> str:
-        """``bf16`` or ``fp32``: what the encoder computes in."""
+        """``int8``, ``bf16`` or ``fp32``: what the encoder computes in."""
+        if self.int8:
+            return "int8"
         return "bf16" if self.bf16 else "fp32"
 
     @property
@@ -87,13 +105,26 @@ def cpu_has_native_bf16() -> bool:
         return True
 
 
+def cpu_has_int8_dot() -> bool:
+    """True when the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX).
+
+    Without them ONNX Runtime's uint8 x int8 kernels can saturate intermediate sums, so
+    ``auto`` does not pick int8 there (``int8`` can still be asked for).
+    """
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+
+
+#: torch's intra-op threads as the process started, before any Twin set them.
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
+
 def default_threads() -> int:
     """torch's own default, capped at the CPUs this process may run on (containers, taskset)."""
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         usable = os.cpu_count() or 1
-    return max(1, min(torch.get_num_threads(), usable))
+    return max(1, min(_TORCH_DEFAULT_THREADS, usable))
 
 
 def resolve_runtime(
@@ -101,8 +132,16 @@ def resolve_runtime(
     precision: str = "auto",
     threads: int | None = None,
     draft: bool = False,
+    int8_unavailable: str | None = NO_INT8,
 ) -> Runtime:
     """Turn the user's ``device``/``precision``/``threads`` into a :class:`Runtime`.
+
+    ``int8_unavailable`` is None when the model has a usable int8 encoder, else the reason
+    it has not: ``int8`` is then refused with that reason and ``auto`` uses a float path.
+    With int8, ONNX Runtime and decoding get the threads and torch (normalising, the head,
+    Grad-CAM's float encoder) runs on one: torch's OpenMP threads spin after each operation,
+    and on 2 cores they took a core from the int8 encoder and from decoding, so one pair
+    took 45 ms instead of 34.
 
     ``threads`` sets torch's process-wide intra-op thread count when given; otherwise the
     count is only lowered when torch would use more threads than the CPUs available.
@@ -136,14 +175,25 @@ def resolve_runtime(
         native = cpu_has_native_bf16()
     if precision == "bf16" and not native and dev.type == "cuda":
         raise TwinnetError("this GPU does not support bfloat16; use precision='fp32'")
-    bf16 = precision == "bf16" or (precision == "auto" and native)
+    if precision == "int8" and (int8_unavailable or dev.type != "cpu"):
+        why = int8_unavailable or "the int8 encoder runs on the CPU; use --device cpu"
+        raise TwinnetError(f"precision int8 is not available for this model: {why}")
+    int8 = precision == "int8" or (
+        precision == "auto" and int8_unavailable is None and dev.type == "cpu"
+        and cpu_has_int8_dot()
+    )  # fmt: skip
+    bf16 = precision == "bf16" or (precision in ("auto", "int8") and native)
     fast = precision != "fp32"
+    count = torch.get_num_threads()
+    if int8:
+        torch.set_num_threads(1)
     return Runtime(
         device=dev,
         bf16=bf16,
         channels_last=fast,
         draft=bool(draft),
-        threads=torch.get_num_threads(),
+        threads=count,
+        int8=int8,
     )
 
 

@@ -35,7 +35,8 @@ from twinnet.errors import ImageError, TwinnetError
 from twinnet.infer import explain
 from twinnet.infer.cache import EmbeddingCache
 from twinnet.infer.features import FeaturePipeline
-from twinnet.infer.runtime import Runtime, fast_encoder, resolve_runtime
+from twinnet.infer.int8 import Int8Encoder, int8_unavailable
+from twinnet.infer.runtime import NO_INT8, Runtime, fast_encoder, resolve_runtime
 
 __all__ = ["Twin", "Hit", "CompareResult", "IMAGE_SUFFIXES", "list_images"]
 
@@ -47,6 +48,16 @@ def _is_single(src: object) -> bool:
     return isinstance(
         src, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)
     ) or hasattr(src, "read")
+
+
+def _reusable(src: ImageSource) -> ImageSource:
+    """A file object's bytes (it can be read only once); other inputs as they are."""
+    if hasattr(src, "read") and not isinstance(src, Image.Image):
+        try:
+            return src.read()  # type: ignore[union-attr]
+        except (OSError, ValueError):  # unreadable: the usual path reports it
+            return src
+    return src
 
 
 def _margin(logits: torch.Tensor) -> np.ndarray:
@@ -75,13 +86,23 @@ class Twin(FeaturePipeline):
         spec: its spec, which fixes the preprocessing and the decision threshold.
         runtime: the execution plan from :func:`twinnet.infer.runtime.resolve_runtime`.
         cache_mb: size of the feature-map cache; 0 turns caching off.
+        int8: the int8 encoder, required when ``runtime.int8``; comparisons run it, and
+            Grad-CAM runs the float encoder.
     """
 
     def __init__(
-        self, model: TwinModel, spec: ModelSpec, runtime: Runtime, cache_mb: float = 256
+        self,
+        model: TwinModel,
+        spec: ModelSpec,
+        runtime: Runtime,
+        cache_mb: float = 256,
+        int8: Int8Encoder | None = None,
     ) -> None:
+        if runtime.int8 and int8 is None:
+            raise TwinnetError("an int8 runtime needs the model's int8 encoder")
         self.spec = spec
         self.runtime = runtime
+        self.int8 = int8 if runtime.int8 else None
         self.model = model.eval().to(runtime.device)
         self.head = self.model.head
         # The fp32 path uses the model as given, so it is exactly a plain PyTorch forward.
@@ -100,6 +121,8 @@ class Twin(FeaturePipeline):
             "draft": runtime.draft,
             "device": runtime.device.type,
         }
+        if self.int8 is not None:
+            plan["int8"] = spec.quantization.get("sha256")
         h = hashlib.blake2b(json.dumps(plan, sort_keys=True).encode(), digest_size=8)
         h.update(_weights_digest(self.model.encoder).encode())
         if spec.has_embeddings:  # cached embeddings depend on the projection too
@@ -134,15 +157,20 @@ class Twin(FeaturePipeline):
         Args:
             model_dir: a directory with ``twinnet.json`` and safetensors weights.
             device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
-            precision: ``auto`` (bf16 encoder where the hardware has native bf16), ``bf16``
-                or ``fp32`` (exactly the plain PyTorch forward).
+            precision: ``auto`` (the int8 encoder when the directory has one and the CPU has
+                VNNI; else bf16 where the hardware has native bf16), ``int8``, ``bf16`` or
+                ``fp32`` (exactly the plain PyTorch forward).
             cache_mb: feature-map cache size in MB.
             threads: torch CPU threads (process-wide); default: torch's, capped at usable CPUs.
             draft: decode large JPEGs at reduced scale (faster, slightly different pixels).
         """
-        runtime = resolve_runtime(device, precision, threads, draft)
         model, spec = load_model_dir(model_dir, device="cpu")
-        return cls(model, spec, runtime, cache_mb=cache_mb)
+        why = int8_unavailable(model_dir, spec) if precision in ("auto", "int8") else NO_INT8
+        runtime = resolve_runtime(device, precision, threads, draft, int8_unavailable=why)
+        int8 = None
+        if runtime.int8:
+            int8 = Int8Encoder(os.path.join(model_dir, spec.quantization["file"]), runtime.threads)
+        return cls(model, spec, runtime, cache_mb=cache_mb, int8=int8)
 
     @classmethod
     def from_model(
@@ -171,7 +199,7 @@ class Twin(FeaturePipeline):
 
     @property
     def precision(self) -> str:
-        """``bf16`` or ``fp32``: what the encoder computes in."""
+        """``int8``, ``bf16`` or ``fp32``: what the encoder computes in."""
         return self.runtime.precision
 
     def __repr__(self) -> str:
@@ -270,10 +298,16 @@ class Twin(FeaturePipeline):
                 raise TwinnetError(f"pair {n} must be a (left, right) tuple")
             sources.extend(pair)
         fields = ["left", "right"] * len(pairs)
-        # Grad-CAM needs feature maps; otherwise a cosine model compares cached embeddings.
+        # Grad-CAM needs a float encoder's feature maps; with an int8 encoder the verdict
+        # still comes from it, so asking for maps never changes the answer.
+        split_cam = cam and self.int8 is not None
+        if split_cam:  # the float encoder reads the inputs a second time
+            sources = [_reusable(src) for src in sources]
+            pairs = list(zip(sources[0::2], sources[1::2], strict=True))
         feats = self._features(
-            sources, fields, collect=True, embeddings=self.has_embeddings and not cam
-        )
+            sources, fields, collect=True,
+            embeddings=self.has_embeddings and (split_cam or not cam),
+        )  # fmt: skip
         if not collect:
             for i, f in enumerate(feats):
                 if isinstance(f, ImageError):
@@ -293,7 +327,12 @@ class Twin(FeaturePipeline):
         if good:
             left = torch.stack([feats[2 * n] for n in good])  # type: ignore[misc]
             right = torch.stack([feats[2 * n + 1] for n in good])  # type: ignore[misc]
-            if cam:
+            if split_cam:
+                logits = self._head(left, right)
+                fl, fr = self._float_maps([pairs[n] for n in good])
+                _, cam_l, cam_r = explain.grad_cam(self.head, fl, fr)
+                cam_l, cam_r = cam_l.cpu().numpy(), cam_r.cpu().numpy()
+            elif cam:
                 logits, cam_l, cam_r = explain.grad_cam(self.head, left, right)
                 cam_l, cam_r = cam_l.cpu().numpy(), cam_r.cpu().numpy()
             else:
@@ -308,6 +347,14 @@ class Twin(FeaturePipeline):
                     cam_right=None if cam_r is None else cam_r[j].astype(np.float32),
                 )
         return results  # type: ignore[return-value]
+
+    def _float_maps(
+        self, pairs: list[tuple[ImageSource, ImageSource]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The float encoder's feature maps of the left and of the right images."""
+        sources = [src for pair in pairs for src in pair]
+        feats = self._features(sources, ["left", "right"] * len(pairs), float_path=True)
+        return torch.stack(feats[0::2]), torch.stack(feats[1::2])  # type: ignore[arg-type]
 
     def scores(
         self, query: ImageSource, gallery: str | os.PathLike | Sequence[ImageSource]

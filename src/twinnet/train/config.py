@@ -15,7 +15,7 @@ from typing import Any
 
 from twinnet.core.spec import ARCHS, HEADS, RESIZE_METHODS, check_arch, is_timm
 from twinnet.errors import TwinnetError
-from twinnet.infer.runtime import PRECISIONS
+from twinnet.infer.runtime import FLOAT_PRECISIONS
 from twinnet.train.augment import AUG_POLICIES, policy_name
 from twinnet.train.losses import LOSSES, METRIC_LOSSES, PROXY_LOSSES, default_loss
 
@@ -260,7 +260,8 @@ class TrainConfig:
     precision: str = field(
         default="auto",
         metadata=_opt(
-            "auto: bf16 autocast on CPUs with native bf16; fp32 turns it off", choices=PRECISIONS
+            "auto: bf16 autocast on CPUs with native bf16; fp32 turns it off",
+            choices=FLOAT_PRECISIONS,
         ),
     )
 
@@ -395,8 +396,8 @@ def check_config(cfg: TrainConfig) -> None:
         )
     if not 0.0 < cfg.calib_pct < 1.0:
         raise TwinnetError(f"--calib-pct must lie strictly between 0 and 1, got {cfg.calib_pct}")
-    if cfg.precision not in PRECISIONS:
-        raise TwinnetError(f"--precision must be one of {', '.join(PRECISIONS)}")
+    if cfg.precision not in FLOAT_PRECISIONS:
+        raise TwinnetError(f"--precision must be one of {', '.join(FLOAT_PRECISIONS)}")
 
 
 def calibration_classes(

@@ -3,9 +3,10 @@
 Each replica of :class:`TwinDeployment` loads a :class:`~twinnet.contract.service.TwinService`
 from the model directory with the same :class:`~twinnet.contract.options.ServeOptions` as a
 TorchServe archive, answers HTTP through :mod:`.ray_ingress`, and gathers the rows of
-concurrent requests with ``@serve.batch`` (``batch_size`` rows, waiting at most
-``max_batch_delay`` ms) into one :meth:`TwinService.handle` call, run off the event loop so
-the next batch fills while this one computes.
+concurrent requests with :class:`~twinnet.engines.ray.batcher.Batcher` (``batch_size`` rows,
+the oldest waiting at most ``max_batch_delay`` ms) into one :meth:`TwinService.handle` call,
+run off the event loop: the next batch fills while this one computes, and starts when the
+model is free.
 
 The model directory travels to the replicas as the job's ``working_dir`` (:data:`MODEL_DIR`):
 Ray uploads it once to the cluster, so replicas on other machines need no shared filesystem.
@@ -20,7 +21,6 @@ more compute threads on a node than it has cores.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +33,7 @@ from starlette.responses import Response
 
 from twinnet.contract.options import ServeOptions, resolve_threads
 from twinnet.contract.service import Reply, Row, TwinService
+from twinnet.engines.ray.batcher import Batcher
 from twinnet.engines.ray.ingress import Gate, answer
 from twinnet.errors import TwinnetError
 
@@ -159,8 +160,9 @@ class TwinDeployment:
         self.gate = Gate(model, key_sha256)
         # One forward pass at a time, off the event loop: requests keep arriving meanwhile.
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="twinnet-model")
-        self.batch.set_max_batch_size(opts.batch_size)
-        self.batch.set_batch_wait_timeout_s(opts.max_batch_delay / 1000.0)
+        self.batch: Batcher[Row, Reply] = Batcher(
+            self._handle, self._pool, opts.batch_size, opts.max_batch_delay / 1000.0
+        )
         logger.info(
             "twinnet: loaded %r (%s) with %d torch thread(s), precision %s, batch %d / %d ms",
             model,
@@ -174,15 +176,13 @@ class TwinDeployment:
     async def __call__(self, request: Request) -> Response:
         return await answer(request, self.gate, self.batch)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def batch(self, rows: list[Row]) -> list[tuple[Reply, int]]:
+    def _handle(self, rows: list[Row]) -> list[Reply]:
         """The rows of concurrent requests, answered with one :meth:`TwinService.handle` call."""
-        loop = asyncio.get_running_loop()
-        replies = await loop.run_in_executor(self._pool, self.service.handle, rows)
+        replies = self.service.handle(rows)
         logger.info(
             "twinnet: batch_size=%d failed=%d", len(rows), sum(r.status != 200 for r in replies)
         )
-        return [(reply, len(rows)) for reply in replies]
+        return replies
 
 
 def build_app(model: str, options: ServeOptions, the_plan: Plan, key_sha256: str | None) -> Any:
