@@ -48,15 +48,23 @@ GALLERY = 50
 def round_robin(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
     """Median seconds per call of each function, timed in interleaved rounds so that load
     from other processes on a shared machine falls on every row alike."""
-    for fn in fns.values():  # warm-up: first-call allocations and oneDNN kernel creation
-        fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
+    _timed_rounds(fns, rounds, times)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _timed_rounds(
+    fns: dict[str, Callable[[], object]], rounds: int, times: dict[str, list[float]]
+) -> None:
+    """One untimed call of each (first-call allocations, oneDNN kernel creation), then
+    ``rounds`` interleaved timed calls, appended to ``times``."""
+    for fn in fns.values():
+        fn()
     for _ in range(rounds):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def grouped_rounds(
@@ -71,13 +79,7 @@ def grouped_rounds(
     for _ in range(cycles):
         for threads, fns in groups:
             torch.set_num_threads(threads)
-            for fn in fns.values():  # warm-up after the switch
-                fn()
-            for _ in range(per_cycle):
-                for name, fn in fns.items():
-                    t0 = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - t0)
+            _timed_rounds(fns, per_cycle, times)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

@@ -339,15 +339,10 @@ def bf16_floor() -> float:
     """Pairs/s that this CPU's bf16 3x3 convolution rate allows a resnet50 pair (16.4 GFLOP)."""
     import torch
 
-    x = torch.randn(8, 256, 28, 28).bfloat16().contiguous(memory_format=torch.channels_last)
-    w = torch.randn(256, 256, 3, 3).bfloat16().contiguous(memory_format=torch.channels_last)
-    best = float("inf")
-    with torch.inference_mode():
-        for _ in range(20):
-            t0 = time.perf_counter()
-            torch.nn.functional.conv2d(x, w, padding=1)
-            best = min(best, time.perf_counter() - t0)
-    return 2 * 8 * 256 * 256 * 9 * 28 * 28 / best / 1e9 / 16.4
+    from inference_speed import GFLOP_PAIR, flop_rates  # bench/ is on sys.path as a script
+
+    _, conv = flop_rates(torch.bfloat16, 2.0)
+    return conv / GFLOP_PAIR
 
 
 def serve_options(config: str, args: argparse.Namespace) -> ServeOptions:

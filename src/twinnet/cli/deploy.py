@@ -19,6 +19,7 @@ from twinnet.aws.rollout import deploy
 from twinnet.aws.scaling import parse_autoscale
 from twinnet.aws.session import open_session
 from twinnet.aws.teardown import teardown
+from twinnet.cli.infer import add_quantize_option, quantize_first
 from twinnet.container.main import serve
 from twinnet.container.package import package
 from twinnet.contract.options import RESPONSE_FORMATS
@@ -114,10 +115,7 @@ def _register_package(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("--out", default="model.tar.gz", help="tarball to write (default model.tar.gz)")
     _add_archive_options(p)
-    p.add_argument(
-        "--quantize", metavar="IMAGES_DIR",
-        help="first add an int8 encoder calibrated on these images (as `twinnet quantize`)",
-    )  # fmt: skip
+    add_quantize_option(p)
     p.set_defaults(func=run_package)
 
 
@@ -206,10 +204,7 @@ def _register_container(sub: argparse._SubParsersAction) -> None:
 
 def run_package(args: argparse.Namespace) -> int:
     """``twinnet package MODEL_DIR --out model.tar.gz``."""
-    if args.quantize:
-        from twinnet.cli.infer import quantize_into
-
-        quantize_into(args.model_dir, args.quantize)
+    quantize_first(args)
     out = package(args.model_dir, args.out, **_archive_options(args))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0

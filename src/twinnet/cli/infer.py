@@ -230,6 +230,20 @@ def run_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_quantize_option(p: argparse.ArgumentParser) -> None:
+    """``--quantize IMAGES_DIR`` of ``archive`` and ``package``: quantize before building."""
+    p.add_argument(
+        "--quantize", metavar="IMAGES_DIR",
+        help="first add an int8 encoder calibrated on these images (as `twinnet quantize`)",
+    )  # fmt: skip
+
+
+def quantize_first(args: argparse.Namespace) -> None:
+    """Run ``--quantize`` when it was given (see :func:`add_quantize_option`)."""
+    if args.quantize:
+        quantize_into(args.model_dir, args.quantize)
+
+
 def quantize_into(
     model_dir: str, images: str, calibration: int = 128, pairs: int = 400, seed: int = 0
 ) -> None:

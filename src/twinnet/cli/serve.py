@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from twinnet.cli.infer import quantize_into
+from twinnet.cli.infer import add_quantize_option, quantize_first
 from twinnet.contract.options import RESPONSE_FORMATS, ServeOptions
 from twinnet.core.spec import SPEC_FILE
 from twinnet.engines import server
@@ -87,10 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--name", default="twin", help="model name, served at /predictions/NAME (default twin)"
     )
     _archive_options(p)
-    p.add_argument(
-        "--quantize", metavar="IMAGES_DIR",
-        help="first add an int8 encoder calibrated on these images (as `twinnet quantize`)",
-    )  # fmt: skip
+    add_quantize_option(p)
     p.set_defaults(func=_archive)
 
     p = sub.add_parser(
@@ -162,8 +159,7 @@ def _engine_options(args: argparse.Namespace) -> tuple[Engine, dict]:
 
 
 def _archive(args: argparse.Namespace) -> int:
-    if args.quantize:
-        quantize_into(args.model_dir, args.quantize)
+    quantize_first(args)
     mar = build_archive(
         args.model_dir, args.out, name=args.name, options=_options(args), index=args.index
     )

@@ -20,7 +20,7 @@ from twinnet.core.artifacts import ENCODER_FILE
 from twinnet.core.spec import ModelSpec
 from twinnet.errors import TwinnetError
 
-__all__ = ["INT8_FILE", "Int8Encoder", "file_sha256", "int8_unavailable"]
+__all__ = ["INT8_FILE", "Int8Encoder", "file_sha256", "int8_path", "int8_unavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,11 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def int8_path(model_dir: str | Path, spec: ModelSpec) -> Path:
+    """Where the spec's ``quantization`` record says the int8 encoder is."""
+    return Path(model_dir) / str(spec.quantization.get("file", INT8_FILE))
+
+
 def int8_unavailable(model_dir: str | Path, spec: ModelSpec) -> str | None:
     """None when ``model_dir`` has a usable int8 encoder, else why it has not."""
     from twinnet.infer.runtime import NO_INT8
@@ -44,14 +49,13 @@ def int8_unavailable(model_dir: str | Path, spec: ModelSpec) -> str | None:
     record = spec.quantization
     if not record:
         return NO_INT8
-    root = Path(model_dir)
-    path = root / str(record.get("file", INT8_FILE))
+    path = int8_path(model_dir, spec)
     why = None
     if not path.is_file():
         why = f"{path} is missing; run `twinnet quantize` again"
     elif file_sha256(path) != record.get("sha256"):
         why = f"{path} does not match the digest in twinnet.json; run `twinnet quantize` again"
-    elif file_sha256(root / ENCODER_FILE) != record.get("weights_sha256"):
+    elif file_sha256(Path(model_dir) / ENCODER_FILE) != record.get("weights_sha256"):
         why = (
             f"{path} was made from other weights than {ENCODER_FILE}; run `twinnet quantize` again"
         )
@@ -89,7 +93,6 @@ class Int8Encoder:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types
             raise TwinnetError(f"cannot load the int8 encoder {path}: {exc}") from None
-        self.path = Path(path)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = np.ascontiguousarray(batch.detach().float().cpu().numpy())

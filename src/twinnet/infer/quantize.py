@@ -62,8 +62,9 @@ def _pairs(held_out: list[Path], root: Path, n: int, seed: int) -> tuple[np.ndar
     classes (at least two, one with two images), otherwise drawn at random."""
     rng = np.random.default_rng(seed + 1)
     names = [p.parent.relative_to(root).as_posix() for p in held_out]
-    classes = sorted(set(names))
-    labels = np.array([classes.index(c) for c in names], np.int64)
+    lookup = {c: i for i, c in enumerate(sorted(set(names)))}
+    classes = list(lookup)
+    labels = np.array([lookup[c] for c in names], np.int64)
     if len(classes) >= 2 and np.bincount(labels).max() >= 2 and "." not in classes:
         return draw_pairs(labels, n, rng)[:, :2], True
     left = rng.integers(0, len(held_out), n)

@@ -35,7 +35,7 @@ from twinnet.errors import ImageError, TwinnetError
 from twinnet.infer import explain
 from twinnet.infer.cache import EmbeddingCache
 from twinnet.infer.features import FeaturePipeline
-from twinnet.infer.int8 import Int8Encoder, int8_unavailable
+from twinnet.infer.int8 import Int8Encoder, int8_path, int8_unavailable
 from twinnet.infer.runtime import NO_INT8, Runtime, fast_encoder, resolve_runtime
 
 __all__ = ["Twin", "Hit", "CompareResult", "IMAGE_SUFFIXES", "list_images"]
@@ -169,7 +169,7 @@ class Twin(FeaturePipeline):
         runtime = resolve_runtime(device, precision, threads, draft, int8_unavailable=why)
         int8 = None
         if runtime.int8:
-            int8 = Int8Encoder(os.path.join(model_dir, spec.quantization["file"]), runtime.threads)
+            int8 = Int8Encoder(int8_path(model_dir, spec), runtime.threads)
         return cls(model, spec, runtime, cache_mb=cache_mb, int8=int8)
 
     @classmethod
