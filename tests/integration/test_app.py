@@ -374,6 +374,28 @@ def test_an_endpoint_not_in_service_is_an_error(
     bmp.getvalue().decode("utf-8")
     compare(at, ("a.bmp", bmp.getvalue()), ("b.bmp", bmp.getvalue()))
     assert not errors(at) and metrics(at)["Probability of same"] == "75.0%"
+    # The page says which mode the endpoint's config declares.
+    captions = [c.value for c in at.caption]
+    assert "Answers from SageMaker endpoint twin-staging (us-east-1, realtime mode)." in captions
+
+
+def test_the_page_names_a_serverless_endpoints_mode(
+    monkeypatch: pytest.MonkeyPatch, moto_sagemaker
+) -> None:
+    import boto3
+
+    sm = boto3.client("sagemaker", region_name="us-east-1")
+    sm.create_endpoint_config(
+        EndpointConfigName="twin-serverless",
+        ProductionVariants=[{"VariantName": "main", "ModelName": "twin",
+                             "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 5}}],
+    )  # fmt: skip
+    sm.create_endpoint(EndpointName="twin-serverless", EndpointConfigName="twin-serverless")
+    at = new_app(monkeypatch, endpoint="twin-serverless", region="us-east-1")
+    captions = [c.value for c in at.caption]
+    assert (
+        "Answers from SageMaker endpoint twin-serverless (us-east-1, serverless mode)." in captions
+    )
 
 
 def test_an_endpoint_that_does_not_exist_is_an_error(

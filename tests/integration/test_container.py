@@ -16,10 +16,8 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tarfile
 import time
 import zipfile
 from pathlib import Path
@@ -28,29 +26,14 @@ import numpy as np
 import pytest
 import requests
 import yaml
-from PIL import Image
+from containers import png, run_container, unpacked
+from motoserver import free_port
 
 from twinnet.container.main import apply_settings
-from twinnet.container.package import package
 from twinnet.contract.encode import encode_multipart
 from twinnet.index import GalleryIndex
 
 pytestmark = pytest.mark.integration
-
-START_TIMEOUT = 240.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _png(seed: int, size: tuple[int, int]) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def _descendants(root: int) -> set[int]:
@@ -80,16 +63,6 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _unpacked(model_dir: Path, work: Path, **options) -> Path:
-    """``/opt/ml/model`` as SageMaker leaves it: ``model.tar.gz`` unpacked."""
-    tarball = package(model_dir, work / "model.tar.gz", batch_size=4, max_batch_delay=20, **options)
-    unpacked = work / "opt" / "ml" / "model"
-    unpacked.mkdir(parents=True)
-    with tarfile.open(tarball) as tar:
-        tar.extractall(unpacked, filter="data")
-    return unpacked
-
-
 @pytest.fixture(scope="module", params=["random_model_dir", "random_cosine_dir", "timm_model_dir", "quantized_model_dir"], ids=["concat", "cosine", "timm", "int8"])  # fmt: skip
 def served_model_dir(request) -> Path:
     """The model of each head, one on a timm backbone, and that one with an int8 encoder:
@@ -108,64 +81,14 @@ def served_precision(served_model_dir) -> str:
 @pytest.fixture(scope="module")
 def sagemaker_model_dir(served_model_dir, tmp_path_factory) -> Path:
     """The model under test, packaged and unpacked."""
-    return _unpacked(served_model_dir, tmp_path_factory.mktemp("container"))
-
-
-def _run_container(model_dir: Path, log: Path, *args: str, **env_settings: str):
-    """The entrypoint as a subprocess (``args`` appended), watched from its first instant until
-    ``/ping`` is 200; yields what a test needs, then stops it with SIGTERM if it still runs."""
-    port = _free_port()
-    env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "TWINNET_HOST": "127.0.0.1",
-           **env_settings}  # fmt: skip
-    out = log.open("wb")
-    cmd = [sys.executable, "-m", "twinnet", "container", "serve", "--model-dir", str(model_dir)]
-    cmd += args
-    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    history: list[tuple[float, object]] = []
-    ready_logged_at_200 = False
-    start = time.monotonic()
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"container exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            if time.monotonic() - start > START_TIMEOUT:
-                pytest.fail(
-                    f"/ping not 200 within {START_TIMEOUT:.0f} s:\n{log.read_text()[-3000:]}"
-                )
-            try:
-                status: object = requests.get(f"{url}/ping", timeout=5).status_code
-            except requests.ConnectionError:
-                status = "refused"
-            if not history or history[-1][1] != status:
-                history.append((time.monotonic() - start, status))
-            if status == 200:
-                ready_logged_at_200 = "ready: /ping and /invocations" in log.read_text()
-                break
-            time.sleep(0.05)
-        yield {
-            "proc": proc,
-            "url": url,
-            "log": log,
-            "history": history,
-            "ready_logged_at_200": ready_logged_at_200,
-        }
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        out.close()
+    return unpacked(served_model_dir, tmp_path_factory.mktemp("container"))
 
 
 @pytest.fixture(scope="module")
 def container(sagemaker_model_dir, served_precision, tmp_path_factory):
     """The container of each model in turn, with settings from the environment."""
     log = tmp_path_factory.mktemp("container-log") / "container.log"
-    yield from _run_container(
+    yield from run_container(
         sagemaker_model_dir, log,
         TWINNET_BATCH_SIZE="2", TWINNET_THREADS="1", TWINNET_PRECISION=served_precision,
     )  # fmt: skip
@@ -179,7 +102,7 @@ def test_ping_is_200_only_once_the_model_is_ready(container):
     assert all(s in ("refused", 503) for s in statuses[:-1]), history
     assert container["ready_logged_at_200"], "the launcher had not reported a READY worker"
     # Ready means ready: the first invocation is answered at once, not after a model load.
-    body, ctype = encode_multipart(_png(1, (40, 30)), _png(2, (30, 40)))
+    body, ctype = encode_multipart(png(1, (40, 30)), png(2, (30, 40)))
     t0 = time.monotonic()
     r = requests.post(
         f"{container['url']}/invocations", data=body, headers={"Content-Type": ctype}, timeout=60
@@ -192,7 +115,7 @@ def test_ping_is_200_only_once_the_model_is_ready(container):
 def test_invocations_answers_what_invoke_sends(container, served_model_dir, served_precision, cam):
     from twinnet.infer.twin import Twin
 
-    left, right = _png(3, (64, 48)), _png(4, (50, 50))
+    left, right = png(3, (64, 48)), png(4, (50, 50))
     body, ctype = encode_multipart(left, right, cam=cam)  # the bytes `twinnet invoke` sends
     r = requests.post(
         f"{container['url']}/invocations",
@@ -216,11 +139,11 @@ def test_invocations_answers_what_invoke_sends(container, served_model_dir, serv
 
 
 def _bad_image():
-    return encode_multipart(_png(5, (20, 20)), b"not an image at all")
+    return encode_multipart(png(5, (20, 20)), b"not an image at all")
 
 
 def _bad_cam():
-    body, ctype = encode_multipart(_png(5, (20, 20)), _png(6, (20, 20)))
+    body, ctype = encode_multipart(png(5, (20, 20)), png(6, (20, 20)))
     bad = body.replace(b'name="cam"\r\n\r\nfalse', b'name="cam"\r\n\r\nmaybe')
     assert bad != body
     return bad, ctype
@@ -231,7 +154,7 @@ def _missing_right():
 
 
 def _over_limit():
-    return encode_multipart(_png(7, (20, 20)), b"\xff\xd8\xff" + bytes(7 * 2**20))
+    return encode_multipart(png(7, (20, 20)), b"\xff\xd8\xff" + bytes(7 * 2**20))
 
 
 @pytest.mark.parametrize(
@@ -299,8 +222,8 @@ def test_sigterm_stops_cleanly_and_promptly(container):
 
 def test_sigterm_while_the_model_loads(random_model_dir, tmp_path):
     """SageMaker may stop a container that never became healthy: that must be clean too."""
-    sagemaker_model_dir = _unpacked(random_model_dir, tmp_path / "package")
-    port = _free_port()
+    sagemaker_model_dir = unpacked(random_model_dir, tmp_path / "package")
+    port = free_port()
     env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "TWINNET_HOST": "127.0.0.1"}
     cmd = [
         sys.executable,
@@ -346,8 +269,8 @@ def list_container(random_model_dir, tmp_path_factory):
     """``twinnet package --response-format list``, with environment settings that rewrite
     the archive's config (the recorded format must survive that)."""
     work = tmp_path_factory.mktemp("list-container")
-    model_dir = _unpacked(random_model_dir, work, response_format="list")
-    yield from _run_container(
+    model_dir = unpacked(random_model_dir, work, response_format="list")
+    yield from run_container(
         model_dir, work / "container.log",
         TWINNET_WORKERS="1", TWINNET_THREADS="1", TWINNET_PRECISION="fp32",
     )  # fmt: skip
@@ -360,7 +283,7 @@ def test_the_sample_client_gets_its_list_from_invocations(list_container, random
     as a Python literal, as the sample reads it (``ast.literal_eval``, never ``eval``)."""
     from twinnet.infer.twin import Twin
 
-    left, right = _png(8, (64, 48)), _png(9, (50, 50))
+    left, right = png(8, (64, 48)), png(9, (50, 50))
     url = f"{list_container['url']}/invocations"
     files = {"left": io.BytesIO(left), "right": io.BytesIO(right)}
     req = requests.Request("POST", url, data={"cam": str(cam)}, files=files).prepare()
@@ -407,8 +330,8 @@ def _serve_with_index(model: Path, work: Path, **env_settings: str):
     gallery = make_shapes_dataset(work / "gallery", classes=3, per_class=3, size=64)
     twin = Twin.load(model, device="cpu", precision="fp32")
     library = GalleryIndex.build(twin, gallery, work / "idx")
-    model_dir = _unpacked(model, work, index=work / "idx")
-    for running in _run_container(model_dir, work / "container.log", **env_settings):
+    model_dir = unpacked(model, work, index=work / "idx")
+    for running in run_container(model_dir, work / "container.log", **env_settings):
         yield {**running, "gallery": gallery, "library": library}
 
 
@@ -505,8 +428,8 @@ def ray_container(random_model_dir, tmp_path_factory):
     """``twinnet container serve --engine ray`` on the same model.tar.gz as TorchServe's."""
     pytest.importorskip("ray")
     work = tmp_path_factory.mktemp("ray-container")
-    model_dir = _unpacked(random_model_dir, work)
-    yield from _run_container(
+    model_dir = unpacked(random_model_dir, work)
+    yield from run_container(
         model_dir, work / "container.log", "--engine", "ray",
         TWINNET_WORKERS="1", TWINNET_THREADS="1", TWINNET_PRECISION="fp32",
     )  # fmt: skip
@@ -527,7 +450,7 @@ def test_ray_ping_is_503_until_the_model_is_ready(ray_container):
 def test_ray_invocations_answers_as_twin_compare(ray_container, random_model_dir, cam):
     from twinnet.infer.twin import Twin
 
-    left, right = _png(11, (64, 48)), _png(12, (50, 50))
+    left, right = png(11, (64, 48)), png(12, (50, 50))
     body, ctype = encode_multipart(left, right, cam=cam)
     r = requests.post(
         f"{ray_container['url']}/invocations", data=body, headers={"Content-Type": ctype},
@@ -550,7 +473,7 @@ def test_ray_invocations_answers_as_twin_compare(ray_container, random_model_dir
 
 def test_ray_bad_requests_get_4xx_and_the_next_one_is_answered(ray_container):
     url = f"{ray_container['url']}/invocations"
-    good, good_type = encode_multipart(_png(13, (40, 30)), _png(14, (30, 40)))
+    good, good_type = encode_multipart(png(13, (40, 30)), png(14, (30, 40)))
     cases = [
         (_bad_image, 400, "invalid_image"),
         (_bad_cam, 400, "invalid_field"),
@@ -582,7 +505,7 @@ def test_ray_sigterm_exits_0_and_leaves_no_process(ray_container):
 def test_ray_sigterm_while_the_replica_loads(random_model_dir, tmp_path):
     """A model directory served as it is (no .mar), stopped before it is ready."""
     pytest.importorskip("ray")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "TWINNET_HOST": "127.0.0.1",
            "TWINNET_ENGINE": "ray", "TWINNET_WORKERS": "1"}  # fmt: skip
     cmd = [sys.executable, "-m", "twinnet", "container", "serve", "--model-dir",

@@ -9,17 +9,27 @@ through boto3 and checks what is left.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import tarfile
-import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import requests
+from motoserver import (
+    BUCKET,
+    EMPTY,
+    ENDPOINT,
+    IMAGE,
+    REGION,
+    ROLE,
+    UpdatingSession,
+    aws_env,
+    complete_update,
+    inventory,
+    queue_results,
+    start_moto,
+    stop,
+    utf8_images,
+)
 from PIL import Image
 
 from twinnet.aws.endpoints import missing_endpoint
@@ -30,146 +40,12 @@ from twinnet.index import GalleryIndex
 
 pytestmark = pytest.mark.integration
 
-REGION = "us-east-1"
-ROLE = "arn:aws:iam::123456789012:role/twinnet-sagemaker"
-IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/twinnet:0.1.0"
-BUCKET = "twinnet-artifacts"
-ENDPOINT = "twin-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_moto(log: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    out = log.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto server exited: {log.read_text()[-2000:]}")
-        try:
-            requests.get(f"{url}/moto-api/data.json", timeout=1)
-            return proc, url
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("moto server did not start within 60 s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
-@pytest.fixture(scope="module")
-def moto_url(tmp_path_factory):
-    proc, url = _start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
-    yield url
-    _stop(proc)
-
-
-def _aws_env(monkeypatch, tmp_path: Path, url: str) -> None:
-    """Fake credentials and region, and no trace of the user's own AWS configuration."""
-    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-
-
-@pytest.fixture
-def aws(moto_url, monkeypatch, tmp_path):
-    """A clean moto account; returns a boto3 session for inspecting it."""
-    import boto3
-
-    requests.post(f"{moto_url}/moto-api/reset", timeout=10).raise_for_status()
-    _aws_env(monkeypatch, tmp_path, moto_url)
-    session = boto3.Session(region_name=REGION)
-    session.client("s3").create_bucket(Bucket=BUCKET)
-    return session
-
-
-def _inventory(session, bucket: str = BUCKET) -> dict[str, list]:
-    """Every resource type deploy can create, listed through boto3."""
-    sm = session.client("sagemaker")
-    aas = session.client("application-autoscaling")
-    s3 = session.client("s3")
-    return {
-        "endpoints": [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]],
-        "configs": [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]],
-        "models": [m["ModelName"] for m in sm.list_models()["Models"]],
-        "targets": [
-            t["ResourceId"]
-            for t in aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
-        ],
-        "policies": [
-            p["PolicyName"]
-            for p in aas.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
-        ],
-        "objects": [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])],
-    }
-
-
-EMPTY = {k: [] for k in ("endpoints", "configs", "models", "targets", "policies", "objects")}
-
 
 def _deploy_args(model_dir: Path, *extra: str) -> list[str]:
     return [
         "deploy", str(model_dir), "--endpoint", ENDPOINT, "--bucket", BUCKET, "--role", ROLE,
         "--image", IMAGE, *extra,
     ]  # fmt: skip
-
-
-def _images(tmp_path: Path) -> tuple[Path, Path]:
-    """Two real images (binary PPM) whose bytes are also valid UTF-8.
-
-    moto's server decodes every request body as UTF-8 (and werkzeug hands it the last file
-    of a multipart body), so PNG or JPEG bytes make it answer 500. Pixel values below 128
-    keep the files decodable by both moto and Pillow; the bytes sent are still exactly
-    ``encode_multipart``'s.
-    """
-    rng = np.random.default_rng(0)
-    a, b = tmp_path / "a.ppm", tmp_path / "b.ppm"
-    Image.fromarray(rng.integers(0, 128, (48, 64, 3), dtype=np.uint8)).save(a)
-    Image.fromarray(rng.integers(0, 128, (40, 40, 3), dtype=np.uint8)).save(b)
-    for path in (a, b):
-        path.read_bytes().decode("utf-8")
-    return a, b
-
-
-def _queue_sagemaker_results(moto_url: str, *bodies: dict) -> None:
-    """moto's sagemaker-runtime answers InvokeEndpoint from this queue, in order."""
-    results = [
-        {
-            "Body": json.dumps(b),
-            "ContentType": "application/json",
-            "InvokedProductionVariant": "AllTraffic",
-        }
-        for b in bodies
-    ]
-    r = requests.post(
-        f"{moto_url}/moto-api/static/sagemaker/endpoint-results",
-        json={"region": REGION, "results": results},
-        timeout=10,
-    )
-    assert r.status_code == 201
 
 
 # ------------------------------------------------------------------------- 1. lifecycle
@@ -200,7 +76,7 @@ def test_full_lifecycle(aws, moto_url, random_model_dir, tmp_path, capsys):
     # deploy with autoscaling (which waits for InService).
     assert main(_deploy_args(random_model_dir, "--autoscale", "1:3:50", "--region", REGION)) == 0
     out = capsys.readouterr()
-    assert f"endpoint {ENDPOINT}: created, InService" in out.out
+    assert f"endpoint {ENDPOINT} (realtime): created, InService" in out.out
     assert "autoscaling 1-3 instances at 50 invocations/instance/minute" in out.out
     assert "created model" in out.err and "uploading" in out.err
 
@@ -234,12 +110,12 @@ def test_full_lifecycle(aws, moto_url, random_model_dir, tmp_path, capsys):
     assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == (
         "SageMakerVariantInvocationsPerInstance"
     )
-    before = _inventory(aws)
+    before = inventory(aws)
 
     # Re-running the same deploy changes nothing and creates no duplicates.
     assert main(_deploy_args(random_model_dir, "--autoscale", "1:3:50")) == 0
-    assert f"endpoint {ENDPOINT}: unchanged, InService" in capsys.readouterr().out
-    assert _inventory(aws) == before
+    assert f"endpoint {ENDPOINT} (realtime): unchanged, InService" in capsys.readouterr().out
+    assert inventory(aws) == before
 
     # endpoints: ours, not the foreign one.
     assert main(["endpoints"]) == 0
@@ -252,7 +128,7 @@ def test_full_lifecycle(aws, moto_url, random_model_dir, tmp_path, capsys):
     )
 
     # invoke: the client's request/response handling against moto's canned answers.
-    a, b = _images(tmp_path)
+    a, b = utf8_images(tmp_path)
     plain = {
         "same": False,
         "probability": 0.25,
@@ -263,7 +139,7 @@ def test_full_lifecycle(aws, moto_url, random_model_dir, tmp_path, capsys):
     cam_map = [[0.0, 1.0], [2.0, 3.0]]
     with_cam = {**plain, "same": True, "probability": 0.75, "logits": [-0.5, 0.6],
                 "cam": {"left": cam_map, "right": cam_map[::-1]}}  # fmt: skip
-    _queue_sagemaker_results(moto_url, plain, with_cam)
+    queue_results(moto_url, plain, with_cam)
     assert main(["invoke", ENDPOINT, str(a), str(b), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == plain
     picture = tmp_path / "cam.png"
@@ -288,7 +164,7 @@ def test_full_lifecycle(aws, moto_url, random_model_dir, tmp_path, capsys):
     for what in ("scaling policy", "scalable target", f"endpoint {ENDPOINT}", "endpoint config",
                  "model ", "S3 object s3://"):  # fmt: skip
         assert what in said
-    assert _inventory(aws) == {
+    assert inventory(aws) == {
         **EMPTY,
         "endpoints": ["foreign"],
         "configs": ["foreign"],
@@ -315,21 +191,21 @@ def test_deploy_with_an_index_then_identify_on_the_endpoint(
     argv = _deploy_args(random_cosine_dir, "--index", str(tmp_path / "idx"), "--wait")
     assert main([*argv, "--region", REGION]) == 0
     capsys.readouterr()
-    (key,) = _inventory(aws)["objects"]
+    (key,) = inventory(aws)["objects"]
     aws.client("s3").download_file(BUCKET, key, str(tmp_path / "model.tar.gz"))
     with tarfile.open(tmp_path / "model.tar.gz") as tar:
         tar.extractall(tmp_path / "unpacked", filter="data")
     with zipfile.ZipFile(tmp_path / "unpacked" / "twin.mar") as mar:
         assert {"index/index.json", "index/faiss.index", "twinnet.json"} <= set(mar.namelist())
 
-    query, _ = _images(tmp_path)
+    query, _ = utf8_images(tmp_path)
     answer = {
         "known": False,
         "matches": [{"label": "circle_0", "probability": 0.25, "path": "/g/circle_0/0.png"}],
         "threshold": 0.5,
         "model": "twin",
     }
-    _queue_sagemaker_results(moto_url, answer)
+    queue_results(moto_url, answer)
     assert main(["identify", str(query), "--endpoint", ENDPOINT, "--top-k", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"query": str(query), **answer}
 
@@ -337,10 +213,10 @@ def test_deploy_with_an_index_then_identify_on_the_endpoint(
 def test_teardown_keeps_artifacts_unless_asked(aws, random_model_dir, capsys):
     assert main(_deploy_args(random_model_dir)) == 0
     out = capsys.readouterr().out
-    assert f"endpoint {ENDPOINT}: created, Creating" in out  # no --wait: returns at once
+    assert f"endpoint {ENDPOINT} (realtime): created, Creating" in out  # no --wait: returns at once
     assert main(["teardown", ENDPOINT]) == 0
     assert "model.tar.gz kept in S3" in capsys.readouterr().out
-    left = _inventory(aws)
+    left = inventory(aws)
     assert len(left["objects"]) == 1 and {k: v for k, v in left.items() if k != "objects"} == {
         k: [] for k in EMPTY if k != "objects"
     }
@@ -356,12 +232,12 @@ def test_missing_bucket_is_one_line_and_creates_nothing(aws, random_model_dir, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("error: S3 bucket 'no-such-bucket' does not exist")
-    assert _inventory(aws) == EMPTY
+    assert inventory(aws) == EMPTY
 
 
 @pytest.mark.parametrize("command", ["invoke", "compare"])
 def test_invoke_missing_endpoint_is_one_line(aws, tmp_path, capsys, command):
-    a, b = _images(tmp_path)
+    a, b = utf8_images(tmp_path)
     args = [str(a), str(b), "--endpoint", "no-such-endpoint"]
     if command == "invoke":
         args = ["no-such-endpoint", str(a), str(b)]
@@ -401,7 +277,7 @@ def test_failure_half_way_leaves_nothing(aws, random_model_dir, point):
     assert "interrupted" in message and "nothing left behind" in message, message
     assert "\n" not in message
     assert any(s.startswith("rollback:") for s in interrupt.seen)
-    assert _inventory(aws) == EMPTY
+    assert inventory(aws) == EMPTY
 
 
 def test_failed_update_keeps_the_running_endpoint(aws, random_model_dir):
@@ -414,7 +290,7 @@ def test_failed_update_keeps_the_running_endpoint(aws, random_model_dir):
     first = deploy(
         random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, autoscale=Autoscale(1, 2), poll_s=0.1
     )
-    before = _inventory(aws)
+    before = inventory(aws)
     try:
         second = deploy(
             random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, count=2, autoscale=Autoscale(2, 4),
@@ -422,14 +298,14 @@ def test_failed_update_keeps_the_running_endpoint(aws, random_model_dir):
         )  # fmt: skip
     except TwinnetError as exc:
         assert "update endpoint" in str(exc) and "nothing left behind" in str(exc), str(exc)
-        assert _inventory(aws) == before
+        assert inventory(aws) == before
         sm = aws.client("sagemaker")
         assert (
             sm.describe_endpoint(EndpointName=ENDPOINT)["EndpointConfigName"]
             == first.endpoint_config
         )
     else:
-        after = _inventory(aws)
+        after = inventory(aws)
         assert second.action == "updated"
         assert after["models"] == [second.model] and after["configs"] == [second.endpoint_config]
         assert after["policies"] == before["policies"]
@@ -440,10 +316,10 @@ def test_deploy_is_declarative_about_scaling(aws, random_model_dir):
     first = deploy(
         random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, autoscale=Autoscale(1, 2), poll_s=0.1
     )
-    assert _inventory(aws)["targets"] == [f"endpoint/{ENDPOINT}/variant/AllTraffic"]
+    assert inventory(aws)["targets"] == [f"endpoint/{ENDPOINT}/variant/AllTraffic"]
     again = deploy(random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, poll_s=0.1)
     assert again.action == "unchanged" and again.endpoint_config == first.endpoint_config
-    left = _inventory(aws)
+    left = inventory(aws)
     assert left["targets"] == [] and left["policies"] == []
     assert left["models"] == [first.model] and left["endpoints"] == [ENDPOINT]
 
@@ -470,31 +346,31 @@ def test_deploy_after_a_crash_removes_what_the_crash_left(aws, random_model_dir)
     )
     result = deploy(random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, wait=True, poll_s=0.1)
     assert result.status == "InService"
-    assert sorted(_inventory(aws)["models"]) == sorted(
+    assert sorted(inventory(aws)["models"]) == sorted(
         [result.model, f"{ENDPOINT}-2-20200101-000000-000"]
     )
 
 
 def test_unreachable_service_reports_what_is_left(tmp_path, monkeypatch, random_model_dir):
     """If AWS becomes unreachable half way, rollback cannot run: the error names every leftover."""
-    proc, url = _start_moto(tmp_path / "moto.log")
+    proc, url = start_moto(tmp_path / "moto.log")
     try:
         import boto3
 
-        _aws_env(monkeypatch, tmp_path, url)
+        aws_env(monkeypatch, tmp_path, url)
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
         boto3.Session(region_name=REGION).client("s3").create_bucket(Bucket=BUCKET)
 
         def cut_network(event: str, message: str) -> None:
             if message.startswith("creating endpoint"):
-                _stop(proc)
+                stop(proc)
                 raise KeyboardInterrupt
 
         with pytest.raises(TwinnetError) as exc:
             deploy(random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, report=cut_network)
     finally:
         if proc.poll() is None:
-            _stop(proc)
+            stop(proc)
     message = str(exc.value)
     assert "\n" not in message
     assert "rolled back 0 resource(s); LEFT BEHIND:" in message
@@ -505,33 +381,6 @@ def test_unreachable_service_reports_what_is_left(tmp_path, monkeypatch, random_
 
 
 # ------------------------------------------------------------------------- 3. what stays
-
-
-def _complete_update(sm, EndpointName: str, EndpointConfigName: str) -> dict:  # noqa: N803 - boto3's names
-    """UpdateEndpoint as AWS leaves it once the update is in service; moto 5 lacks the call.
-
-    It is applied to the moto server over HTTP with the calls moto has: the endpoint, same
-    name and tags, now runs the new config.
-    """
-    arn = sm.describe_endpoint(EndpointName=EndpointName)["EndpointArn"]
-    tags = sm.list_tags(ResourceArn=arn)["Tags"]
-    sm.delete_endpoint(EndpointName=EndpointName)
-    sm.create_endpoint(EndpointName=EndpointName, EndpointConfigName=EndpointConfigName, Tags=tags)
-    return {"EndpointArn": arn}
-
-
-class _UpdatingSession:
-    """The boto3 session, with a SageMaker client whose UpdateEndpoint completes (see above)."""
-
-    def __init__(self, session) -> None:
-        self.session = session
-        self.region_name = session.region_name
-
-    def client(self, name: str, **kwargs):
-        client = self.session.client(name, **kwargs)
-        if name == "sagemaker":
-            client.update_endpoint = lambda **kw: _complete_update(client, **kw)
-        return client
 
 
 @pytest.mark.parametrize(
@@ -549,7 +398,7 @@ def test_rollback_after_the_update_keeps_what_the_endpoint_runs(aws, random_mode
     second = dict(count=2, autoscale=Autoscale(2, 4), package_options={"batch_size": 2}, poll_s=0.1)
     with pytest.raises(TwinnetError) as exc:
         deploy(
-            random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, session=_UpdatingSession(aws),
+            random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, session=UpdatingSession(aws),
             report=_Interrupt(point), **second,
         )  # fmt: skip
     sm = aws.client("sagemaker")
@@ -565,7 +414,7 @@ def test_rollback_after_the_update_keeps_what_the_endpoint_runs(aws, random_mode
         f"on them: endpoint config {config}, model {model}, S3 object {url}; "
         f"{ENDPOINT} now runs {config}: run deploy again to finish; nothing else left behind"
     )
-    left = _inventory(aws)
+    left = inventory(aws)
     assert sorted(left["configs"]) == sorted([first.endpoint_config, config])
     assert sorted(left["models"]) == sorted([first.model, model])
     assert sorted(f"s3://{BUCKET}/{k}" for k in left["objects"]) == sorted([first.artifact, url])
@@ -573,7 +422,7 @@ def test_rollback_after_the_update_keeps_what_the_endpoint_runs(aws, random_mode
 
     again = deploy(random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, **second)
     assert (again.action, again.endpoint_config, again.model) == ("unchanged", config, model)
-    left = _inventory(aws)
+    left = inventory(aws)
     assert left["configs"] == [config] and left["models"] == [model]
 
 
@@ -612,7 +461,7 @@ def test_teardown_leaves_what_twinnet_did_not_create_for_the_endpoint(
     ours = deploy(random_model_dir, ENDPOINT, BUCKET, ROLE, IMAGE, wait=True, poll_s=0.1)
     sm, s3 = aws.client("sagemaker"), aws.client("s3")
     _foreign_config(sm, s3, tags)
-    _complete_update(sm, EndpointName=ENDPOINT, EndpointConfigName="team-x-config")
+    complete_update(sm, EndpointName=ENDPOINT, EndpointConfigName="team-x-config")
 
     assert main(["teardown", ENDPOINT, "--delete-artifacts"]) == 0
     out = capsys.readouterr().out
@@ -626,7 +475,7 @@ def test_teardown_leaves_what_twinnet_did_not_create_for_the_endpoint(
         f"  endpoint config team-x-config (not created by twinnet for {ENDPOINT})\n"
         "  model team-x-model (used by endpoint config team-x-config, which stays)\n"
     )
-    assert _inventory(aws) == {
+    assert inventory(aws) == {
         **EMPTY,
         "configs": ["team-x-config"],
         "models": ["team-x-model"],
@@ -644,7 +493,7 @@ def test_teardown_artifacts_stop_at_the_endpoints_own_layout(aws, random_model_d
 
     assert main(["teardown", ENDPOINT, "--delete-artifacts"]) == 0
     assert f"S3 object {outer.artifact}\n" in capsys.readouterr().out
-    assert _inventory(aws) == {
+    assert inventory(aws) == {
         **EMPTY,
         "endpoints": [nested],
         "configs": [inner.endpoint_config],
@@ -652,7 +501,7 @@ def test_teardown_artifacts_stop_at_the_endpoints_own_layout(aws, random_model_d
         "objects": [inner.artifact.split("/", 3)[3]],
     }
     assert main(["teardown", nested, "--delete-artifacts"]) == 0
-    assert _inventory(aws) == EMPTY
+    assert inventory(aws) == EMPTY
 
 
 # ------------------------------------------------------------------------- 4. what it costs
@@ -715,4 +564,4 @@ def test_teardown_deletes_artifacts_a_thousand_at_a_time(aws, random_model_dir, 
     assert calls.count("DeleteObjects") == 2 and calls.count("DeleteObject") == 0
     objects = {f"S3 object s3://{BUCKET}/{key}" for key in extra} | {f"S3 object {ours.artifact}"}
     assert {d for d in deleted if d.startswith("S3 object")} == objects
-    assert _inventory(aws) == EMPTY
+    assert inventory(aws) == EMPTY

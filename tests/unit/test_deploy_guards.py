@@ -64,14 +64,22 @@ def listener():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("1:4", Autoscale(1, 4, 70.0)),
-        ("2:2", Autoscale(2, 2, 70.0)),
+        ("1:4", Autoscale(1, 4)),
+        ("2:2", Autoscale(2, 2)),
+        ("0:3", Autoscale(0, 3)),
         ("1:8:250", Autoscale(1, 8, 250.0)),
         (" 1:3:12.5 ", Autoscale(1, 3, 12.5)),
     ],
 )
 def test_autoscale_parses(text, expected):
     assert parse_autoscale(text) == expected
+
+
+def test_autoscale_targets_default_by_mode():
+    assert Autoscale(1, 4).target_for("realtime") == 70.0
+    assert Autoscale(0, 4).target_for("async") == 5.0
+    assert Autoscale(0, 4, 12.0).target_for("async") == 12.0
+    assert Autoscale(0, 2).describe("async") == "0-2 instances at 5 queued requests/instance"
 
 
 @pytest.mark.parametrize(
@@ -81,7 +89,8 @@ def test_autoscale_parses(text, expected):
         ("1:2:3:4", "MIN:MAX"),
         ("a:b", "whole instance counts"),
         ("1.5:3", "whole instance counts"),
-        ("0:3", "at least 1"),
+        ("-1:3", "not be negative"),
+        ("0:0", "at least 1"),
         ("3:2", "MAX must be at least MIN"),
         ("1:3:0", "positive"),
         ("1:3:-5", "positive"),

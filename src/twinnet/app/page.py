@@ -53,6 +53,17 @@ log = logging.getLogger("twinnet.app.page")
 # --------------------------------------------------------------------------- compare
 
 
+def source_label(choice: BackendChoice) -> str:
+    """Where answers come from; for an endpoint, with the mode its config declares
+    (an endpoint that cannot be described yet keeps the plain label: comparing says why)."""
+    if choice.kind != "endpoint":
+        return choice.label
+    try:
+        return choice.describe(getattr(get_backend(choice), "mode", None))
+    except TwinnetError:
+        return choice.label
+
+
 def run_compare(
     choice: BackendChoice, left: ImageInput, right: ImageInput, cam: bool
 ) -> CompareResult:
@@ -343,7 +354,7 @@ def main() -> None:
     choice = sidebar()
     st.title("twinnet")
     if choice is not None:
-        st.caption(f"Answers from {choice.label}.")
+        st.caption(f"Answers from {source_label(choice)}.")
     samples = sample_names(samples_for(choice))
     index = appidentify.index_from_env()
     remote = appidentify.remote_from_env()

@@ -2,7 +2,8 @@
 
 - :mod:`.sagemaker` is the public API of deploy, listing and teardown. The work lives in
   :mod:`.session` (sessions, clients, AWS errors in one vocabulary), :mod:`.resources`
-  (names, ownership tags), :mod:`.scaling`; ``deploy`` in :mod:`.plan` (checked inputs),
+  (names, ownership tags), :mod:`.modes` (real-time, serverless, async), :mod:`.scaling`;
+  ``deploy`` in :mod:`.plan` (checked inputs), :mod:`.fit` (will it fit serverless?),
   :mod:`.rollout` (its course), :mod:`.steps` and :mod:`.ledger` (each step and its undo);
   :mod:`.endpoints` (listing, status) and :mod:`.teardown`. The same calls run against
   AWS and against a moto server (``AWS_ENDPOINT_URL``).
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 __all__ = [
     "endpoints",
+    "fit",
     "ledger",
+    "modes",
     "plan",
     "resources",
     "rollout",

@@ -10,9 +10,10 @@ no single call returns both.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from twinnet.aws.modes import ASYNC, SERVERLESS, endpoint_mode
 from twinnet.aws.resources import (
     TAG_ENDPOINT,
     TAG_MANAGED,
@@ -24,6 +25,8 @@ from twinnet.errors import TwinnetError
 
 __all__ = [
     "EndpointInfo",
+    "Facts",
+    "backlog",
     "list_endpoints",
     "missing_endpoint",
     "not_in_service",
@@ -47,30 +50,47 @@ def not_in_service(endpoint: str, state: str) -> str:
     )
 
 
-def require_in_service(sm: Any, endpoint: str, region: str | None) -> None:
-    """Fail early, in one line, when the endpoint is missing or not serving yet.
+@dataclass(frozen=True)
+class Facts:
+    """What a client needs to know of an endpoint: its mode, and where an async one answers."""
+
+    mode: str = "realtime"
+    #: An async endpoint's ``S3OutputPath``.
+    output: str | None = None
+
+
+def require_in_service(sm: Any, endpoint: str, region: str | None) -> Facts:
+    """Fail early, in one line, when the endpoint is missing or not serving yet; its facts.
 
     Credentials allowed to invoke but not to describe endpoints skip the check
-    (AccessDenied): InvokeEndpoint's own error then speaks.
+    (AccessDenied) and are taken as real-time: the invocation's own error then speaks.
     """
     from botocore.exceptions import ClientError
 
     with aws(f"describe endpoint {endpoint}"):
         try:
             desc = describe_endpoint(sm, endpoint)
+            if desc is None:
+                raise TwinnetError(missing_endpoint(endpoint, region))
+            if desc["EndpointStatus"] != "InService":
+                raise TwinnetError(not_in_service(endpoint, desc["EndpointStatus"]))
+            config = describe_endpoint_config(sm, desc["EndpointConfigName"]) or {}
         except ClientError as exc:
             if error_code(exc) in ACCESS_DENIED_CODES:
-                return
+                return Facts()
             raise
-    if desc is None:
-        raise TwinnetError(missing_endpoint(endpoint, region))
-    if desc["EndpointStatus"] != "InService":
-        raise TwinnetError(not_in_service(endpoint, desc["EndpointStatus"]))
+    output = (config.get("AsyncInferenceConfig") or {}).get("OutputConfig", {}).get("S3OutputPath")
+    return Facts(endpoint_mode(config), output)
 
 
 @dataclass
 class EndpointInfo:
-    """One twinnet endpoint, as ``twinnet endpoints`` lists it."""
+    """One twinnet endpoint, as ``twinnet endpoints`` lists it.
+
+    ``instance_type`` is ``serverless <MB> MB`` for a serverless endpoint; ``backlog`` is an
+    async endpoint's queued requests (CloudWatch ``ApproximateBacklogSize``, the latest
+    minute of the last 15), ``None`` when not async or not yet reported.
+    """
 
     name: str
     status: str
@@ -78,6 +98,8 @@ class EndpointInfo:
     instances: int | None
     model: str
     modified: str
+    mode: str = "realtime"
+    backlog: float | None = None
 
 
 def list_endpoints(
@@ -96,6 +118,11 @@ def list_endpoints(
             desc = describe_endpoint(sm, name)
             if desc is not None:  # the tagging index may still hold a deleted endpoint
                 rows.append((desc.get("CreationTime"), _info(sm, desc)))
+    asynchronous = [info for _, info in rows if info.mode == ASYNC]
+    if asynchronous:
+        cw = client(session, "cloudwatch")
+        for info in asynchronous:
+            info.backlog = backlog(cw, info.name)
     rows.sort(key=lambda row: (_seconds(row[0]), row[1].name))
     return [info for _, info in rows]
 
@@ -116,17 +143,47 @@ def _tagged_endpoints(tagging: Any) -> list[str]:
     return names
 
 
+def backlog(cw: Any, endpoint: str, minutes: int = 15) -> float | None:
+    """An async endpoint's latest ``ApproximateBacklogSize``; ``None`` when none is reported.
+
+    A failure to read it (e.g. no ``cloudwatch:GetMetricStatistics`` permission) is not
+    the listing's failure: the column stays empty.
+    """
+    now = datetime.now(timezone.utc)
+    try:
+        points = cw.get_metric_statistics(
+            Namespace="AWS/SageMaker",
+            MetricName="ApproximateBacklogSize",
+            Dimensions=[{"Name": "EndpointName", "Value": endpoint}],
+            StartTime=now - timedelta(minutes=minutes),
+            EndTime=now + timedelta(minutes=1),  # the minute in progress too
+            Period=60,
+            Statistics=["Maximum"],
+        ).get("Datapoints", [])
+    except Exception:  # noqa: BLE001 - an optional column
+        return None
+    if not points:
+        return None
+    latest = max(points, key=lambda p: _seconds(p.get("Timestamp")))
+    return float(latest["Maximum"])
+
+
 def _info(sm: Any, desc: dict[str, Any]) -> EndpointInfo:
     variant = next(iter(desc.get("ProductionVariants") or []), {})
     config = describe_endpoint_config(sm, desc["EndpointConfigName"]) or {}
     pv = next(iter(config.get("ProductionVariants") or []), {})
+    mode = endpoint_mode(config)
+    kind = pv.get("InstanceType", "")
+    if mode == SERVERLESS:
+        kind = f"serverless {pv['ServerlessConfig'].get('MemorySizeInMB', '?')} MB"
     return EndpointInfo(
         name=desc["EndpointName"],
         status=desc["EndpointStatus"],
-        instance_type=pv.get("InstanceType", ""),
+        instance_type=kind,
         instances=variant.get("CurrentInstanceCount"),
         model=pv.get("ModelName", ""),
         modified=_utc(desc.get("LastModifiedTime")),
+        mode=mode,
     )
 
 

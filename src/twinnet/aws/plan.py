@@ -16,6 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from twinnet.aws.modes import (
+    ASYNC,
+    MODES,
+    REALTIME,
+    SERVERLESS,
+    AsyncOutput,
+    Serverless,
+    mode_environment,
+)
 from twinnet.aws.resources import check_managed, describe_endpoint, validate_endpoint_name
 from twinnet.aws.scaling import Autoscale
 from twinnet.aws.session import aws, error_code, one_line
@@ -84,6 +93,10 @@ class Plan:
     digest: str
     poll_s: float = 15.0
     wait_timeout_s: float = 3600.0
+    #: ``realtime``, ``serverless`` or ``async`` (:mod:`twinnet.aws.modes`).
+    mode: str = REALTIME
+    serverless: Serverless | None = None
+    async_output: AsyncOutput | None = None
 
     @property
     def key(self) -> str:
@@ -103,16 +116,20 @@ class Plan:
     @property
     def deployment(self) -> str:
         """Hash of everything an endpoint config stands for: equal hashes mean nothing to change."""
-        settings = {
+        settings: dict[str, Any] = {
             "artifact": self.digest,
             "image": self.image,
-            "type": self.instance_type,
-            "count": self.count,
             "env": dict(self.env),
             "role": self.role,
             "bucket": self.bucket,
             "prefix": self.prefix,
         }
+        if self.mode == SERVERLESS and self.serverless is not None:
+            settings["serverless"] = self.serverless.variant()
+        else:  # realtime as before, so an endpoint deployed earlier stays "unchanged"
+            settings.update(type=self.instance_type, count=self.count)
+        if self.mode == ASYNC and self.async_output is not None:
+            settings["async"] = self.async_output.config()
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -125,9 +142,12 @@ def check_arguments(
     count: int | None,
     autoscale: Autoscale | None,
     env: Mapping[str, str],
+    mode: str = REALTIME,
+    async_output: AsyncOutput | None = None,
 ) -> tuple[int, dict[str, str]]:
     """Every check that needs no AWS call; returns the instance count and the environment."""
     validate_endpoint_name(endpoint)
+    _check_mode(mode, count, autoscale, async_output)
     validate_role_arn(role)
     if not image or any(c.isspace() for c in image):
         raise TwinnetError(
@@ -137,11 +157,11 @@ def check_arguments(
         raise TwinnetError(
             f"--instance-type {instance_type!r}: SageMaker instance types start with 'ml.'"
         )
-    if count is None:
-        count = autoscale.min_capacity if autoscale else 1
+    if count is None:  # an endpoint is created with at least one instance, even one scaled to 0
+        count = max(1, autoscale.min_capacity) if autoscale else 1
     if count < 1:
         raise TwinnetError("--count must be at least 1")
-    if autoscale and not autoscale.min_capacity <= count <= autoscale.max_capacity:
+    if autoscale and not max(1, autoscale.min_capacity) <= count <= autoscale.max_capacity:
         raise TwinnetError(
             f"--count {count} is outside --autoscale {autoscale.min_capacity}:{autoscale.max_capacity}"
         )
@@ -150,7 +170,31 @@ def check_arguments(
     for key in env:
         if not _ENV_KEY_RE.match(key):
             raise TwinnetError(f"--env {key!r}: not a valid environment variable name")
-    return count, {key: str(value) for key, value in env.items()}
+    return count, mode_environment(mode, {key: str(value) for key, value in env.items()})
+
+
+def _check_mode(
+    mode: str, count: int | None, autoscale: Autoscale | None, async_output: AsyncOutput | None
+) -> None:
+    """What each mode takes: serverless has no instances, only async has an output or 0 instances."""
+    if mode not in MODES:
+        raise TwinnetError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+    if (async_output is not None) != (mode == ASYNC):
+        raise TwinnetError(
+            "--mode async needs --output s3://BUCKET/PREFIX for the answers"
+            if mode == ASYNC
+            else "--output, --failure-output and --sns-topic are for --mode async"
+        )
+    if mode == SERVERLESS and (autoscale is not None or count is not None):
+        raise TwinnetError(
+            "a serverless endpoint has no instances to count or scale: SageMaker scales it "
+            "per request up to --max-concurrency (drop --count and --autoscale)"
+        )
+    if autoscale is not None and autoscale.min_capacity == 0 and mode != ASYNC:
+        raise TwinnetError(
+            "--autoscale 0:N: only an asynchronous endpoint (--mode async) scales to 0 "
+            "instances; use --mode serverless for per-request billing of direct calls"
+        )
 
 
 def check_target(sm: Any, s3: Any, endpoint: str, bucket: str) -> dict[str, Any] | None:

@@ -18,13 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twinnet.aws.fit import check_image, check_serverless
 from twinnet.aws.ledger import Ledger, Reporter, in_use, quiet, rollback_message
+from twinnet.aws.modes import REALTIME, SERVERLESS, AsyncOutput, Serverless, endpoint_mode
 from twinnet.aws.plan import Plan, artifact_digest, check_arguments, check_target
 from twinnet.aws.resources import (
     DEFAULT_INSTANCE_TYPE,
     TAG_DEPLOYMENT,
     Owned,
     base_name,
+    describe_endpoint_config,
     find_owned,
     variant_models,
 )
@@ -53,6 +56,7 @@ class DeployResult:
         endpoint: the endpoint name.
         region: the endpoint's AWS region.
         action: ``created``, ``updated`` or ``unchanged``.
+        mode: ``realtime``, ``serverless`` or ``async``.
         status: the endpoint's status when ``deploy`` returned.
         model: the SageMaker model now behind the endpoint.
         endpoint_config: the endpoint config now behind the endpoint.
@@ -70,6 +74,7 @@ class DeployResult:
     artifact: str
     autoscale: Autoscale | None = None
     removed: list[str] = field(default_factory=list)
+    mode: str = REALTIME
 
 
 def deploy(
@@ -79,6 +84,8 @@ def deploy(
     env: Mapping[str, str] | None = None, session: Any = None, region: str | None = None,
     profile: str | None = None, report: Reporter = quiet, poll_s: float = 15.0,
     wait_timeout_s: float = 3600.0, package_options: Mapping[str, Any] | None = None,
+    mode: str = REALTIME, serverless: Serverless | None = None,
+    async_output: AsyncOutput | None = None,
 ) -> DeployResult:  # fmt: skip
     """Make ``endpoint`` serve ``model_dir``: package, upload, create or update, scale.
 
@@ -102,6 +109,10 @@ def deploy(
         poll_s, wait_timeout_s: seconds between status polls while waiting, and before giving
             up waiting (and rolling back).
         package_options: keyword arguments for :func:`twinnet.container.package.package`.
+        mode: ``realtime`` (instances), ``serverless`` (per request; ``serverless`` sizes it,
+            and the model is measured against it before anything is created) or ``async``
+            (requests and answers in S3; ``async_output`` says where, and ``autoscale`` may
+            start at 0). An endpoint keeps its mode: changing it needs a teardown first.
 
     Raises:
         TwinnetError: bad arguments, missing credentials/bucket, or a failed step (after
@@ -110,20 +121,42 @@ def deploy(
             its model and its artifact are kept and listed as KEPT, not deleted.
     """
     count, env = check_arguments(
-        model_dir, endpoint, role, image, instance_type, count, autoscale, env or {}
-    )
+        model_dir, endpoint, role, image, instance_type, count, autoscale, env or {}, mode,
+        async_output,
+    )  # fmt: skip
+    options = dict(package_options or {})
+    if mode == SERVERLESS:
+        serverless = serverless or Serverless()
+        fit = check_serverless(model_dir, serverless, options, env, report)
     session = session or open_session(region=region, profile=profile)
     clients = Clients.of(session)
     existing = check_target(clients.sm, clients.s3, endpoint, bucket)
-    options = dict(package_options or {})
+    if existing is not None:
+        _check_same_mode(clients.sm, existing, mode)
+    if mode == SERVERLESS:
+        check_image(session, image, fit.archive_bytes, report)
     plan = Plan(
         model_dir=Path(model_dir), endpoint=endpoint, region=session.region_name, bucket=bucket,
         prefix=prefix.strip("/"), role=role, image=image, instance_type=instance_type,
         count=count, autoscale=autoscale, wait=wait or autoscale is not None, env=env,
         options=options, digest=artifact_digest(model_dir, options), poll_s=poll_s,
-        wait_timeout_s=wait_timeout_s,
+        wait_timeout_s=wait_timeout_s, mode=mode,
+        serverless=serverless if mode == SERVERLESS else None, async_output=async_output,
     )  # fmt: skip
     return _reconcile(clients, plan, existing, report)
+
+
+def _check_same_mode(sm: Any, existing: dict[str, Any], mode: str) -> None:
+    """SageMaker does not move an endpoint between modes in place: say so before any change."""
+    with aws(f"describe endpoint config {existing['EndpointConfigName']}"):
+        running = endpoint_mode(describe_endpoint_config(sm, existing["EndpointConfigName"]))
+    if running != mode:
+        name = existing["EndpointName"]
+        raise TwinnetError(
+            f"endpoint {name} runs in {running} mode; SageMaker does not switch an endpoint "
+            f"to {mode} in place: remove it with `twinnet teardown {name}` and deploy again, "
+            "or deploy under another --endpoint name"
+        )
 
 
 def _reconcile(
@@ -172,13 +205,12 @@ def _unchanged(
     report("step", f"endpoint {endpoint} already serves this model with these settings")
     with aws(f"update scaling of {endpoint}"):
         if plan.autoscale is not None:
-            apply_scaling(clients.aas, endpoint, plan.autoscale)
-            a = plan.autoscale
-            report("step", f"autoscaling {a.min_capacity}-{a.max_capacity} instances")
+            apply_scaling(clients.aas, endpoint, plan.autoscale, plan.mode, clients.cw)
+            report("step", f"autoscaling {plan.autoscale.describe(plan.mode)}")
         else:
-            scaling = read_scaling(clients.aas, endpoint)
+            scaling = read_scaling(clients.aas, endpoint, clients.cw)
             if scaling is not None:
-                for what in remove_scaling(clients.aas, endpoint, scaling):
+                for what in remove_scaling(clients.aas, endpoint, scaling, clients.cw):
                     report("step", f"removed {what}")
     removed = _prune(clients.sm, endpoint, config, models, owned, report)
     return DeployResult(
@@ -191,6 +223,7 @@ def _unchanged(
         artifact=plan.artifact,
         autoscale=plan.autoscale,
         removed=removed,
+        mode=plan.mode,
     )
 
 
@@ -240,7 +273,7 @@ def _roll_out(
     if plan.wait:
         status = wait_for(clients.sm, plan, name, report)
         if plan.autoscale is not None:
-            scale(clients.aas, plan, ledger, report)
+            scale(clients, plan, ledger, report)
         if action == "updated":
             removed = _prune(clients.sm, plan.endpoint, name, [name], owned, report)
     return DeployResult(
@@ -253,4 +286,5 @@ def _roll_out(
         artifact=plan.artifact,
         autoscale=plan.autoscale if plan.wait else None,
         removed=removed,
+        mode=plan.mode,
     )

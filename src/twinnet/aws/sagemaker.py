@@ -1,4 +1,5 @@
-"""Deploy, list and tear down SageMaker real-time endpoints: the public API in one import.
+"""Deploy, list and tear down SageMaker endpoints (real-time, serverless, async): the
+public API in one import.
 
 The work is split along its seams, one module each: :mod:`.aws` (sessions, clients, the
 wording of AWS errors), :mod:`.resources` (names, ownership tags, look-ups),
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from twinnet.aws.endpoints import EndpointInfo, list_endpoints
 from twinnet.aws.ledger import Reporter
+from twinnet.aws.modes import MODES, AsyncOutput, Serverless
 from twinnet.aws.plan import artifact_digest, validate_role_arn
 from twinnet.aws.resources import (
     DEFAULT_INSTANCE_TYPE,
@@ -33,6 +35,9 @@ from twinnet.aws.steps import wait_in_service
 from twinnet.aws.teardown import teardown
 
 __all__ = [
+    "MODES",
+    "AsyncOutput",
+    "Serverless",
     "Autoscale",
     "DeployResult",
     "EndpointInfo",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from twinnet.aws.ledger import Kept, Ledger, Left, Reporter, quiet
+from twinnet.aws.modes import ASYNC, SERVERLESS
 from twinnet.aws.plan import Plan
 from twinnet.aws.resources import (
     TAG_ARTIFACT,
@@ -50,11 +51,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Clients:
-    """The three AWS clients a deploy uses."""
+    """The AWS clients a deploy uses (CloudWatch: the alarm that wakes an async endpoint)."""
 
     sm: Any
     s3: Any
     aas: Any
+    cw: Any
 
     @classmethod
     def of(cls, session: Any) -> Clients:
@@ -62,6 +64,7 @@ class Clients:
             client(session, "sagemaker"),
             client(session, "s3"),
             client(session, "application-autoscaling"),
+            client(session, "cloudwatch"),
         )
 
 
@@ -103,25 +106,34 @@ def create_model_and_config(
     ledger.add(f"model {name}", lambda: sm.delete_model(ModelName=name), guarded=True)
     report("step", f"created model {name}")
 
-    variant = {
-        "VariantName": VARIANT,
-        "ModelName": name,
-        "InstanceType": plan.instance_type,
-        "InitialInstanceCount": plan.count,
-        "InitialVariantWeight": 1.0,
-    }
+    variant: dict[str, Any] = {"VariantName": VARIANT, "ModelName": name}
+    extra: dict[str, Any] = {}
+    if plan.mode == SERVERLESS and plan.serverless is not None:
+        variant["ServerlessConfig"] = plan.serverless.variant()
+        shape = f"serverless, {plan.serverless.memory_mb} MB, up to {plan.serverless.max_concurrency} at once"
+    else:
+        variant.update(
+            InstanceType=plan.instance_type,
+            InitialInstanceCount=plan.count,
+            InitialVariantWeight=1.0,
+        )
+        shape = f"{plan.count} x {plan.instance_type}"
+    if plan.mode == ASYNC and plan.async_output is not None:
+        extra["AsyncInferenceConfig"] = plan.async_output.config()
+        shape += f", async, answers to {plan.async_output.output}"
     with aws(f"create endpoint config {name}"):
         sm.create_endpoint_config(
             EndpointConfigName=name,
             ProductionVariants=[variant],
             Tags=ownership_tags(plan.endpoint, **{TAG_DEPLOYMENT: plan.deployment}),
+            **extra,
         )
     ledger.add(
         f"endpoint config {name}",
         lambda: sm.delete_endpoint_config(EndpointConfigName=name),
         guarded=True,
     )
-    report("step", f"created endpoint config {name} ({plan.count} x {plan.instance_type})")
+    report("step", f"created endpoint config {name} ({shape})")
 
 
 def create_endpoint(sm: Any, plan: Plan, name: str, ledger: Ledger, report: Reporter) -> None:
@@ -139,16 +151,17 @@ def update_endpoint(
 ) -> None:
     """Switch the endpoint to ``name`` in place, scaling suspended around the update."""
     endpoint, aas = plan.endpoint, clients.aas
+    cw = clients.cw
     with aws(f"read scaling of {endpoint}"):
-        old_scaling = read_scaling(aas, endpoint)
+        old_scaling = read_scaling(aas, endpoint, cw)
     if old_scaling is not None:
         # AWS refuses updates that change a scaled variant's instance type; deregistering
         # first (and restoring on failure) makes every update safe.
         with aws(f"suspend scaling of {endpoint}"):
-            remove_scaling(aas, endpoint, old_scaling)
+            remove_scaling(aas, endpoint, old_scaling, cw)
         ledger.add(
             f"scaling of {endpoint} (to restore)",
-            lambda: restore_scaling(aas, endpoint, old_scaling),
+            lambda: restore_scaling(aas, endpoint, old_scaling, cw),
         )
     with aws(f"update endpoint {endpoint}"):
         clients.sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=name)
@@ -192,17 +205,13 @@ def wait_for(sm: Any, plan: Plan, name: str, report: Reporter) -> str:
     return status
 
 
-def scale(aas: Any, plan: Plan, ledger: Ledger, report: Reporter) -> None:
-    endpoint, a = plan.endpoint, plan.autoscale
+def scale(clients: Clients, plan: Plan, ledger: Ledger, report: Reporter) -> None:
+    endpoint, a, aas, cw = plan.endpoint, plan.autoscale, clients.aas, clients.cw
     assert a is not None
     with aws(f"register autoscaling for {endpoint}"):
-        apply_scaling(aas, endpoint, a)
-    ledger.add(f"autoscaling of {endpoint}", lambda: drop_scaling(aas, endpoint))
-    report(
-        "step",
-        f"autoscaling {a.min_capacity}-{a.max_capacity} instances "
-        f"at {a.target:g} invocations/instance/minute",
-    )
+        apply_scaling(aas, endpoint, a, plan.mode, cw)
+    ledger.add(f"autoscaling of {endpoint}", lambda: drop_scaling(aas, endpoint, cw))
+    report("step", f"autoscaling {a.describe(plan.mode)}")
 
 
 def stamp() -> str:

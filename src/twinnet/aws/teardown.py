@@ -48,7 +48,8 @@ def teardown(
     session: Any = None,
     report: Reporter = quiet,
 ) -> list[str]:
-    """Delete the endpoint, its scaling, every endpoint config and model deploy made for it.
+    """Delete the endpoint, its scaling (and an async endpoint's wake-up alarm), every
+    endpoint config and model deploy made for it.
 
     Also deletes what a crashed deploy left (found by tag), and with ``delete_artifacts``
     the S3 objects of the endpoint's own artifact layout. Only configs and models tagged by
@@ -67,7 +68,9 @@ def teardown(
     for what in plan.kept:
         report("kept", what)
     deleter = _Deleter(report)
-    _delete_scaling(client(session, "application-autoscaling"), endpoint, deleter)
+    _delete_scaling(
+        client(session, "application-autoscaling"), client(session, "cloudwatch"), endpoint, deleter
+    )
     if desc is not None:
         deleter.attempt(f"endpoint {endpoint}", lambda: sm.delete_endpoint(EndpointName=endpoint))
     for config in plan.configs:
@@ -90,12 +93,13 @@ def teardown(
     return deleter.deleted
 
 
-def _delete_scaling(aas: Any, endpoint: str, deleter: _Deleter) -> None:
-    """The same removal steps deploy uses, each attempted even when an earlier one failed."""
+def _delete_scaling(aas: Any, cw: Any, endpoint: str, deleter: _Deleter) -> None:
+    """The same removal steps deploy uses (alarm, policies, target), each attempted even
+    when an earlier one failed."""
     with aws(f"read scaling of {endpoint}"):
-        scaling = read_scaling(aas, endpoint)
+        scaling = read_scaling(aas, endpoint, cw)
     if scaling is not None:
-        for what, call in removal_steps(aas, endpoint, scaling):
+        for what, call in removal_steps(aas, endpoint, scaling, cw):
             deleter.attempt(what, call)
 
 

@@ -18,11 +18,13 @@ from twinnet.errors import TwinnetError
 __all__ = ["main", "build_parser"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-_MODULES = ("train", "infer", "index", "serve", "deploy", "app")
+_MODULES = ("train", "infer", "index", "serve", "deploy", "container", "app")
+#: Commands parsed by their own module alone: the serving container's process stays small.
+_LIGHT = {"container": "container"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser, with every stage's subcommands."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full argument parser, with every stage's subcommands (``only``: one module's)."""
     import importlib
 
     parser = argparse.ArgumentParser(
@@ -33,14 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"twinnet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _MODULES:
+    for name in _MODULES if only is None else (only,):
         importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_LIGHT.get(argv[0]) if argv else None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,

@@ -1,4 +1,4 @@
-"""Subcommands of the deploy stage: package, deploy, endpoints, teardown, container.
+"""Subcommands of the deploy stage: package, deploy, endpoints, teardown.
 
 (``twinnet invoke`` is ``twinnet compare --endpoint``: see :mod:`twinnet.cli.infer`.)
 Each handler parses, calls :mod:`twinnet.aws` and prints. AWS settings come from the
@@ -11,19 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from twinnet.aws.endpoints import list_endpoints
-from twinnet.aws.resources import validate_endpoint_name
+from twinnet.aws.modes import ASYNC, MODES, REALTIME, SERVERLESS, AsyncOutput, Serverless
+from twinnet.aws.resources import DEFAULT_INSTANCE_TYPE, validate_endpoint_name
 from twinnet.aws.rollout import deploy
 from twinnet.aws.scaling import parse_autoscale
 from twinnet.aws.session import open_session
 from twinnet.aws.teardown import teardown
 from twinnet.cli.infer import add_quantize_option, quantize_first
-from twinnet.container.main import serve
 from twinnet.container.package import package
 from twinnet.contract.options import RESPONSE_FORMATS
-from twinnet.engines.registry import engine_names
 from twinnet.errors import TwinnetError
 
 __all__ = [
@@ -32,7 +30,6 @@ __all__ = [
     "run_deploy",
     "run_endpoints",
     "run_teardown",
-    "run_container_serve",
     "parse_env",
 ]
 
@@ -103,7 +100,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_package(sub)
     _register_deploy(sub)
     _register_endpoints(sub)
-    _register_container(sub)
 
 
 def _register_package(sub: argparse._SubParsersAction) -> None:
@@ -122,10 +118,14 @@ def _register_package(sub: argparse._SubParsersAction) -> None:
 def _register_deploy(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
         "deploy",
-        help="deploy a model to a SageMaker real-time endpoint",
+        help="deploy a model to a SageMaker endpoint: real-time, serverless or asynchronous",
         description=(
             "Package MODEL_DIR, upload it to S3 and create the endpoint, or update it in place "
-            "when it exists. Safe to re-run; a failure rolls back what the run created."
+            "when it exists. Safe to re-run; a failure rolls back what the run created. "
+            "Modes: realtime (instances billed by the hour), serverless (billed per request, "
+            "scales to zero, 1-6 GB, 4 MB requests; the model's memory is measured against "
+            "--memory-mb first), async (requests and answers in S3; --autoscale 0:N scales "
+            "to zero on the queue's backlog)."
         ),
     )
     d.add_argument("model_dir", metavar="MODEL_DIR")
@@ -133,17 +133,47 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--bucket", required=True, help="existing S3 bucket for model.tar.gz")
     d.add_argument("--role", required=True, metavar="ARN", help="SageMaker execution role ARN")
     d.add_argument("--image", required=True, metavar="URI", help="serving image in ECR")
-    d.add_argument("--instance-type", default="ml.m5.xlarge", help="default ml.m5.xlarge")
     d.add_argument(
-        "--count", type=int, default=None, help="instances (default 1, or the autoscale minimum)"
+        "--mode", choices=MODES, default=REALTIME, help="how SageMaker hosts it (default realtime)"
+    )
+    d.add_argument(
+        "--instance-type",
+        default=None,
+        help=f"realtime and async instances (default {DEFAULT_INSTANCE_TYPE})",
+    )
+    d.add_argument(
+        "--count",
+        type=int,
+        default=None,
+        help="instances (realtime, async; default 1, or the autoscale minimum)",
     )
     d.add_argument(
         "--autoscale",
         type=_autoscale,
         metavar="MIN:MAX[:TARGET]",
         help="scale between MIN and MAX instances, tracking TARGET invocations per instance "
-        "per minute (default 70); implies --wait",
+        "per minute (realtime, default 70) or queued requests per instance (async, default "
+        "5; MIN may be 0); implies --wait",
     )
+    s = d.add_argument_group("serverless (--mode serverless)")
+    s.add_argument(
+        "--memory-mb", type=int, default=None, help="1024-6144 in steps of 1024 (default 2048)"
+    )
+    s.add_argument(
+        "--max-concurrency", type=int, default=None, help="invocations at once, 1-200 (default 5)"
+    )
+    s.add_argument(
+        "--provisioned-concurrency", type=int, default=None,
+        help="invocations kept warm (no cold start; billed while provisioned)",
+    )  # fmt: skip
+    a = d.add_argument_group("asynchronous (--mode async)")
+    a.add_argument("--output", metavar="S3URI", help="s3://BUCKET/PREFIX for the answers")
+    a.add_argument("--failure-output", metavar="S3URI", help="s3:// prefix for failures")
+    a.add_argument("--sns-topic", metavar="ARN", help="SNS topic told of each answer and failure")
+    a.add_argument(
+        "--max-concurrent-invocations", type=int, default=None, metavar="N",
+        help="requests one instance takes at once (SageMaker's default if unset)",
+    )  # fmt: skip
     d.add_argument("--wait", action="store_true", help="wait until the endpoint is InService")
     d.add_argument("--prefix", default="twinnet", help="S3 key prefix (default twinnet)")
     d.add_argument(
@@ -171,35 +201,6 @@ def _register_endpoints(sub: argparse._SubParsersAction) -> None:
     )
     _add_aws_options(t)
     t.set_defaults(func=run_teardown)
-
-
-def _register_container(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser(
-        "container",
-        help="the serving container's entrypoint",
-        description="Commands run inside the SageMaker serving image.",
-    )
-    csub = c.add_subparsers(dest="container_command", metavar="COMMAND")
-    cs = csub.add_parser(
-        "serve",
-        help="run the model server in the foreground for SageMaker",
-        description=(
-            "Serve the .mar found in MODEL_DIR on SAGEMAKER_BIND_TO_PORT (default 8080): "
-            "/ping and /invocations, token authorization off. Settings come from TWINNET_* "
-            "and SAGEMAKER_* environment variables."
-        ),
-    )
-    cs.add_argument("--model-dir", default="/opt/ml/model", help="default /opt/ml/model")
-    cs.add_argument(
-        "--engine", choices=engine_names(), default=None,
-        help="the serving engine (default: TWINNET_ENGINE, else torchserve); ray runs Ray "
-        "Serve on a local Ray instance and also serves a model directory",
-    )  # fmt: skip
-    # SageMaker starts images as `docker run IMAGE serve`: with this command as the
-    # ENTRYPOINT, that appends one more "serve", accepted here and ignored.
-    cs.add_argument("sagemaker_mode", nargs="?", choices=["serve"], help=argparse.SUPPRESS)
-    cs.set_defaults(func=run_container_serve)
-    c.set_defaults(func=lambda args: (c.print_help(), 2)[1])
 
 
 def run_package(args: argparse.Namespace) -> int:
@@ -236,16 +237,46 @@ class _Progress:
         self.stream.flush()
 
 
+def _mode_settings(args: argparse.Namespace) -> tuple[Serverless | None, AsyncOutput | None]:
+    """The serverless or async settings, refused when given for another mode."""
+    sized = {"--memory-mb": args.memory_mb, "--max-concurrency": args.max_concurrency,
+             "--provisioned-concurrency": args.provisioned_concurrency}  # fmt: skip
+    if args.mode == SERVERLESS and args.instance_type is not None:
+        raise TwinnetError(
+            "--instance-type: a serverless endpoint has no instances (--memory-mb sizes it)"
+        )
+    queued = {"--output": args.output, "--failure-output": args.failure_output,
+              "--sns-topic": args.sns_topic,
+              "--max-concurrent-invocations": args.max_concurrent_invocations}  # fmt: skip
+    for mode, options in ((SERVERLESS, sized), (ASYNC, queued)):
+        given = [name for name, value in options.items() if value is not None]
+        if given and args.mode != mode:
+            raise TwinnetError(f"{', '.join(given)}: only with --mode {mode}")
+    serverless = async_output = None
+    if args.mode == SERVERLESS:
+        serverless = Serverless(
+            memory_mb=args.memory_mb or Serverless.memory_mb,
+            max_concurrency=args.max_concurrency or Serverless.max_concurrency,
+            provisioned=args.provisioned_concurrency,
+        )
+    if args.mode == ASYNC and args.output:
+        async_output = AsyncOutput(
+            args.output, args.failure_output, args.sns_topic, args.max_concurrent_invocations
+        )
+    return serverless, async_output
+
+
 def run_deploy(args: argparse.Namespace) -> int:
     """``twinnet deploy MODEL_DIR --endpoint NAME --bucket B --role ARN --image URI``."""
     # deploy() checks every argument before it looks for credentials.
+    serverless, async_output = _mode_settings(args)
     result = deploy(
         args.model_dir,
         endpoint=args.endpoint,
         bucket=args.bucket,
         role=args.role,
         image=args.image,
-        instance_type=args.instance_type,
+        instance_type=args.instance_type or DEFAULT_INSTANCE_TYPE,
         count=args.count,
         autoscale=args.autoscale,
         wait=args.wait,
@@ -255,15 +286,15 @@ def run_deploy(args: argparse.Namespace) -> int:
         profile=args.profile,
         report=_Progress(),
         package_options=_archive_options(args),
+        mode=args.mode,
+        serverless=serverless,
+        async_output=async_output,
     )
-    print(f"endpoint {result.endpoint}: {result.action}, {result.status}")
+    print(f"endpoint {result.endpoint} ({result.mode}): {result.action}, {result.status}")
     print(f"  model {result.model}, endpoint config {result.endpoint_config}")
     print(f"  artifact {result.artifact}")
     if result.autoscale:
-        a = result.autoscale
-        print(
-            f"  autoscaling {a.min_capacity}-{a.max_capacity} instances at {a.target:g} invocations/instance/minute"
-        )
+        print(f"  autoscaling {result.autoscale.describe(result.mode)}")
     if result.status != "InService":
         print(f"  not waiting; follow it with `twinnet endpoints --region {result.region}`")
     return 0
@@ -279,13 +310,15 @@ def run_endpoints(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no twinnet endpoints in {session.region_name}")
         return 0
-    header = ("NAME", "STATUS", "INSTANCES", "TYPE", "MODEL", "MODIFIED (UTC)")
+    header = ("NAME", "MODE", "STATUS", "INSTANCES", "TYPE", "BACKLOG", "MODEL", "MODIFIED (UTC)")
     table = [header] + [
         (
             r.name,
+            r.mode,
             r.status,
             "" if r.instances is None else str(r.instances),
             r.instance_type,
+            "" if r.backlog is None else f"{r.backlog:g}",
             r.model,
             r.modified,
         )
@@ -320,8 +353,3 @@ def run_teardown(args: argparse.Namespace) -> int:
     if not args.delete_artifacts:
         print("  (model.tar.gz kept in S3; add --delete-artifacts to delete it)")
     return 0
-
-
-def run_container_serve(args: argparse.Namespace) -> int:
-    """``twinnet container serve``: the image's ENTRYPOINT; returns the model server's exit status."""
-    return serve(Path(args.model_dir), engine=args.engine)

@@ -11,8 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
-from twinnet.cli.infer import remote_backend
+from twinnet.cli.infer import add_aws_options, remote_backend
 from twinnet.contract.protocol import parse_top_k
+from twinnet.data.items import list_images
 from twinnet.errors import TwinnetError
 from twinnet.index import GalleryIndex, check_top_k
 from twinnet.infer.runtime import PRECISIONS
@@ -96,7 +97,10 @@ def _register_identify(sub: argparse._SubParsersAction) -> None:
         "with calibrated probabilities; 'unknown' when none reaches the model's threshold, raised "
         "with the gallery's size so a stranger is accepted about 5% of the time.",
     )
-    q.add_argument("queries", nargs="+", metavar="QUERY", help="image file(s)")
+    q.add_argument(
+        "queries", nargs="+", metavar="QUERY",
+        help="image file(s), or folders of them (searched recursively)",
+    )  # fmt: skip
     where = q.add_mutually_exclusive_group(required=True)
     where.add_argument("--index", metavar="INDEX_DIR", help="search this index in process")
     where.add_argument(
@@ -106,12 +110,13 @@ def _register_identify(sub: argparse._SubParsersAction) -> None:
         "--endpoint", metavar="NAME", help="a SageMaker endpoint packaged with --index"
     )
     q.add_argument("--top-k", type=int, default=5, help="classes to print per query (default 5)")
-    q.add_argument("--json", action="store_true", help="print one JSON object per query")
+    q.add_argument(
+        "--json", action="store_true", help="print one JSON object per query (JSON lines)"
+    )
     _model_option(q)
     q.add_argument("--token", help="TorchServe inference token (with --url)")
     q.add_argument("--model-name", default="twin", help="model name on the server (with --url)")
-    q.add_argument("--region", help="AWS region of the endpoint (with --endpoint)")
-    q.add_argument("--profile", help="AWS profile from ~/.aws (with --endpoint)")
+    add_aws_options(q)
     q.set_defaults(func=_identify)
 
 
@@ -201,18 +206,37 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _queries(names: list[str]) -> list[str]:
+    """The query files: files as given, folders expanded to their images in order."""
+    out: list[str] = []
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise TwinnetError(f"{name} holds no images")
+            out += [str(p) for p in found]
+        elif path.is_file():
+            out.append(name)
+        else:
+            raise TwinnetError(f"{name}: no such file")
+    return out
+
+
 def _identify(args: argparse.Namespace) -> int:
     remote = bool(args.url or args.endpoint)
     top_k = parse_top_k(args.top_k) if remote else check_top_k(args.top_k)
-    for query in args.queries:
-        if not Path(query).is_file():
-            raise TwinnetError(f"{query}: no such file")
+    queries = _queries(args.queries)
     if remote:
         backend = remote_backend(args)
-        results = [backend.identify(Path(q), top_k=top_k) for q in args.queries]
+        many = getattr(backend, "identify_many", None)
+        if many is not None:  # an async endpoint gets every query queued at once
+            results = many([Path(q) for q in queries], top_k=top_k)
+        else:
+            results = [backend.identify(Path(q), top_k=top_k) for q in queries]
     else:
-        results = _open(args).identify([Path(q) for q in args.queries], top_k=top_k)
-    for query, result in zip(args.queries, results, strict=True):
+        results = _open(args).identify([Path(q) for q in queries], top_k=top_k)
+    for query, result in zip(queries, results, strict=True):
         if args.json:
             print(json.dumps({"query": query, **result.to_dict()}))
             continue

@@ -1,8 +1,9 @@
 """Subcommands of the infer stage: ``twinnet compare`` (alias ``invoke``), ``search``, ``export``.
 
 ``compare`` runs wherever :func:`twinnet.clients.backends.open_backend` points (a model directory,
-a TorchServe URL or a SageMaker endpoint); ``invoke NAME A B`` is ``compare --endpoint NAME
-A B``, the same code path; ``search`` runs in process.
+a TorchServe URL or a SageMaker endpoint of any mode); ``invoke NAME A B`` is ``compare
+--endpoint NAME A B``, the same code path; ``search`` ranks in process with cached embeddings,
+or compares pair by pair on a server (queued at once on an async endpoint).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from twinnet.clients.backends import open_backend, resize_method
 from twinnet.core.result import CompareResult
+from twinnet.data.items import list_images
 from twinnet.errors import TwinnetError
 from twinnet.infer.explain import save_cam_picture
 from twinnet.infer.runtime import PRECISIONS
@@ -53,9 +55,35 @@ def _add_pair_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_aws_options(p: argparse.ArgumentParser) -> None:
+def add_aws_options(p: argparse.ArgumentParser) -> None:
+    """``--region``, ``--profile`` and ``--async-timeout`` of a command that can use an endpoint."""
     p.add_argument("--region", help="AWS region of the endpoint (default: AWS_DEFAULT_REGION)")
     p.add_argument("--profile", help="AWS profile from ~/.aws (default: AWS_PROFILE or 'default')")
+    p.add_argument(
+        "--async-timeout", type=float, default=900.0, metavar="SECONDS",
+        help="async endpoint: how long to wait for the answers (default 900; one scaled to "
+        "zero takes minutes to start)",
+    )  # fmt: skip
+
+
+class AsyncProgress:
+    """``answered/total`` on stderr while an async endpoint works: one rewritten line on a
+    tty, else a line at the start, at the end, and at most every 10 s in between."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.said_at: float | None = None
+
+    def __call__(self, answered: int, total: int, elapsed: float) -> None:
+        line = f"async endpoint: {answered}/{total} answered ({elapsed:.0f} s)"
+        done = answered == total
+        if self.tty:
+            self.stream.write(f"\r{line}\033[K" + ("\n" if done else ""))
+        elif self.said_at is None or done or elapsed - self.said_at >= 10:
+            self.stream.write(line + "\n")
+            self.said_at = elapsed
+        self.stream.flush()
 
 
 def remote_backend(args: argparse.Namespace):
@@ -64,10 +92,20 @@ def remote_backend(args: argparse.Namespace):
         url=args.url,
         endpoint=args.endpoint,
         region=args.region,
-        token=args.token,
-        model_name=args.model_name,
+        token=getattr(args, "token", None),
+        model_name=getattr(args, "model_name", "twin"),
         profile=args.profile,
+        progress=AsyncProgress(),
+        timeout_s=getattr(args, "async_timeout", 900.0),
     )
+
+
+def _add_remote_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="TorchServe base URL, e.g. http://localhost:8080")
+    p.add_argument("--token", help="TorchServe inference token")
+    p.add_argument("--model-name", default="twin", help="model name on the server")
+    p.add_argument("--endpoint", help="SageMaker endpoint name (real-time, serverless or async)")
+    add_aws_options(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,11 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_pair_arguments(p)
     _add_local_options(p)
-    p.add_argument("--url", help="TorchServe base URL, e.g. http://localhost:8080")
-    p.add_argument("--token", help="TorchServe inference token")
-    p.add_argument("--model-name", default="twin", help="model name on the server")
-    p.add_argument("--endpoint", help="SageMaker endpoint name")
-    _add_aws_options(p)
+    _add_remote_options(p)
+    _add_no_wait(p)
     p.set_defaults(func=run_compare)
 
     i = sub.add_parser(
@@ -94,7 +129,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("endpoint", metavar="NAME", help="SageMaker endpoint name")
     _add_pair_arguments(i)
     i.add_argument("--json", action="store_true", help="print the JSON response")
-    _add_aws_options(i)
+    add_aws_options(i)
+    _add_no_wait(i)
     i.set_defaults(
         func=run_compare, model=None, url=None, token=None, model_name="twin",
         device="auto", precision="auto",
@@ -103,12 +139,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "search",
         help="rank a folder of images against one image",
-        description="Rank every image under GALLERY_DIR by the probability that it shows QUERY's class.",
+        description="Rank every image under GALLERY_DIR by the probability that it shows QUERY's "
+        "class: in process with cached embeddings, or pair by pair on a TorchServe server or a "
+        "SageMaker endpoint (an async endpoint gets every pair queued at once).",
     )
     s.add_argument("query", help="the image to look for")
     s.add_argument("gallery", metavar="GALLERY_DIR", help="folder of images (searched recursively)")
     s.add_argument("--top-k", type=int, default=5, help="how many matches to print (default 5)")
     _add_local_options(s)
+    _add_remote_options(s)
     s.set_defaults(func=run_search)
 
     e = sub.add_parser(
@@ -154,14 +193,35 @@ def _open_twin(args: argparse.Namespace):
     return Twin.load(args.model, device=args.device, precision=args.precision)
 
 
+def _add_no_wait(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="async endpoint: queue the request, print where the answer will be written, return",
+    )
+
+
 def run_compare(args: argparse.Namespace) -> int:
     """``twinnet compare A B`` (and ``invoke NAME A B``): print the verdict; optionally the Grad-CAM picture."""
     for path in (args.left, args.right):
         if not Path(path).is_file():
             raise TwinnetError(f"{path}: no such file")
+    if args.no_wait and not args.endpoint:
+        raise TwinnetError("--no-wait is for an async SageMaker endpoint (--endpoint NAME)")
     remote = bool(args.url or args.endpoint)
     if remote:
         backend = remote_backend(args)
+        if args.no_wait:
+            job = backend.submit_compare(Path(args.left), Path(args.right), cam=bool(args.cam))
+            answer = {"inference_id": job.inference_id, "output": job.output,
+                      "failure": job.failure, "request": job.request}  # fmt: skip
+            if args.json:
+                print(json.dumps(answer))
+            else:
+                print(f"queued {job.inference_id}: the answer will be written to {job.output}")
+                if job.failure:
+                    print(f"  a failure to {job.failure}")
+            return 0
     elif args.device != "auto" or args.precision != "auto":
         backend = _open_twin(args)
     else:
@@ -198,18 +258,41 @@ def run_search(args: argparse.Namespace) -> int:
         raise TwinnetError(f"{args.gallery}: not a directory")
     if args.top_k < 1:
         raise TwinnetError("--top-k must be at least 1")
-    twin = _open_twin(args)
-    hits = twin.search(Path(args.query), args.gallery, top_k=args.top_k)
+    if args.url or args.endpoint:
+        name, hits = _remote_search(args)
+    else:
+        twin = _open_twin(args)
+        name, hits = twin.name, twin.search(Path(args.query), args.gallery, top_k=args.top_k)
     if args.json:
         rows = [
             {"rank": r, "index": h.index, "path": str(h.item), "probability": h.probability}
             for r, h in enumerate(hits, 1)
         ]
-        print(json.dumps({"query": str(args.query), "model": twin.name, "hits": rows}))
+        print(json.dumps({"query": str(args.query), "model": name, "hits": rows}))
     else:
         for r, h in enumerate(hits, 1):
             print(f"{r:>3}  {h.probability:.4f}  {h.item}")
     return 0
+
+
+def _remote_search(args: argparse.Namespace):
+    """Rank a gallery on a server: one comparison per gallery image (all queued at once on
+    an async endpoint), ordered by probability; returns the model's name and the hits."""
+    from twinnet.core.result import Hit
+
+    gallery = list_images(args.gallery)
+    if not gallery:
+        raise TwinnetError(f"{args.gallery} holds no images")
+    backend = remote_backend(args)
+    query = Path(args.query)
+    many = getattr(backend, "compare_many", None)
+    if many is not None:
+        results = many([(query, item) for item in gallery])
+    else:
+        results = [backend.compare(query, item) for item in gallery]
+    order = sorted(range(len(gallery)), key=lambda i: (-results[i].probability, i))
+    hits = [Hit(index=i, item=gallery[i], probability=results[i].probability) for i in order]
+    return (results[0].model if results else ""), hits[: args.top_k]
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -78,8 +78,13 @@ def open_backend(
     token: str | None = None,
     model_name: str = "twin",
     profile: str | None = None,
+    progress: Any = None,
+    timeout_s: float = 900.0,
 ) -> Backend:
-    """Open exactly one backend; heavy imports happen only for the one chosen."""
+    """Open exactly one backend; heavy imports happen only for the one chosen.
+
+    ``progress(answered, total, elapsed_s)`` follows an async endpoint's answers.
+    """
     chosen = [name for name, v in (("model", model), ("url", url), ("endpoint", endpoint)) if v]
     if len(chosen) != 1:
         raise TwinnetError("choose exactly one backend: a model directory, --url or --endpoint")
@@ -88,7 +93,9 @@ def open_backend(
     if url:
         return HttpClient(url, token=token, model_name=model_name)
 
-    return SageMakerClient(str(endpoint), region=region, profile=profile)
+    return SageMakerClient(
+        str(endpoint), region=region, profile=profile, progress=progress, timeout_s=timeout_s
+    )
 
 
 @dataclass(frozen=True)
@@ -124,11 +131,16 @@ class BackendChoice:
     @property
     def label(self) -> str:
         """One line for the page: where answers come from."""
+        return self.describe()
+
+    def describe(self, mode: str | None = None) -> str:
+        """:attr:`label`, with an endpoint's mode (``realtime``, ``serverless``, ``async``)."""
         if self.kind == "model":
             return f"in process, model {self.target}"
         if self.kind == "url":
             return f"TorchServe at {self.target}"
-        return f"SageMaker endpoint {self.target} ({self.region or 'default region'})"
+        where = self.region or "default region"
+        return f"SageMaker endpoint {self.target} ({where}{f', {mode} mode' if mode else ''})"
 
     @property
     def remote(self) -> bool:

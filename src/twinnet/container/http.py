@@ -157,7 +157,7 @@ def _error_json(status: int, detail: str, adj: Any) -> bytes:
         shown = f"{limit / 2**20:.0f} MiB" if limit >= 2**20 else f"{limit} byte"
         code = "payload_too_large"
         message = (
-            f"request body is over the {shown} limit (SageMaker's real-time limit); "
+            f"request body is over this endpoint's {shown} limit; "
             "send smaller images (e.g. JPEG at 1024 px)"
         )
     elif status == 431:

@@ -173,11 +173,23 @@ class _Run:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
+def _writable_home(run: _Run) -> None:
+    """Give the model server a writable HOME when the image's is not (serverless: only
+    ``/tmp`` is writable), so libraries that keep caches or ids there do not fail."""
+    home = os.environ.get("HOME", "")
+    if home and os.access(home, os.W_OK):
+        return
+    fallback = run.home / "home"
+    fallback.mkdir(parents=True, exist_ok=True)
+    os.environ["HOME"] = str(fallback)
+    say(f"HOME {home or '(unset)'} is not writable; the model server uses {fallback}")
+
+
 def _serve_until_stopped(settings: ContainerSettings, source: Path, run: _Run) -> int:
     """Open the port, start the engine, turn ``/ping`` healthy; returns once the engine exits."""
     runner = _RUNNERS[settings.engine]()
     run.gateway = runner.gateway(
-        settings.host, settings.port, settings.invocation_timeout,
+        settings.host, settings.port, settings.invocation_timeout, settings.max_request_bytes,
         threads=settings.gateway_threads, max_connections=settings.max_connections,
     )  # fmt: skip
     run.gateway.start()
@@ -275,6 +287,7 @@ def serve(
     previous = {s: signal.signal(s, _on_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     run = _Run(home=Path(tempfile.mkdtemp(prefix="twinnet-container-")))
     try:
+        _writable_home(run)
         return _serve_until_stopped(settings, source, run)
     except _Stop as stop:
         say(f"{stop}: stopping {get_engine(settings.engine).title}")

@@ -20,6 +20,9 @@ Settings (environment variables; all optional):
 ``TWINNET_INVOCATION_TIMEOUT``  seconds before an invocation is answered 504 (default 55)
 ``TWINNET_GATEWAY_THREADS``     requests the gateway answers at once (default 32)
 ``TWINNET_MAX_CONNECTIONS``     client connections the gateway keeps open (default 500)
+``TWINNET_MAX_REQUEST_BYTES``   larger request bodies are answered 413 (default 6 MiB, the
+                                real-time limit; ``twinnet deploy --mode serverless`` sets
+                                4 MiB, serverless's)
 =============================== ==============================================================
 """
 
@@ -45,6 +48,7 @@ from twinnet.contract.options import (
     ServeOptions,
     precisions,
 )
+from twinnet.contract.protocol import MAX_REQUEST_BYTES
 from twinnet.engines.registry import engine_names
 from twinnet.errors import TwinnetError
 
@@ -86,6 +90,7 @@ class ContainerSettings:
         gateway_threads: requests the gateway answers at once.
         max_connections: client connections the gateway keeps open at once.
         engine: ``torchserve`` or ``ray``.
+        max_request_bytes: larger request bodies are answered 413.
         overrides: :class:`~twinnet.contract.options.ServeOptions` fields to rewrite into
             ``model-config.yaml``.
     """
@@ -97,6 +102,7 @@ class ContainerSettings:
     gateway_threads: int = DEFAULT_GATEWAY_THREADS
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     engine: str = ENGINES[0]
+    max_request_bytes: int = MAX_REQUEST_BYTES
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -148,6 +154,13 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ContainerSett
         settings.gateway_threads = _int(env, "TWINNET_GATEWAY_THREADS", 1)
     if env.get("TWINNET_MAX_CONNECTIONS", "").strip():
         settings.max_connections = _int(env, "TWINNET_MAX_CONNECTIONS", 1)
+    if env.get("TWINNET_MAX_REQUEST_BYTES", "").strip():
+        settings.max_request_bytes = _int(env, "TWINNET_MAX_REQUEST_BYTES", 1024)
+        if settings.max_request_bytes > MAX_REQUEST_BYTES:
+            raise TwinnetError(
+                f"TWINNET_MAX_REQUEST_BYTES={settings.max_request_bytes}: at most "
+                f"{MAX_REQUEST_BYTES} (the contract's limit, which the model server holds to)"
+            )
     for option, names in _OPTION_ENV.items():
         var = next((n for n in names if env.get(n, "").strip()), None)
         if var is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from twinnet.errors import ImageError, TwinnetError
 
-__all__ = ["ProtocolError", "error_body", "error_from_exception"]
+__all__ = ["ProtocolError", "error_body", "error_from_exception", "status_of"]
 
 _STATUS_OF = {
     "bad_request": 400,
@@ -25,6 +25,11 @@ _STATUS_OF = {
     "internal_error": 500,
     "unavailable": 503,
 }
+
+
+def status_of(code: str) -> int:
+    """The HTTP status that goes with an error ``code`` (500 for one this contract lacks)."""
+    return _STATUS_OF.get(str(code), 500)
 
 
 class ProtocolError(TwinnetError):

@@ -27,8 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 from twinnet.core.spec import ModelSpec
 from twinnet.errors import TwinnetError
-from twinnet.index import GalleryIndex, store
-from twinnet.infer.twin import Twin
 
 if TYPE_CHECKING:
     from twinnet.contract.options import ServeOptions
@@ -40,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 #: Where an archive keeps its gallery index, beside the model files.
 INDEX_DIR = "index"
+
+# The index and the model (torch) are imported by the functions that use them: the
+# container's gateway process reads INDEX_DIR and must not load torch.
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,9 @@ def _model_files_clash(model_dir: Path) -> None:
 
 def check_index(model_dir: str | os.PathLike, index: str | os.PathLike) -> CheckedIndex:
     """Check that ``index`` can ship with ``model_dir``; raises a TwinnetError saying why not."""
+    from twinnet.index import GalleryIndex
+    from twinnet.infer.twin import Twin
+
     model_dir, path = Path(model_dir), Path(index)
     spec = ModelSpec.load(model_dir)
     if not spec.has_embeddings:
@@ -120,6 +124,8 @@ def stage_index(checked: CheckedIndex, dest: str | os.PathLike) -> Path:
     Only the index's own files are copied (not the writers' lock beside it). An index that
     another process updates meanwhile is refused, so the archive holds the version checked.
     """
+    from twinnet.index import store
+
     out = Path(dest) / INDEX_DIR
     out.mkdir(parents=True)
     changed = TwinnetError(
@@ -146,6 +152,8 @@ def open_gallery(model_dir: str | os.PathLike, twin: Any) -> GalleryIndex | None
     has already tied the index to these weights: queries are embedded by ``twin`` as served,
     and a warning says that probabilities may differ slightly from the gallery's precision.
     """
+    from twinnet.index import GalleryIndex
+
     path = Path(model_dir) / INDEX_DIR
     if not path.is_dir():
         return None

@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from twinnet.contract.protocol import FORMATS as RESPONSE_FORMATS
+from twinnet.core.precision import PRECISIONS
 from twinnet.errors import TwinnetError
-from twinnet.infer.runtime import PRECISIONS
 
 __all__ = [
     "CONFIG_FILE",
@@ -90,8 +90,8 @@ def _whole(name: str, value: Any) -> int:
 
 
 def precisions() -> tuple[str, ...]:
-    """:data:`twinnet.infer.runtime.PRECISIONS`, imported when first needed: it brings torch, which
-    the container's gateway process does not otherwise need."""
+    """:data:`twinnet.core.precision.PRECISIONS`: checked by name, so the container's gateway
+    process never loads torch."""
     return PRECISIONS
 
 
@@ -116,7 +116,7 @@ class ServeOptions:
             the ``torchserve`` plan.
         response_timeout: seconds before a batch is considered stuck.
         startup_timeout: seconds a worker may take to load the model.
-        precision: ``auto``, ``int8``, ``bf16`` or ``fp32`` (:data:`twinnet.infer.runtime.PRECISIONS`).
+        precision: ``auto``, ``int8``, ``bf16`` or ``fp32`` (:data:`twinnet.core.precision.PRECISIONS`).
         cache_mb: each worker's embedding cache.
         plan: ``tuned``, or ``torchserve`` (TorchServe's own workers and threads).
         response_format: the answer for a request that names no ``format``: ``object`` (the

@@ -22,6 +22,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from twinnet.core.precision import FLOAT_PRECISIONS, PRECISIONS
 from twinnet.errors import TwinnetError
 
 __all__ = [
@@ -37,9 +38,6 @@ __all__ = [
     "default_threads",
 ]
 
-PRECISIONS = ("auto", "int8", "bf16", "fp32")
-#: What training and in-memory models accept: int8 needs an encoder made by ``twinnet quantize``.
-FLOAT_PRECISIONS = ("auto", "bf16", "fp32")
 #: Why a model has no int8 path when nothing more specific is known.
 NO_INT8 = "it has no int8 encoder; make one with `twinnet quantize MODEL_DIR IMAGES_DIR`"
 
