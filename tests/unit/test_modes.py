@@ -107,3 +107,16 @@ def test_the_containers_own_process_does_not_load_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_workers_memory_is_its_own_not_its_parents(random_model_dir):
+    """The measurement serverless deploy relies on: a fresh process's own peak, which a big
+    parent (here 2 GB more than the model needs) must not inflate."""
+    import numpy as np
+
+    from twinnet.infer.footprint import measure
+
+    ballast = np.ones(2 * 2**30 // 8)  # touched pages: resident in this process
+    footprint = measure(random_model_dir, precision="fp32")
+    assert ballast.sum() > 0
+    assert 100 < footprint.peak_mb < 2048 and footprint.precision == "fp32"
