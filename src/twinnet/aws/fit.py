@@ -32,7 +32,7 @@ from twinnet.infer.footprint import Footprint, measure
 __all__ = ["FRONTEND_MB", "Fit", "archive_bytes", "check_image", "check_serverless"]
 
 #: TorchServe's Java frontend and the container's gateway, next to the workers. Measured in
-#: a memory cgroup on the container (tests/integration/test_container.py checks that the
+#: a memory cgroup on the container (tests/integration/test_container_serverless.py checks that the
 #: estimate covers the container's peak): Java about 240 MB resident, the gateway 30 MB.
 FRONTEND_MB = 384
 
@@ -96,7 +96,8 @@ def check_serverless(
         way = (
             f"deploy with --memory-mb {bigger[0]}"
             if bigger
-            else "a serverless endpoint has at most 6144 MB: use --mode realtime or --mode async"
+            else f"a serverless endpoint has at most {SERVERLESS_MEMORY_MB[-1]} MB: use --mode "
+            "realtime or --mode async"
         )
         raise TwinnetError(
             f"the model does not fit a serverless endpoint: it {fit.describe()}; {way}"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from twinnet.aws.modes import ASYNC, REALTIME
 from twinnet.aws.resources import VARIANT
 from twinnet.aws.session import ACCESS_DENIED_CODES, error_code
 from twinnet.errors import TwinnetError
@@ -49,7 +50,7 @@ SCALING_METRIC = "SageMakerVariantInvocationsPerInstance"
 BACKLOG_METRIC = "ApproximateBacklogSizePerInstance"
 NO_CAPACITY_METRIC = "HasBacklogWithoutCapacity"
 #: The default targets: invocations per instance per minute, and queued requests per instance.
-DEFAULT_TARGET = {"realtime": 70.0, "async": 5.0}
+DEFAULT_TARGET = {REALTIME: 70.0, ASYNC: 5.0}
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class Autoscale:
         return float(self.target if self.target is not None else DEFAULT_TARGET[mode])
 
     def describe(self, mode: str) -> str:
-        unit = "queued requests/instance" if mode == "async" else "invocations/instance/minute"
+        unit = "queued requests/instance" if mode == ASYNC else "invocations/instance/minute"
         return (
             f"{self.min_capacity}-{self.max_capacity} instances at {self.target_for(mode):g} {unit}"
         )
@@ -106,8 +107,8 @@ def resource_id(endpoint: str) -> str:
     return f"endpoint/{endpoint}/variant/{VARIANT}"
 
 
-def _policy_name(endpoint: str, mode: str = "realtime") -> str:
-    return f"twinnet-{endpoint}-{'backlog' if mode == 'async' else 'invocations'}"
+def _policy_name(endpoint: str, mode: str = REALTIME) -> str:
+    return f"twinnet-{endpoint}-{'backlog' if mode == ASYNC else 'invocations'}"
 
 
 def _wake_policy_name(endpoint: str) -> str:
@@ -242,7 +243,7 @@ def restore_scaling(aas: Any, endpoint: str, scaling: Scaling, cw: Any = None) -
 
 
 def apply_scaling(
-    aas: Any, endpoint: str, autoscale: Autoscale, mode: str = "realtime", cw: Any = None
+    aas: Any, endpoint: str, autoscale: Autoscale, mode: str = REALTIME, cw: Any = None
 ) -> None:
     """Register the variant and attach its policies (every call is an upsert).
 
@@ -251,7 +252,7 @@ def apply_scaling(
     the variant when requests wait with no instance (``cw``: a CloudWatch client).
     """
     _register(aas, endpoint, autoscale.min_capacity, autoscale.max_capacity)
-    if mode == "async":
+    if mode == ASYNC:
         metric: dict[str, Any] = {
             "CustomizedMetricSpecification": {
                 "MetricName": BACKLOG_METRIC,
@@ -273,7 +274,7 @@ def apply_scaling(
             "ScaleOutCooldown": 60,
         },
     )
-    if mode == "async" and autoscale.min_capacity == 0:
+    if mode == ASYNC and autoscale.min_capacity == 0:
         if cw is None:
             raise TwinnetError("scaling an asynchronous endpoint to zero needs a CloudWatch client")
         wake = aas.put_scaling_policy(

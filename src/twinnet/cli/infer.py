@@ -92,11 +92,11 @@ def remote_backend(args: argparse.Namespace):
         url=args.url,
         endpoint=args.endpoint,
         region=args.region,
-        token=getattr(args, "token", None),
-        model_name=getattr(args, "model_name", "twin"),
+        token=args.token,
+        model_name=args.model_name,
         profile=args.profile,
         progress=AsyncProgress(),
-        timeout_s=getattr(args, "async_timeout", 900.0),
+        timeout_s=args.async_timeout,
     )
 
 

@@ -68,12 +68,13 @@ class AsyncInvoker:
         requests: str,
         poll_s: float = 2.0,
         timeout_s: float = 900.0,
-        progress: Progress = _quiet,
+        progress: Progress | None = None,
     ) -> None:
         self.runtime, self.s3, self.endpoint = runtime, s3, endpoint
         self.bucket, prefix = parse_s3_uri(requests, "requests location")
         self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
-        self.poll_s, self.timeout_s, self.progress = poll_s, timeout_s, progress
+        self.poll_s, self.timeout_s = poll_s, timeout_s
+        self.progress = progress or _quiet
         #: Request objects that could not be deleted after their answer, and why.
         self.undeleted: list[str] = []
 

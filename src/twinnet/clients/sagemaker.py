@@ -139,7 +139,7 @@ class SageMakerClient:
             self._async = AsyncInvoker(
                 self._client, client(self._session, "s3", self.region), self.endpoint,
                 AsyncOutput(facts.output).requests, poll_s=self._poll_s,
-                timeout_s=self._timeout_s, progress=self._progress or _silent,
+                timeout_s=self._timeout_s, progress=self._progress,
             )  # fmt: skip
         return self._async
 
@@ -168,10 +168,6 @@ class SageMakerClient:
                 client(self._session, "sagemaker", self.region), self.endpoint, self.region
             )
         return self._facts
-
-
-def _silent(answered: int, total: int, elapsed: float) -> None:
-    """No progress to show."""
 
 
 def _sagemaker_error(exc: Any, endpoint: str, region: str | None) -> TwinnetError:

@@ -46,9 +46,9 @@ from twinnet.contract.options import (
     MINIMUM,
     RESPONSE_FORMATS,
     ServeOptions,
-    precisions,
 )
 from twinnet.contract.protocol import MAX_REQUEST_BYTES
+from twinnet.core.precision import PRECISIONS
 from twinnet.engines.registry import engine_names
 from twinnet.errors import TwinnetError
 
@@ -117,7 +117,7 @@ def _option(env: Mapping[str, str], option: str, var: str) -> Any:
     """One ServeOptions field from environment variable ``var``."""
     if option in ("precision", "response_format"):
         value = env[var].strip().lower()
-        choices = precisions() if option == "precision" else RESPONSE_FORMATS
+        choices = PRECISIONS if option == "precision" else RESPONSE_FORMATS
         if value not in choices:
             shown = f"{', '.join(choices[:-1])} or {choices[-1]}"
             raise TwinnetError(f"{var}={env[var]!r}: expected {shown}")

@@ -89,12 +89,6 @@ def _whole(name: str, value: Any) -> int:
     return n
 
 
-def precisions() -> tuple[str, ...]:
-    """:data:`twinnet.core.precision.PRECISIONS`: checked by name, so the container's gateway
-    process never loads torch."""
-    return PRECISIONS
-
-
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     word = str(value).strip().lower()
     if word not in choices:
@@ -145,7 +139,7 @@ class ServeOptions:
         if self.workers is not None:
             put(self, "workers", _whole("workers", self.workers))
         put(self, "plan", _choice("plan", self.plan, PLANS))
-        put(self, "precision", _choice("precision", self.precision, precisions()))
+        put(self, "precision", _choice("precision", self.precision, PRECISIONS))
         put(self, "response_format", _choice("response format", self.response_format, RESPONSE_FORMATS))  # fmt: skip
         put(self, "threads", self._checked_threads())
         if float(self.cache_mb) < 0:
