@@ -158,6 +158,8 @@ def test_serverless_refuses_a_model_over_its_memory(aws, random_model_dir, capsy
         (["--output", OUTPUT], "--output: only with --mode async"),
         (["--autoscale", "0:2"], "only an asynchronous endpoint (--mode async) scales to 0"),
         (["--mode", "async", "--output", OUTPUT, "--sns-topic", "topic"], "not an SNS topic ARN"),
+        (["--mode", "serverless", "--env", "TWINNET_WORKERS=two"],
+         "--env: TWINNET_WORKERS='two': expected a whole number >= 1"),
     ],
 )  # fmt: skip
 def test_mode_arguments_are_checked_before_anything(aws, random_model_dir, capsys, extra, fragment):
@@ -306,6 +308,7 @@ def test_async_round_trip_through_the_container(
             "ScalingPolicies"
         ]
     }
+    before = inventory(aws)
     tracking = policies["TargetTrackingScaling"]["TargetTrackingScalingPolicyConfiguration"]
     metric = tracking["CustomizedMetricSpecification"]
     assert (metric["MetricName"], tracking["TargetValue"]) == (
@@ -317,8 +320,14 @@ def test_async_round_trip_through_the_container(
     assert alarm["MetricName"] == "HasBacklogWithoutCapacity"
     assert alarm["AlarmActions"] == [policies["StepScaling"]["PolicyARN"]]
 
-    # The same deploy again changes nothing.
-    before = inventory(aws)
+    # A minimum above 0 needs no wake-up: redeploying 1:2 removes the alarm and step policy.
+    assert main([*argv[:-4], "--autoscale", "1:2", *argv[-2:]]) == 0
+    assert "(async): unchanged" in capsys.readouterr().out
+    assert not cw.describe_alarms(AlarmNames=[alarm_name(ENDPOINT)])["MetricAlarms"]
+    left = aas.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=rid)
+    assert [p["PolicyType"] for p in left["ScalingPolicies"]] == ["TargetTrackingScaling"]
+
+    # The same deploy again (0:2) changes nothing but the scaling it asks for.
     assert main(argv) == 0
     assert "(async): unchanged" in capsys.readouterr().out
     assert inventory(aws) == before

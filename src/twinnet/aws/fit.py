@@ -24,6 +24,7 @@ from typing import Any
 from twinnet.aws.ledger import Reporter
 from twinnet.aws.modes import SERVERLESS_IMAGE_BYTES, SERVERLESS_MEMORY_MB, Serverless
 from twinnet.aws.session import client, describe_error
+from twinnet.container.settings import settings_from_env
 from twinnet.engines.torchserve.archive import archive_files
 from twinnet.errors import TwinnetError
 from twinnet.index import store
@@ -78,7 +79,7 @@ def check_serverless(
     measure_worker: Callable[[str | Path], Footprint] = measure,
 ) -> Fit:
     """Refuse a model whose measured memory exceeds the endpoint's; returns the figures."""
-    workers = int(env.get("TWINNET_WORKERS") or env.get("SAGEMAKER_MODEL_SERVER_WORKERS") or 1)
+    workers = int(settings_from_env(env).overrides.get("workers") or 1)
     report(
         "step", f"measuring the memory of {model_dir} (a fresh process loads it and answers once)"
     )

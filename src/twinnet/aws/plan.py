@@ -28,6 +28,7 @@ from twinnet.aws.modes import (
 from twinnet.aws.resources import check_managed, describe_endpoint, validate_endpoint_name
 from twinnet.aws.scaling import Autoscale
 from twinnet.aws.session import aws, error_code, one_line
+from twinnet.container.settings import settings_from_env
 from twinnet.core.spec import SPEC_FILE
 from twinnet.core.version import __version__
 from twinnet.engines.torchserve.archive import archive_files
@@ -170,7 +171,12 @@ def check_arguments(
     for key in env:
         if not _ENV_KEY_RE.match(key):
             raise TwinnetError(f"--env {key!r}: not a valid environment variable name")
-    return count, mode_environment(mode, {key: str(value) for key, value in env.items()})
+    env = mode_environment(mode, {key: str(value) for key, value in env.items()})
+    try:  # the container reads these at start: a typo is refused here, not on SageMaker's host
+        settings_from_env(env)
+    except TwinnetError as exc:
+        raise TwinnetError(f"--env: {exc}") from None
+    return count, dict(env)
 
 
 def _check_mode(

@@ -289,6 +289,17 @@ def apply_scaling(
             },
         )
         _put_alarm(cw, endpoint, wake["PolicyARN"])
+    elif mode == ASYNC:
+        _drop_wake(aas, endpoint, cw)
+
+
+def _drop_wake(aas: Any, endpoint: str, cw: Any) -> None:
+    """A minimum above 0 needs no wake-up: remove the alarm and step policy of an earlier 0:N."""
+    if _alarms(cw, endpoint):
+        cw.delete_alarms(AlarmNames=[alarm_name(endpoint)])
+    policies = aas.describe_scaling_policies(**_target(endpoint)).get("ScalingPolicies", [])
+    if any(p["PolicyName"] == _wake_policy_name(endpoint) for p in policies):
+        aas.delete_scaling_policy(PolicyName=_wake_policy_name(endpoint), **_target(endpoint))
 
 
 def _put_alarm(cw: Any, endpoint: str, policy_arn: str) -> None:
