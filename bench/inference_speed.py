@@ -45,7 +45,12 @@ GFLOP_PAIR = 2 * GFLOP_IMAGE
 GALLERY = 50
 
 
-def round_robin(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+#: A timed row: a call, or ``(prepare, call)`` where ``prepare`` runs untimed before each
+#: call (emptying a cache, so that every call sees unseen images).
+Row = Callable[[], object] | tuple[Callable[[], object], Callable[[], object]]
+
+
+def round_robin(fns: dict[str, Row], rounds: int) -> dict[str, float]:
     """Median seconds per call of each function, timed in interleaved rounds so that load
     from other processes on a shared machine falls on every row alike."""
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -53,22 +58,25 @@ def round_robin(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, 
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def _timed_rounds(
-    fns: dict[str, Callable[[], object]], rounds: int, times: dict[str, list[float]]
-) -> None:
+def _timed_rounds(fns: dict[str, Row], rounds: int, times: dict[str, list[float]]) -> None:
     """One untimed call of each (first-call allocations, oneDNN kernel creation), then
     ``rounds`` interleaved timed calls, appended to ``times``."""
-    for fn in fns.values():
+    calls = {name: row if isinstance(row, tuple) else (None, row) for name, row in fns.items()}
+    for prepare, fn in calls.values():
+        if prepare:
+            prepare()
         fn()
     for _ in range(rounds):
-        for name, fn in fns.items():
+        for name, (prepare, fn) in calls.items():
+            if prepare:
+                prepare()
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
 
 
 def grouped_rounds(
-    groups: list[tuple[int, dict[str, Callable[[], object]]]], rounds: int, cycles: int = 3
+    groups: list[tuple[int, dict[str, Row]]], rounds: int, cycles: int = 3
 ) -> dict[str, float]:
     """:func:`round_robin` for rows that need different torch thread counts (an int8 Twin
     runs torch on one thread, the float paths on all): each group runs at its count, and the
@@ -188,7 +196,7 @@ def twin_stages(twin: object, left: bytes, right: bytes) -> dict[str, Callable[[
 
     pre = twin.preprocess  # type: ignore[attr-defined]
     imgs = [decode_image(b, "x") for b in (left, right)]
-    small = [pre.resize(i) for i in imgs]
+    small = [pre.pixels(i) for i in imgs]
     batch = pre.batch(small)
     feats = twin._encode(batch)  # type: ignore[attr-defined]
     half = feats.shape[0] // 2
@@ -196,7 +204,7 @@ def twin_stages(twin: object, left: bytes, right: bytes) -> dict[str, Callable[[
         feats = twin._embed_features(feats)  # type: ignore[attr-defined]
     return {
         "decode": lambda: [decode_image(b, "x") for b in (left, right)],
-        "resize": lambda: [pre.resize(i) for i in imgs],
+        "resize": lambda: [pre.pixels(i) for i in imgs],
         "to tensor": lambda: pre.batch(small),
         "encoder": lambda: twin._encode(batch),  # type: ignore[attr-defined]
         "head": lambda: twin._head(feats[:half], feats[half:]),  # type: ignore[attr-defined]
@@ -308,45 +316,26 @@ def main(argv: list[str] | None = None) -> int:
     def run_naive() -> None:
         naive(*next_pair())
 
-    def run_default() -> None:
-        twin.cache.clear()  # unseen images: no help from the cache
-        twin.compare(*next_pair())
+    def unseen(t: Twin, call: Callable[[Twin], object]) -> Row:
+        """A row on images the Twin has not seen: its cache is emptied, untimed, first."""
+        return (t.cache.clear, lambda: call(t))
 
-    def run_fp32() -> None:
-        twin32.cache.clear()
-        twin32.compare(*next_pair())
-
-    def run_bf16() -> None:
-        twin16.cache.clear()
-        twin16.compare(*next_pair())
-
-    def run_draft() -> None:
-        drafty.cache.clear()
-        drafty.compare(*next_pair())
-
-    def run_batch() -> None:
-        twin.cache.clear()
-        twin.compare_batch([(batch_imgs[2 * k], batch_imgs[2 * k + 1]) for k in range(8)])
-
-    def run_search_unseen() -> None:
-        twin.cache.clear()
-        twin.search(pairs_imgs[0], gallery, top_k=5)
-
-    def run_search_seen() -> None:
-        twin.search(pairs_imgs[0], gallery, top_k=5)
-
+    batch_pairs = [(batch_imgs[2 * k], batch_imgs[2 * k + 1]) for k in range(8)]
     n = args.threads or default_threads()
-    rows = {
+    rows: dict[str, tuple[int, Row]] = {
         "naive": (n, run_naive),
-        "default": (torch_threads(twin), run_default),
-        "fp32": (torch_threads(twin32), run_fp32),
-        "bf16": (torch_threads(twin16), run_bf16),
-        "draft": (torch_threads(drafty), run_draft),
-        "batch": (torch_threads(twin), run_batch),
-        "unseen": (torch_threads(twin), run_search_unseen),
-        "seen": (torch_threads(twin), run_search_seen),
+        "default": (torch_threads(twin), unseen(twin, lambda t: t.compare(*next_pair()))),
+        "fp32": (torch_threads(twin32), unseen(twin32, lambda t: t.compare(*next_pair()))),
+        "bf16": (torch_threads(twin16), unseen(twin16, lambda t: t.compare(*next_pair()))),
+        "draft": (torch_threads(drafty), unseen(drafty, lambda t: t.compare(*next_pair()))),
+        "batch": (torch_threads(twin), unseen(twin, lambda t: t.compare_batch(batch_pairs))),
+        "unseen": (
+            torch_threads(twin),
+            unseen(twin, lambda t: t.search(pairs_imgs[0], gallery, top_k=5)),
+        ),
+        "seen": (torch_threads(twin), lambda: twin.search(pairs_imgs[0], gallery, top_k=5)),
     }
-    groups: dict[int, dict[str, Callable[[], object]]] = {}
+    groups: dict[int, dict[str, Row]] = {}
     for name, (threads, fn) in rows.items():
         groups.setdefault(threads, {})[name] = fn
     stages = measure_stages(

@@ -238,3 +238,49 @@ def test_batch_preprocessing_equals_single_images():
     batch = pre.batch(imgs)
     assert batch.shape == (3, 3, 64, 64)
     assert torch.equal(batch, torch.stack([pre(img) for img in imgs]))
+
+
+def test_a_callers_pil_image_is_left_as_it_was():
+    """Decoding in place is only for images opened from bytes: a caller's image keeps its
+    size and orientation, and the decoded copy is upright."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(photo(80, 40), "JPEG", quality=95, exif=exif.tobytes())
+    theirs = Image.open(io.BytesIO(data))
+    theirs.load()
+    before = np.asarray(theirs).copy()
+    out = decode_image(theirs)
+    assert out is not theirs and out.size == (40, 80)
+    assert theirs.size == (80, 40) and np.array_equal(np.asarray(theirs), before)
+    assert theirs.getexif().get(0x0112) == 6
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_fast_resize_gives_pillows_pixels_within_one_grey_level(shared_data, interpolation):
+    spec = ModelSpec(arch="resnet18", image_size=224, interpolation=interpolation)
+    exact, fast = build_transforms(spec), build_transforms(spec, fast_resize=True)
+    for name in ("c1.jpg", "c2.jpg", "c3.jpg"):
+        img = decode_image(shared_data / "samples" / name)
+        ref = np.asarray(
+            img.resize((224, 224), Image.Resampling[interpolation.upper()], reducing_gap=None)
+        ).astype(int)
+        assert np.array_equal(exact.pixels(img), ref)  # training and fp32: Pillow, exactly
+        got = fast.pixels(img).astype(int)
+        assert got.shape == ref.shape and got.dtype == ref.dtype
+        diff = np.abs(got - ref)
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.005
+
+
+def test_fast_resize_leaves_crop_pad_and_other_filters_to_pillow():
+    img = photo(160, 120)
+    for kw in ({"resize_method": "crop"}, {"resize_method": "pad"}, {"interpolation": "lanczos"}):
+        spec = ModelSpec(arch="resnet18", image_size=64, **kw)
+        exact, fast = build_transforms(spec), build_transforms(spec, fast_resize=True)
+        assert np.array_equal(fast.pixels(img), exact.pixels(img))
+
+
+def test_small_images_upscale_alike_on_both_kernels():
+    img = Image.fromarray((np.random.default_rng(0).random((8, 8, 3)) * 255).astype(np.uint8))
+    spec = ModelSpec(arch="resnet18", image_size=32)
+    exact, fast = build_transforms(spec), build_transforms(spec, fast_resize=True)
+    assert np.abs(fast.pixels(img).astype(int) - exact.pixels(img).astype(int)).max() <= 1

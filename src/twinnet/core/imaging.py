@@ -110,7 +110,10 @@ def decode_image(
         draft: minimum (width, height) kept when JPEG decodes at reduced scale.
     """
     label = source_name(src, name)
-    img = src if isinstance(src, Image.Image) else _open(src, name, label, max_pixels)
+    # An image opened here is changed in place (no copies of a large photo); a caller's
+    # PIL image is left as it was.
+    own = not isinstance(src, Image.Image)
+    img = _open(src, name, label, max_pixels) if own else src
     width, height = img.size
     if width * height > max_pixels:
         raise ImageError(
@@ -123,13 +126,16 @@ def decode_image(
         if draft is not None and img.format == "JPEG":
             img.draft("RGB", draft)
         img.load()
-        img = ImageOps.exif_transpose(img)
+        if own:
+            ImageOps.exif_transpose(img, in_place=True)
+        else:
+            img = ImageOps.exif_transpose(img)
         img = _to_eight_bit(img)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             img = img.convert("RGBA")
             background = Image.new("RGBA", img.size, (255, 255, 255, 255))
             img = Image.alpha_composite(background, img)
-        return img.convert("RGB")
+        return img if own and img.mode == "RGB" else img.convert("RGB")
     except ImageError:
         raise
     except Exception as exc:
@@ -161,11 +167,37 @@ def _to_eight_bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
 
 
+#: Filters that torch's uint8 kernels run as Pillow does (antialiased, separable, fixed-point
+#: weights): on photos they give Pillow's pixels within one grey level on under 0.3% of the
+#: values, about four times faster (0.6 ms against 3.0 ms for 1024x768 to 224 px). The
+#: fast inference paths use them; training and fp32 keep Pillow's pixels exactly.
+_TORCH_FILTERS = ("bilinear", "bicubic")
+
+
+# Pillow's arrays are read-only and torch only reads this one: a copy of a large photo
+# just to quiet torch's warning would cost more than the resize.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", module=__name__)
+
+
+def _torch_resize(arr: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """An (h, w, 3) uint8 array squished to (size, size, 3) by torch's antialiased kernel."""
+    x = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
+    with torch.inference_mode():
+        out = torch.nn.functional.interpolate(
+            x.contiguous(memory_format=torch.channels_last),
+            size=(size, size), mode=mode, antialias=True, align_corners=False,
+        )  # fmt: skip
+    return out[0].permute(1, 2, 0).contiguous().numpy()
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """The spec's preprocessing: resize, then [0, 1] tensor, then normalise.
 
     Split in two steps because fastai's batch augmentations run between them in training.
+    With ``fast_resize`` a squish runs torch's uint8 kernel instead of Pillow's (see
+    :data:`_TORCH_FILTERS`): the bf16 and int8 paths take it, whose own rounding is larger;
+    training and fp32 keep Pillow's pixels, so an fp32 forward stays exactly the sample's.
     """
 
     size: int
@@ -173,19 +205,39 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"
+    fast_resize: bool = False
+
+    def pixels(self, img: Image.Image) -> np.ndarray:
+        """An RGB image resized to the network's square input, as an (s, s, 3) uint8 array.
+
+        With ``fast_resize``, a squish with a bilinear or bicubic filter runs torch's
+        antialiased uint8 kernel; everything else runs Pillow's.
+        """
+        s = self.size
+        if img.size == (s, s) and img.mode == "RGB":
+            return np.asarray(img, dtype=np.uint8)
+        fast = self.fast_resize and self.resize_method == "squish"
+        if fast and self.interpolation in _TORCH_FILTERS:
+            rgb = img if img.mode == "RGB" else img.convert("RGB")
+            return _torch_resize(np.asarray(rgb, np.uint8), s, self.interpolation)
+        resample = Image.Resampling[self.interpolation.upper()]
+        if self.resize_method == "squish":
+            out = img.resize((s, s), resample, reducing_gap=None)
+        elif self.resize_method == "crop":
+            out = ImageOps.fit(img, (s, s), resample)
+        else:
+            out = ImageOps.pad(img, (s, s), resample, color=(0, 0, 0))
+        return np.asarray(out if out.mode == "RGB" else out.convert("RGB"), dtype=np.uint8)
 
     def resize(self, img: Image.Image) -> Image.Image:
-        """Resize an RGB image to the network's square input."""
-        s, resample = self.size, Image.Resampling[self.interpolation.upper()]
-        if self.resize_method == "squish":
-            return img.resize((s, s), resample, reducing_gap=None)
-        if self.resize_method == "crop":
-            return ImageOps.fit(img, (s, s), resample)
-        return ImageOps.pad(img, (s, s), resample, color=(0, 0, 0))
+        """Resize an RGB image to the network's square input (as :meth:`pixels` does)."""
+        if img.size == (self.size, self.size) and img.mode == "RGB":
+            return img
+        return Image.fromarray(self.pixels(img))
 
     def to_unit_tensor(self, img: Image.Image) -> torch.Tensor:
         """A resized image as a float tensor (3, s, s) in [0, 1]."""
-        arr = np.asarray(self.resize(img), dtype=np.uint8)
+        arr = self.pixels(img)
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,17 +250,23 @@ class Preprocess:
         """Full preprocessing of one decoded image to a normalised (3, s, s) tensor."""
         return self.normalize(self.to_unit_tensor(img))
 
-    def batch(self, imgs: Sequence[Image.Image]) -> torch.Tensor:
+    def batch(self, imgs: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
         """Preprocess several images into one (N, 3, s, s) batch, equal to stacking ``__call__``.
 
-        The same element-wise steps run once over the batch instead of once per image, and
-        the result keeps the pixels' channels-last (NHWC) layout, which the CPU fast path uses.
+        Images may be decoded PIL images or :meth:`pixels` arrays. The same element-wise
+        steps run once over the batch, on a contiguous NCHW tensor: torch's broadcasting
+        over the pixels' channels-last layout took twice as long.
         """
-        arr = np.stack([np.asarray(self.resize(img), dtype=np.uint8) for img in imgs])
-        unit = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
-        return self.normalize(unit)
+        arr = np.stack([a if isinstance(a, np.ndarray) else self.pixels(a) for a in imgs])
+        unit = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+        mean = torch.tensor(self.mean, dtype=unit.dtype).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=unit.dtype).view(3, 1, 1)
+        return unit.sub_(mean).div_(std)
 
 
-def build_transforms(spec: ModelSpec) -> Preprocess:
-    """The only constructor of the preprocessing; every stage calls it with the model's spec."""
-    return Preprocess(spec.image_size, spec.resize_method, spec.mean, spec.std, spec.interpolation)
+def build_transforms(spec: ModelSpec, fast_resize: bool = False) -> Preprocess:
+    """The only constructor of the preprocessing; every stage calls it with the model's spec
+    (and the inference fast paths with ``fast_resize``)."""
+    return Preprocess(
+        spec.image_size, spec.resize_method, spec.mean, spec.std, spec.interpolation, fast_resize
+    )

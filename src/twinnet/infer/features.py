@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -122,17 +123,16 @@ class FeaturePipeline:
         side = math.ceil(self.spec.image_size * DRAFT_OVERSAMPLE)
         return decode_image(payload, label, draft=(side, side) if self.runtime.draft else None)
 
-    def _decode_resized(self, item: tuple[bytes | Image.Image, str]) -> Image.Image | ImageError:
+    def _decode_resized(self, item: tuple[bytes | Image.Image, str]) -> np.ndarray | ImageError:
         try:
-            # Resizing here lets it run in the pool too; Preprocess.batch's own resize is
-            # then a copy, since the image already has the network's size.
-            return self.preprocess.resize(self._decode(*item))
+            # Resizing here lets it run in the pool too; Preprocess.batch takes the pixels.
+            return self.preprocess.pixels(self._decode(*item))
         except ImageError as exc:
             return detached(exc)  # kept as a value: no frames (and payloads) pinned
 
     def _decode_many(
         self, items: list[tuple[bytes | Image.Image, str]]
-    ) -> list[Image.Image | ImageError]:
+    ) -> list[np.ndarray | ImageError]:
         """Decode and resize several inputs, in parallel threads (PIL releases the GIL)."""
         if len(items) < 2 or self.runtime.threads < 2:
             return [self._decode_resized(item) for item in items]

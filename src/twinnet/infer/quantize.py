@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from twinnet.core.artifacts import ENCODER_FILE, load_model_dir
-from twinnet.core.imaging import decode_image
+from twinnet.core.imaging import build_transforms, decode_image
 from twinnet.data.items import draw_pairs, list_images
 from twinnet.errors import ImageError, TwinnetError
 from twinnet.infer.int8 import INPUT, INT8_FILE, OUTPUT, Int8Encoder, file_sha256
@@ -73,20 +73,22 @@ def _pairs(held_out: list[Path], root: Path, n: int, seed: int) -> tuple[np.ndar
 
 
 class _Reader:
-    """A calibration data reader for ONNX Runtime: preprocessed batches of the images."""
+    """A calibration data reader for ONNX Runtime: batches of the images, preprocessed as
+    the int8 path will see them (its fast resize, not fp32's Pillow one)."""
 
     def __init__(self, twin: Twin, files: list[Path]) -> None:
-        self.twin, self.files = twin, files
+        self.pre = build_transforms(twin.spec, fast_resize=True)
+        self.files = files
         self.skipped: dict[Path, str] = {}
         self.batches: Iterator[dict[str, np.ndarray]] = self._batches()
 
     def _batches(self) -> Iterator[dict[str, np.ndarray]]:
-        pre = self.twin.preprocess
+        pre = self.pre
         for start in range(0, len(self.files), _CALIBRATION_BATCH):
             imgs = []
             for path in self.files[start : start + _CALIBRATION_BATCH]:
                 try:
-                    imgs.append(pre.resize(decode_image(path, f"calibration image {path}")))
+                    imgs.append(pre.pixels(decode_image(path, f"calibration image {path}")))
                 except ImageError as exc:  # skipped and said, as training does
                     self.skipped[path] = str(exc)
             if imgs:

@@ -109,7 +109,7 @@ class Twin(FeaturePipeline):
         self.encoder = (
             fast_encoder(self.model.encoder, runtime) if runtime.fast else self.model.encoder
         )
-        self.preprocess = build_transforms(spec)
+        self.preprocess = build_transforms(spec, fast_resize=runtime.fast)
         self.cache = EmbeddingCache(cache_mb)
         plan = {
             "arch": spec.arch,
