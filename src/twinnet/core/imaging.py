@@ -229,12 +229,6 @@ class Preprocess:
             out = ImageOps.pad(img, (s, s), resample, color=(0, 0, 0))
         return np.asarray(out if out.mode == "RGB" else out.convert("RGB"), dtype=np.uint8)
 
-    def resize(self, img: Image.Image) -> Image.Image:
-        """Resize an RGB image to the network's square input (as :meth:`pixels` does)."""
-        if img.size == (self.size, self.size) and img.mode == "RGB":
-            return img
-        return Image.fromarray(self.pixels(img))
-
     def to_unit_tensor(self, img: Image.Image) -> torch.Tensor:
         """A resized image as a float tensor (3, s, s) in [0, 1]."""
         arr = self.pixels(img)
@@ -260,9 +254,7 @@ class Preprocess:
         """
         arr = np.stack([a if isinstance(a, np.ndarray) else self.pixels(a) for a in imgs])
         unit = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
-        mean = torch.tensor(self.mean, dtype=unit.dtype).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=unit.dtype).view(3, 1, 1)
-        return unit.sub_(mean).div_(std)
+        return self.normalize(unit)
 
 
 def build_transforms(spec: ModelSpec, fast_resize: bool = False) -> Preprocess:
