@@ -402,7 +402,7 @@ def role(proc: psutil.Process) -> str:
         cmd = " ".join(proc.cmdline())
         if "ServeReplica" in cmd or "model_service_worker" in cmd:
             return "model"
-        if "ProxyActor" in cmd or proc.name() == "java":
+        if "ProxyActor" in cmd or "HAProxyManager" in cmd or proc.name() in ("java", "haproxy"):
             return "http"
     return "other"
 
@@ -693,7 +693,8 @@ def print_table(
         )
     print()
     print("Where the CPU goes, per pair (ms of CPU time: the model's processes, which decode,")
-    print("resize, encode and run the head; the HTTP front end: TorchServe's Java, Ray's proxy):")
+    print("resize, encode and run the head; the HTTP front end: TorchServe's Java, Ray's HAProxy")
+    print("and the actor that runs it, or Serve's proxy; with HAProxy the replicas parse HTTP):")
     print()
     print("| engine | config | workload | clients | model | HTTP front end | other | total |")
     print("|---|---|---|---:|---:|---:|---:|---:|")

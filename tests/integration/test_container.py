@@ -12,6 +12,7 @@ with ``--engine ray`` (Ray Serve behind the same gateway) must keep the same con
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import json
 import os
@@ -383,7 +384,10 @@ def _ray_family(pid: int) -> dict[int, str]:
     import psutil
 
     kids = psutil.Process(pid).children(recursive=True)
-    family = {p.pid: p.name() for p in kids}
+    family = {}
+    for p in kids:
+        with contextlib.suppress(psutil.Error, OSError):  # short-lived ones come and go
+            family[p.pid] = p.name()
     sessions = set()
     for p in kids:
         try:
@@ -516,19 +520,28 @@ def test_ray_sigterm_while_the_replica_loads(random_model_dir, tmp_path):
         try:
             deadline = time.monotonic() + 180
             family: dict[int, str] = {}
+            pings: list[int] = []  # /ping while Ray starts: red until a replica has the model
             while time.monotonic() < deadline and proc.poll() is None:
                 family.update(_ray_family(proc.pid))
+                if "raylet" in family.values():
+                    with contextlib.suppress(requests.ConnectionError):
+                        pings.append(
+                            requests.get(f"http://127.0.0.1:{port}/ping", timeout=5).status_code
+                        )
                 if "ray::ServeReplica:twin:TwinDeployment" in family.values():
                     break  # Ray is up and the replica is loading the model: stop it now
                 time.sleep(0.1)
             assert "raylet" in family.values(), log.read_text()[-2000:]
-            assert requests.get(f"http://127.0.0.1:{port}/ping", timeout=5).status_code == 503
+            assert pings and pings[0] == 503, pings
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(60) == 0, log.read_text()[-2000:]
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+                for pid in family:  # a failed test leaves no Ray instance behind
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
     assert not _left_alive(family), log.read_text()[-2000:]
 
 

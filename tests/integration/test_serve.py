@@ -555,6 +555,9 @@ def test_ray_instance_listens_on_loopback_and_needs_its_own_token(server):
     the instance's cluster token, a file of the instance directory that only its owner reads."""
     import psutil
 
+    from twinnet.engines.ray.haproxy import find_binary
+    from twinnet.engines.ray.launch import RayConfig
+
     _only(server, "ray")
     token = Path(server.instance, "ray_token")
     assert token.is_file() and token.stat().st_mode & 0o077 == 0
@@ -575,6 +578,10 @@ def test_ray_instance_listens_on_loopback_and_needs_its_own_token(server):
                     open_ports.append((pid, ip))
     assert {"gcs_server", "raylet"} <= checked, checked
     assert all(pid in replicas for pid, _ in open_ports), open_ports
+    if find_binary() is not None:  # HAProxy serves the port; its stats and metrics: loopback
+        names = {psutil.Process(pid).name() for pid, _ in _session(server)}
+        assert "haproxy" in names, names
+        assert RayConfig.load(Path(server.instance, "ray.json")).ingress == "haproxy"
 
 
 # ------------------------------------------------------------------------ 6. the CLI, start to stop

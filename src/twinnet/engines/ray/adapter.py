@@ -33,4 +33,4 @@ class RayServe(ModuleEngine):
 
     def describe(self, info: ServerInfo) -> list[tuple[str, str]]:
         replicas = ", ".join(self.models(info)[info.models[0]])
-        return [("replicas", f"{replicas} ({self.title})")]
+        return [("replicas", f"{replicas} ({self.title})"), ("ingress", server.ingress_of(info))]

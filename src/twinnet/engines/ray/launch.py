@@ -63,6 +63,8 @@ class RayConfig:
         temp_dir: that instance's temporary directory (short: Ray puts sockets in it).
         key_sha256: the digest of the inference key; None when authorization is off.
         instance: the instance directory.
+        ingress: what listens on ``host:port``: ``haproxy`` (replicas answer HTTP directly,
+            :mod:`.haproxy`) or ``proxy`` (Serve's Python proxy).
     """
 
     name: str
@@ -76,6 +78,7 @@ class RayConfig:
     temp_dir: str | None
     key_sha256: str | None
     instance: str
+    ingress: str = "proxy"
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")

@@ -36,7 +36,9 @@ from twinnet.contract.gallery import check_index, stage_index
 from twinnet.contract.options import ServeOptions
 from twinnet.core.spec import SPEC_FILE, ModelSpec
 from twinnet.engines.health import http_get, poll_ready
-from twinnet.engines.ports import port_free, warn_if_open
+from twinnet.engines.ports import free_loopback_ports, port_free, warn_if_open
+from twinnet.engines.ray import haproxy
+from twinnet.engines.ray.haproxy import INGRESS_HAPROXY, INGRESS_PROXY
 from twinnet.engines.ray.launch import RAY_CONFIG_FILE, RAY_TOKEN_FILE, RayConfig, read_status
 from twinnet.engines.ray.stop import reap, remove_files, server_processes, stop_info
 from twinnet.engines.registry import engine_of
@@ -54,6 +56,7 @@ from twinnet.errors import TwinnetError
 __all__ = [
     "RAY_HINT",
     "check_ray",
+    "ingress_of",
     "parse_address",
     "reap",
     "replica_states",
@@ -154,7 +157,9 @@ def _has_ray_token(env: dict[str, str]) -> bool:
     return (Path.home() / ".ray" / "auth_token").is_file()
 
 
-def _environment(instance: Path, address: str | None) -> dict[str, str]:
+def _environment(
+    instance: Path, address: str | None, tmp: Path | None = None, port: int = 0
+) -> dict[str, str]:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # nothing leaves the machine
     if address is not None:
         if address.startswith("ray://") and "RAY_AUTH_MODE" not in env and _has_ray_token(env):
@@ -171,6 +176,8 @@ def _environment(instance: Path, address: str | None) -> dict[str, str]:
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     env.pop("RAY_AUTH_TOKEN", None)
     env.pop("RAY_ADDRESS", None)
+    if tmp is not None:  # HAProxy on the HTTP port, when there is one (see .haproxy)
+        env.update(haproxy.environment(tmp, port, free_loopback_ports(4, {port})))
     return env
 
 
@@ -199,6 +206,7 @@ def _check_can_launch(
 def _write_config(
     instance: Path, model: str, host: str, port: int, options: ServeOptions,
     replicas: int | None, autoscale: tuple[int, int] | None, address: str | None, key: str | None,
+    temp_dir: Path | None, ingress: str,
 ) -> Path:  # fmt: skip
     """The launch record the server process reads, in the instance directory."""
     from twinnet.engines.ray.ingress import key_digest
@@ -207,8 +215,8 @@ def _write_config(
         name=model, model_dir=str(instance / "model"), host=host, port=int(port),
         options=options.to_dict(), replicas=replicas,
         autoscale=list(autoscale) if autoscale else None, address=address,
-        temp_dir=str(_ray_tmp(instance)) if address is None else None,
-        key_sha256=key_digest(key) if key else None, instance=str(instance),
+        temp_dir=str(temp_dir) if temp_dir is not None else None,
+        key_sha256=key_digest(key) if key else None, instance=str(instance), ingress=ingress,
     )  # fmt: skip
     path = instance / RAY_CONFIG_FILE
     config.save(path)
@@ -253,10 +261,13 @@ def launch(
         key = secrets.token_urlsafe(18) if auth else None
         if key is not None:
             _write_secret(instance / KEY_FILE, _key_file(key))
-        env = _environment(instance, address)
+        temp_dir = _ray_tmp(instance) if address is None else None
+        env = _environment(instance, address, temp_dir, port)
+        ingress = INGRESS_HAPROXY if env.get("RAY_SERVE_ENABLE_HA_PROXY") else INGRESS_PROXY
         config_path = _write_config(
-            instance, model, host, port, options, replicas, autoscale, address, key
-        )
+            instance, model, host, port, options, replicas, autoscale, address, key, temp_dir,
+            ingress,
+        )  # fmt: skip
     except BaseException:
         remove_files(instance)
         raise
@@ -334,6 +345,17 @@ def run_foreground(
     """The same server with its output on this terminal, until SIGTERM/SIGINT or its exit."""
     info, proc = launch(source, foreground=True, **kwargs)
     return run_until_stopped(info, proc, wait_ready, stop_info, timeout, on_ready)
+
+
+def ingress_of(info: ServerInfo) -> str:
+    """What answers the HTTP port, in words: HAProxy in front of the replicas, or Serve's proxy."""
+    try:
+        ingress = RayConfig.load(info.config_file).ingress
+    except (OSError, ValueError, TypeError):
+        return "unknown"
+    if ingress == INGRESS_HAPROXY:
+        return "HAProxy, replicas answer HTTP directly"
+    return "Ray Serve's proxy"
 
 
 def replica_states(info: ServerInfo) -> dict[str, list[str]]:
