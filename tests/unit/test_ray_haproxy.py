@@ -33,6 +33,12 @@ frontend grpc
 """
 
 
+def _executable(path: Path, body: str = "") -> Path:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o700)
+    return path
+
+
 def test_every_bind_but_the_serving_port_moves_to_loopback():
     fixed = haproxy.loopback_binds(CONFIG, port=8080)
     binds = [line.split()[1] for line in fixed.splitlines() if line.strip().startswith("bind ")]
@@ -46,9 +52,8 @@ def test_every_bind_but_the_serving_port_moves_to_loopback():
 def test_the_launcher_rewrites_the_configuration_then_runs_haproxy(tmp_path):
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(CONFIG)
-    fake = tmp_path / "fake-haproxy"  # prints what it was run with, as HAProxy would get it
-    fake.write_text('#!/bin/sh\necho "ran: $*"\n')
-    fake.chmod(0o700)
+    # prints what it was run with, as HAProxy would get it
+    fake = _executable(tmp_path / "fake-haproxy", 'echo "ran: $*"\n')
     run = subprocess.run(
         [sys.executable, "-m", "twinnet.engines.ray.haproxy", "--port", "8080", str(fake),
          "-db", "-f", str(cfg), "-dR"],
@@ -64,9 +69,7 @@ def test_the_launcher_rewrites_the_configuration_then_runs_haproxy(tmp_path):
 
 
 def test_serve_gets_its_own_ports_and_files_and_a_launcher_script(tmp_path, monkeypatch):
-    fake = tmp_path / "haproxy-bin"
-    fake.write_text("#!/bin/sh\n")
-    fake.chmod(0o700)
+    fake = _executable(tmp_path / "haproxy-bin")
     monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(fake))
     monkeypatch.delenv("TWINNET_RAY_INGRESS", raising=False)
     env = haproxy.environment(tmp_path / "ray", 8080, (41001, 41002, 41003, 41004))
@@ -86,9 +89,7 @@ def test_without_haproxy_or_when_asked_serve_keeps_its_own_proxy(tmp_path, monke
     monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(tmp_path / "missing"))
     assert haproxy.find_binary() is None
     assert haproxy.environment(tmp_path, 8080, (1, 2, 3, 4)) == {}
-    fake = tmp_path / "haproxy-bin"
-    fake.write_text("#!/bin/sh\n")
-    fake.chmod(0o700)
+    fake = _executable(tmp_path / "haproxy-bin")
     monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(fake))
     monkeypatch.setenv("TWINNET_RAY_INGRESS", "proxy")
     assert haproxy.environment(tmp_path, 8080, (1, 2, 3, 4)) == {}

@@ -157,9 +157,7 @@ def _has_ray_token(env: dict[str, str]) -> bool:
     return (Path.home() / ".ray" / "auth_token").is_file()
 
 
-def _environment(
-    instance: Path, address: str | None, tmp: Path | None = None, port: int = 0
-) -> dict[str, str]:
+def _environment(instance: Path, address: str | None) -> dict[str, str]:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # nothing leaves the machine
     if address is not None:
         if address.startswith("ray://") and "RAY_AUTH_MODE" not in env and _has_ray_token(env):
@@ -176,8 +174,6 @@ def _environment(
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     env.pop("RAY_AUTH_TOKEN", None)
     env.pop("RAY_ADDRESS", None)
-    if tmp is not None:  # HAProxy on the HTTP port, when there is one (see .haproxy)
-        env.update(haproxy.environment(tmp, port, free_loopback_ports(4, {port})))
     return env
 
 
@@ -262,8 +258,12 @@ def launch(
         if key is not None:
             _write_secret(instance / KEY_FILE, _key_file(key))
         temp_dir = _ray_tmp(instance) if address is None else None
-        env = _environment(instance, address, temp_dir, port)
-        ingress = INGRESS_HAPROXY if env.get("RAY_SERVE_ENABLE_HA_PROXY") else INGRESS_PROXY
+        # HAProxy on the HTTP port of a Ray instance of our own, when there is one (.haproxy)
+        front = {} if temp_dir is None else haproxy.environment(
+            temp_dir, port, free_loopback_ports(4, {port})
+        )  # fmt: skip
+        env = {**_environment(instance, address), **front}
+        ingress = INGRESS_HAPROXY if front else INGRESS_PROXY
         config_path = _write_config(
             instance, model, host, port, options, replicas, autoscale, address, key, temp_dir,
             ingress,
