@@ -8,7 +8,8 @@ folder is absent). Prints pairs/s for:
    ``Normalize``, the encoder twice at batch 1, the head; fp32, no cache;
 2. the library's default ``Twin.compare`` on images it has not seen: with the int8 encoder
    that ``twinnet quantize`` adds (calibrated on 128 pet photos, checked on 400 pairs of the
-   other 242) where the CPU has VNNI; then at bf16 (the float fast path) and fp32;
+   other 242) where the CPU has VNNI, in its default engine (OpenVINO when installed); then
+   at bf16 (the float fast path) and fp32, and the int8 file in ONNX Runtime;
 3. ``compare_batch`` with batches of 8 unseen pairs;
 4. ``search`` of one query against 50 gallery images, unseen and then seen (cached).
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -238,6 +240,21 @@ def naive_stages(naive: NaiveHandler, left: bytes, right: bytes) -> dict[str, Ca
     }
 
 
+def other_engine(model_dir: Path, twin: object, threads: int | None) -> object | None:
+    """The same model with its int8 file in ONNX Runtime, when the default runs another engine."""
+    from twinnet.infer.int8 import ENGINE_ENV, installed_engines
+    from twinnet.infer.twin import Twin
+
+    engine = getattr(getattr(twin, "int8", None), "engine", None)
+    if engine in (None, "onnxruntime") or "onnxruntime" not in installed_engines():
+        return None
+    os.environ[ENGINE_ENV] = "onnxruntime"
+    try:
+        return Twin.load(model_dir, device="cpu", threads=threads)
+    finally:
+        del os.environ[ENGINE_ENV]
+
+
 def torch_threads(twin: object) -> int:
     """The torch threads a Twin's load left: one for an int8 runtime, else its own count."""
     runtime = twin.runtime  # type: ignore[attr-defined]
@@ -295,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     twin16 = Twin.load(model_dir, device="cpu", precision="bf16", threads=args.threads)
     twin32 = Twin.load(model_dir, device="cpu", precision="fp32", threads=args.threads)
     drafty = Twin.load(model_dir, device="cpu", draft=True, threads=args.threads)
+    other = other_engine(model_dir, twin, args.threads)  # the int8 file in ONNX Runtime
     naive = NaiveHandler(model)
 
     pairs_imgs = photos(8)
@@ -328,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
         "fp32": (torch_threads(twin32), unseen(twin32, lambda t: t.compare(*next_pair()))),
         "bf16": (torch_threads(twin16), unseen(twin16, lambda t: t.compare(*next_pair()))),
         "draft": (torch_threads(drafty), unseen(drafty, lambda t: t.compare(*next_pair()))),
+        **(
+            {"other": (torch_threads(other), unseen(other, lambda t: t.compare(*next_pair())))}
+            if other is not None
+            else {}
+        ),
         "batch": (torch_threads(twin), unseen(twin, lambda t: t.compare_batch(batch_pairs))),
         "unseen": (
             torch_threads(twin),
@@ -341,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     stages = measure_stages(
         {"naive (fp32)": (n, lambda: naive_stages(naive, *pairs_imgs[:2])),
          f"default ({twin.precision})": (torch_threads(twin), lambda: twin_stages(twin, *pairs_imgs[:2])),
+         **({f"int8 ({other.int8.engine})": (torch_threads(other), lambda: twin_stages(other, *pairs_imgs[:2]))}
+            if other is not None else {}),
          "bf16": (torch_threads(twin16), lambda: twin_stages(twin16, *pairs_imgs[:2]))},
         args.rounds,
     )  # fmt: skip
@@ -352,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
         ("2a. Twin.compare, precision=fp32", t["fp32"], 1, GFLOP_PAIR, peak32),
         ("2c. Twin.compare, precision=bf16", t["bf16"], 1, GFLOP_PAIR, peak16),
         (f"2b. Twin.compare, {p} + draft=True", t["draft"], 1, GFLOP_PAIR, peak_default),
+        *(
+            [(f"2d. Twin.compare, int8 in {other.int8.engine}", t["other"], 1, GFLOP_PAIR, peak16)]
+            if other is not None
+            else []
+        ),
         ("3. compare_batch, 8 pairs", t["batch"], 8, 8 * GFLOP_PAIR, peak_default),
         (
             f"4a. search 1 vs {GALLERY}, unseen",
@@ -371,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"3x3 conv (oneDNN):        fp32 {conv32:.0f} GFLOP/s, bf16 {conv16:.0f} GFLOP/s")
     print(f"FLOP limit used (the larger): fp32 {peak32:.0f}, bf16 {peak16:.0f} GFLOP/s")
     print(f"model: resnet50 @ 224 px; photos ~1024x768 JPEG; {twin!r}")
+    print("int8 engines: " + ", ".join(f"{k} {v['version']}" for k, v in record["engines"].items()))
     print()
     print("| path | ms/call | pairs/s | x naive | fraction of FLOP limit |")
     print("|---|---:|---:|---:|---:|")
@@ -381,14 +412,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {sec * 1000:.1f} | {rate:.1f} | {rate / naive_rate:.2f} | {frac} |")
     print()
     print_stages(stages)
-    a = record["agreement"]
     print()
-    print(
-        f"int8 encoder vs fp32 on {a['pairs']} held-out pairs ({a['held_out_images']} images, "
-        f"calibrated on {record['calibration_images']}): {a['pairs'] - a['changed_decisions']}"
-        f"/{a['pairs']} decisions the same ({a['agreement']:.2%}), |dp| max "
-        f"{a['max_abs_probability_difference']:.3f}, mean {a['mean_abs_probability_difference']:.4f}"
-    )
+    for engine, measured in record["engines"].items():
+        a = measured["agreement"]
+        print(
+            f"int8 encoder ({engine}) vs fp32 on {a['pairs']} held-out pairs "
+            f"({a['held_out_images']} images, calibrated on {record['calibration_images']}): "
+            f"{a['pairs'] - a['changed_decisions']}/{a['pairs']} decisions the same "
+            f"({a['agreement']:.2%}), |dp| max {a['max_abs_probability_difference']:.3f}, "
+            f"mean {a['mean_abs_probability_difference']:.4f}"
+        )
     print(
         "Twin.load, median of 3 (s): "
         + ", ".join(f"{k} {v:.2f}" for k, v in loads.items())

@@ -15,7 +15,7 @@ from twinnet.cli import main
 from twinnet.core.spec import ModelSpec
 from twinnet.data.items import draw_pairs, scan_folder
 from twinnet.errors import TwinnetError
-from twinnet.infer.int8 import INT8_FILE
+from twinnet.infer.int8 import ENGINE_ENV, ENGINES, INT8_FILE, installed_engines
 from twinnet.infer.quantize import quantize_model
 from twinnet.infer.runtime import cpu_has_int8_dot, cpu_has_native_bf16
 from twinnet.infer.twin import Twin
@@ -162,3 +162,53 @@ def test_archive_quantize_adds_the_int8_encoder_and_ships_it(trained_model_dir, 
     with zipfile.ZipFile(store / "twin.mar") as mar:
         assert mar.read(INT8_FILE) == (model / INT8_FILE).read_bytes()
         assert json.loads(mar.read("twinnet.json"))["quantization"]["file"] == INT8_FILE
+
+
+def test_every_installed_engine_is_checked_and_each_runs_what_it_was_checked_for(
+    quantized_copy, trained_model_dir, monkeypatch
+):
+    record = ModelSpec.load(quantized_copy).quantization
+    assert set(record["engines"]) == set(installed_engines()) == {"openvino", "onnxruntime"}
+    for measured in record["engines"].values():
+        assert measured["version"] and measured["agreement"]["pairs"] > 100
+        assert measured["agreement"]["changed_decisions"] <= 0.01 * measured["agreement"]["pairs"]
+    worst = max(m["agreement"]["changed_decisions"] for m in record["engines"].values())
+    assert record["agreement"]["changed_decisions"] == worst
+
+    data = trained_model_dir.parent / "data"
+    files = [f for f in sorted(data.rglob("*.png")) if f.name != "corrupt.png"]
+    batch = list(zip(files[::2], files[1::2], strict=False))[:60]
+    probabilities, fingerprints = {}, {}
+    for engine in ENGINES:
+        monkeypatch.setenv(ENGINE_ENV, engine)
+        twin = Twin.load(quantized_copy, precision="int8")
+        assert twin.int8.engine == engine and f"int8_engine={engine}" in repr(twin)
+        probabilities[engine] = np.array([r.probability for r in twin.compare_batch(batch)])
+        fingerprints[engine] = twin.fingerprint
+    monkeypatch.delenv(ENGINE_ENV)
+    assert Twin.load(quantized_copy, precision="int8").int8.engine == "openvino"  # auto
+    # The same file in two engines: the same decisions (to rounding), and each engine's
+    # features cached apart, since they differ in the last bits.
+    p_ov, p_ort = probabilities["openvino"], probabilities["onnxruntime"]
+    t = record["agreement"]["threshold"]
+    assert np.mean((p_ov >= t) == (p_ort >= t)) >= 0.95 and np.abs(p_ov - p_ort).mean() < 0.02
+    assert fingerprints["openvino"] != fingerprints["onnxruntime"]
+
+
+def test_an_engine_whose_agreement_was_not_measured_is_not_used(
+    quantized_copy, monkeypatch, caplog
+):
+    # A record from before OpenVINO ran the file: ONNX Runtime's figures alone.
+    spec = ModelSpec.load(quantized_copy)
+    del spec.quantization["engines"]
+    spec.save(quantized_copy)
+    assert Twin.load(quantized_copy, precision="int8").int8.engine == "onnxruntime"
+    monkeypatch.setenv(ENGINE_ENV, "openvino")
+    with pytest.raises(TwinnetError, match="measured with onnxruntime, not with openvino"):
+        Twin.load(quantized_copy, precision="int8")
+    with caplog.at_level(logging.WARNING, logger="twinnet.infer.int8"):
+        assert Twin.load(quantized_copy).precision != "int8"  # auto: a float path, said
+    assert "run `twinnet quantize` again here" in caplog.text
+    monkeypatch.setenv(ENGINE_ENV, "tensorrt")
+    with pytest.raises(TwinnetError, match="TWINNET_INT8_ENGINE='tensorrt' is not one of"):
+        Twin.load(quantized_copy, precision="int8")

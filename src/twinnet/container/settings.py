@@ -14,6 +14,8 @@ Settings (environment variables; all optional):
 ``TWINNET_RESPONSE_TIMEOUT``    seconds before TorchServe counts a batch as stuck (also
                                 ``SAGEMAKER_MODEL_SERVER_TIMEOUT``; TorchServe only)
 ``TWINNET_PRECISION``           ``auto``, ``int8``, ``bf16`` or ``fp32``
+``TWINNET_INT8_ENGINE``         ``auto``, ``openvino`` or ``onnxruntime`` (read where the
+                                model loads: :mod:`twinnet.infer.int8`)
 ``TWINNET_RESPONSE_FORMAT``     ``object`` or ``list``: the answer to a request that names
                                 no ``format``
 ``TWINNET_STARTUP_TIMEOUT``     seconds to wait for the model to load (default 600)

@@ -25,6 +25,7 @@ __all__ = [
     "SEED_HEAD_FILE",
     "save_model_dir",
     "load_model_dir",
+    "read_spec",
     "import_seed",
     "export_seed",
     "library_versions",
@@ -80,14 +81,20 @@ def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: st
         raise SpecError(f"{what} weights do not fit the spec's architecture: {first}") from None
 
 
+def read_spec(model_dir: str | Path) -> ModelSpec:
+    """The ``twinnet.json`` of a model directory, without loading any weights."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise SpecError(f"model directory {root} does not exist")
+    return ModelSpec.load(root)
+
+
 def load_model_dir(
     model_dir: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[TwinModel, ModelSpec]:
     """Rebuild the model from ``twinnet.json`` and load its safetensors weights (eval mode)."""
     root = Path(model_dir)
-    if not root.is_dir():
-        raise SpecError(f"model directory {root} does not exist")
-    spec = ModelSpec.load(root)
+    spec = read_spec(root)
     model = build_model(spec, pretrained=False)
     for part, filename in ((model.encoder, ENCODER_FILE), (model.head, HEAD_FILE)):
         path = root / filename

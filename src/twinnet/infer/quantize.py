@@ -4,9 +4,11 @@
 static quantisation runs the float encoder on them to fix each activation's int8 range
 (QDQ format, uint8 activations, int8 weights per output channel: the kernels that VNNI and
 AMX run). The rest are held out: pairs of them (balanced same/different pairs when the
-folder has class subfolders) go through the fp32 and the int8 model, and the int8 encoder
-is installed only when it changes at most :data:`MAX_DISAGREEMENT` of the decisions. The
-figures go into ``twinnet.json`` beside the file's digest and the float weights' digest.
+folder has class subfolders) go through the fp32 model and through the int8 one in every
+installed engine (OpenVINO, ONNX Runtime: they round differently), and the int8 encoder is
+installed only when no engine changes more than :data:`MAX_DISAGREEMENT` of the decisions.
+The figures go into ``twinnet.json``, per engine, beside the file's digest and the float
+weights' digest.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from twinnet.core.artifacts import ENCODER_FILE, load_model_dir
 from twinnet.core.imaging import build_transforms, decode_image
 from twinnet.data.items import draw_pairs, list_images
 from twinnet.errors import ImageError, TwinnetError
-from twinnet.infer.int8 import INPUT, INT8_FILE, OUTPUT, Int8Encoder, file_sha256
+from twinnet.infer.int8 import (
+    INPUT,
+    INT8_FILE,
+    OUTPUT,
+    Int8Encoder,
+    engine_version,
+    file_sha256,
+    installed_engines,
+)
 from twinnet.infer.onnx_export import export_graph
 from twinnet.infer.runtime import resolve_runtime
 from twinnet.infer.twin import Twin
@@ -176,44 +186,49 @@ def quantize_model(
             skipped = _quantize_graph(fp32, calib, partial, Path(tmp))
         for path, why in skipped.items():
             say(f"skipped {path}: {why}")
-        say(f"comparing with fp32 on {len(index)} pairs of {len(held_out)} held-out images ...")
-        runtime = resolve_runtime("cpu", "int8", int8_unavailable=None)
-        int8 = Twin(model, spec, runtime, cache_mb=4096,
-                    int8=Int8Encoder(partial, runtime.threads))  # fmt: skip
+        engines = installed_engines()
+        say(
+            f"comparing with fp32 on {len(index)} pairs of {len(held_out)} held-out images "
+            f"({', '.join(engines)}) ..."
+        )
         p32 = _probabilities(fp32, held_out, index)
-        p8 = _probabilities(int8, held_out, index)
         readable = ~np.isnan(p32)
         if readable.sum() < len(index):
             say(f"left out {len(index) - readable.sum()} pairs with an unreadable image")
         if not readable.any():
             raise TwinnetError(f"no held-out pair of {os.fspath(images)} could be read")
-        p32, p8 = p32[readable], p8[readable]
-        changed = int(((p32 >= spec.threshold) != (p8 >= spec.threshold)).sum())
-        rate = changed / len(p32)
-        if rate > MAX_DISAGREEMENT:
-            raise TwinnetError(
-                f"the int8 encoder changes {changed} of {len(p32)} decisions ({rate:.1%}) "
-                f"against fp32 on held-out pairs, more than the {MAX_DISAGREEMENT:.0%} "
-                "allowed, so it was not installed. Calibrate on more images like those the "
-                "model will serve, or serve it at bf16 or fp32."
-            )
+        runtime = resolve_runtime("cpu", "int8", int8_unavailable=None)
+        measured: dict[str, dict[str, Any]] = {}
+        for engine in engines:  # each engine rounds its own way: each is checked
+            int8 = Twin(model, spec, runtime, cache_mb=4096,
+                        int8=Int8Encoder(partial, runtime.threads, engine).wait())  # fmt: skip
+            p8 = _probabilities(int8, held_out, index)[readable]
+            agreement = _agreement(p32[readable], p8, spec.threshold)
+            agreement.update(held_out_images=len(held_out), balanced_by_class=labelled)
+            changed, pairs_checked = agreement["changed_decisions"], agreement["pairs"]
+            if changed > MAX_DISAGREEMENT * pairs_checked:
+                raise TwinnetError(
+                    f"the int8 encoder changes {changed} of {pairs_checked} decisions "
+                    f"({changed / pairs_checked:.1%}) against fp32 on held-out pairs in "
+                    f"{engine}, more than the {MAX_DISAGREEMENT:.0%} allowed, so it was not "
+                    "installed. Calibrate on more images like those the model will serve, "
+                    "or serve it at bf16 or fp32."
+                )
+            measured[engine] = {"version": engine_version(engine), "agreement": agreement}
+        worst = max(
+            measured.values(),
+            key=lambda m: (m["agreement"]["changed_decisions"],
+                           m["agreement"]["max_abs_probability_difference"]),
+        )  # fmt: skip
         record = {
             "file": INT8_FILE,
             "sha256": file_sha256(partial),
             "weights_sha256": file_sha256(root / ENCODER_FILE),
             "method": METHOD,
             "calibration_images": len(calib) - len(skipped),
-            "agreement": {
-                "pairs": len(p32),
-                "held_out_images": len(held_out),
-                "balanced_by_class": labelled,
-                "threshold": spec.threshold,
-                "changed_decisions": changed,
-                "agreement": round(1 - rate, 6),
-                "max_abs_probability_difference": round(float(np.abs(p32 - p8).max()), 6),
-                "mean_abs_probability_difference": round(float(np.abs(p32 - p8).mean()), 6),
-            },
-            "onnxruntime": _ort_version(),
+            "agreement": worst["agreement"],  # the least agreeing engine's
+            "engines": measured,
+            "onnxruntime": engine_version("onnxruntime"),  # the quantizer's
         }
         os.replace(partial, root / INT8_FILE)
     finally:
@@ -224,7 +239,14 @@ def quantize_model(
     return record
 
 
-def _ort_version() -> str:
-    import onnxruntime
-
-    return str(onnxruntime.__version__)
+def _agreement(p32: np.ndarray, p8: np.ndarray, threshold: float) -> dict[str, Any]:
+    """How the int8 probabilities of the same pairs agree with the fp32 ones."""
+    changed = int(((p32 >= threshold) != (p8 >= threshold)).sum())
+    return {
+        "pairs": len(p32),
+        "threshold": threshold,
+        "changed_decisions": changed,
+        "agreement": round(1 - changed / len(p32), 6),
+        "max_abs_probability_difference": round(float(np.abs(p32 - p8).max()), 6),
+        "mean_abs_probability_difference": round(float(np.abs(p32 - p8).mean()), 6),
+    }

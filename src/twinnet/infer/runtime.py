@@ -1,7 +1,8 @@
 """Where and how the encoder runs: device, precision, memory format and threads.
 
-The fastest CPU path is an int8 encoder in ONNX Runtime, made by ``twinnet quantize`` and
-checked there against fp32 on held-out pairs (:mod:`twinnet.infer.int8`). ``auto`` takes it
+The fastest CPU path is an int8 encoder in OpenVINO or ONNX Runtime, made by
+``twinnet quantize`` and checked there against fp32 on held-out pairs
+(:mod:`twinnet.infer.int8`). ``auto`` takes it
 when the model directory has one and the CPU has int8 dot products (VNNI or AMX); Grad-CAM
 still runs on a float encoder, since it needs a model that gradients can flow through.
 
@@ -52,8 +53,9 @@ class Runtime:
         channels_last: NHWC memory format for the encoder.
         draft: JPEGs may decode at reduced scale (never below the network input).
         threads: CPU threads of the encoder: torch's intra-op threads, or with ``int8``
-            ONNX Runtime's (torch then runs on one thread: see :func:`resolve_runtime`).
-        int8: comparisons run the model directory's int8 encoder (ONNX Runtime); the float
+            its engine's (torch then runs on one thread: see :func:`resolve_runtime`).
+        int8: comparisons run the model directory's int8 encoder (OpenVINO or ONNX
+            Runtime); the float
             encoder above is kept for Grad-CAM.
     """
 
@@ -136,7 +138,7 @@ def resolve_runtime(
 
     ``int8_unavailable`` is None when the model has a usable int8 encoder, else the reason
     it has not: ``int8`` is then refused with that reason and ``auto`` uses a float path.
-    With int8, ONNX Runtime and decoding get the threads and torch (normalising, the head,
+    With int8, the int8 engine and decoding get the threads and torch (normalising, the head,
     Grad-CAM's float encoder) runs on one: torch's OpenMP threads spin after each operation,
     and on 2 cores they took a core from the int8 encoder and from decoding, so one pair
     took 45 ms instead of 34.

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from twinnet.core.artifacts import load_model_dir
+from twinnet.core.artifacts import load_model_dir, read_spec
 from twinnet.core.calibration import sigmoid
 from twinnet.core.imaging import (
     ImageSource,
@@ -35,7 +35,7 @@ from twinnet.errors import ImageError, TwinnetError
 from twinnet.infer import explain
 from twinnet.infer.cache import EmbeddingCache
 from twinnet.infer.features import FeaturePipeline
-from twinnet.infer.int8 import Int8Encoder, int8_path, int8_unavailable
+from twinnet.infer.int8 import Int8Encoder, choose_engine, int8_path, int8_unavailable
 from twinnet.infer.runtime import NO_INT8, Runtime, fast_encoder, resolve_runtime
 
 __all__ = ["Twin", "Hit", "CompareResult", "IMAGE_SUFFIXES", "list_images"]
@@ -121,8 +121,9 @@ class Twin(FeaturePipeline):
             "draft": runtime.draft,
             "device": runtime.device.type,
         }
-        if self.int8 is not None:
+        if self.int8 is not None:  # two engines round differently: each has its features
             plan["int8"] = spec.quantization.get("sha256")
+            plan["int8_engine"] = self.int8.engine
         h = hashlib.blake2b(json.dumps(plan, sort_keys=True).encode(), digest_size=8)
         h.update(_weights_digest(self.model.encoder).encode())
         if spec.has_embeddings:  # cached embeddings depend on the projection too
@@ -164,13 +165,18 @@ class Twin(FeaturePipeline):
             threads: torch CPU threads (process-wide); default: torch's, capped at usable CPUs.
             draft: decode large JPEGs at reduced scale (faster, slightly different pixels).
         """
-        model, spec = load_model_dir(model_dir, device="cpu")
+        spec = read_spec(model_dir)
         why = int8_unavailable(model_dir, spec) if precision in ("auto", "int8") else NO_INT8
         runtime = resolve_runtime(device, precision, threads, draft, int8_unavailable=why)
         int8 = None
-        if runtime.int8:
-            int8 = Int8Encoder(int8_path(model_dir, spec), runtime.threads)
-        return cls(model, spec, runtime, cache_mb=cache_mb, int8=int8)
+        if runtime.int8:  # loads in the background while torch loads the float model
+            engine = choose_engine(spec.quantization)[0] or "onnxruntime"
+            int8 = Int8Encoder(int8_path(model_dir, spec), runtime.threads, engine)
+        model, spec = load_model_dir(model_dir, device="cpu")
+        twin = cls(model, spec, runtime, cache_mb=cache_mb, int8=int8)
+        if int8 is not None:
+            int8.wait()
+        return twin
 
     @classmethod
     def from_model(
@@ -203,9 +209,10 @@ class Twin(FeaturePipeline):
         return self.runtime.precision
 
     def __repr__(self) -> str:
+        engine = f", int8_engine={self.int8.engine}" if self.int8 is not None else ""
         return (
             f"Twin(name={self.name!r}, arch={self.spec.arch}, size={self.spec.image_size}, "
-            f"device={self.device.type}, precision={self.precision})"
+            f"device={self.device.type}, precision={self.precision}{engine})"
         )
 
     @property
