@@ -117,6 +117,11 @@ def four_rows(
             runs[label].append(model_row(label, fields, train, test, way,
                                          work / f"{label[:4]}-{seed}", seed=seed))  # fmt: skip
     first = runs["from scratch"][0]
+    for seed, run in zip(seeds, runs["Omniglot encoder, --init, fine-tuned"], strict=True):
+        kept = run["spec"].recipe.get("kept") or {}
+        scores = ", ".join(f"{v:.4f}" for v in kept.get("scores", []))
+        print(f"  --init seed {seed}: kept {kept.get('kept')} (held-out pair AUC: start, then "
+              f"each epoch: {scores})", file=sys.stderr)  # fmt: skip
     scratch_row, tuned_row = (mean_row(label, r) for label, r in runs.items())
     return [
         raw_pixel_row(first["spec"], train, test, first["calib_classes"], way),

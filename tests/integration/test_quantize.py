@@ -212,3 +212,21 @@ def test_an_engine_whose_agreement_was_not_measured_is_not_used(
     monkeypatch.setenv(ENGINE_ENV, "tensorrt")
     with pytest.raises(TwinnetError, match="TWINNET_INT8_ENGINE='tensorrt' is not one of"):
         Twin.load(quantized_copy, precision="int8")
+
+
+def test_a_gallery_index_reloads_the_int8_engine_it_was_built_with(
+    quantized_copy, trained_model_dir, tmp_path, monkeypatch
+):
+    if ModelSpec.load(quantized_copy).head != "cosine":
+        pytest.skip("a gallery index needs the cosine head")
+    from twinnet.index import GalleryIndex
+
+    monkeypatch.setenv(ENGINE_ENV, "onnxruntime")
+    built = Twin.load(quantized_copy, precision="int8")
+    data = trained_model_dir.parent / "data"
+    GalleryIndex.build(built, data, tmp_path / "index", model_dir=quantized_copy)
+    monkeypatch.delenv(ENGINE_ENV)  # auto would now run OpenVINO
+    gallery = GalleryIndex.open(tmp_path / "index")
+    assert gallery.info["model"]["int8_engine"] == "onnxruntime"
+    assert gallery.twin.int8.engine == "onnxruntime"  # as built: its fingerprint matches
+    assert gallery.twin.fingerprint == built.fingerprint

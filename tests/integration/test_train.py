@@ -198,8 +198,14 @@ def test_init_and_encoder_weights_start_from_an_earlier_model(unseen_model, tmp_
              "--frozen-epochs", "1", "--epochs", "1", "--bs", "32"]  # fmt: skip
     out = tmp_path / "finetuned"
     assert main(["train", str(data), "--out", str(out), "--init", str(source), *short]) == 0
-    assert "head taken" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "head taken" in said and "kept: " in said
     spec = ModelSpec.load(out)
+    # It ends on the best weights on the held-out classes: the start's or an epoch's.
+    kept = spec.recipe["kept"]
+    assert len(kept["scores"]) == 3  # the start, the frozen epoch, the unfrozen one
+    best = max(range(3), key=lambda i: (kept["scores"][i], -i))
+    assert kept["kept"] == ("start" if best == 0 else f"epoch {best}")
     start = spec.recipe["start"]
     assert start["init"] == str(source.resolve()) and start["head_taken"] is True
     assert start["blake2b"] == file_digest(

@@ -340,11 +340,13 @@ def quantize_into(
         model_dir, images, calibration=calibration, pairs=pairs, seed=seed,
         say=lambda line: print(line, file=sys.stderr, flush=True),
     )  # fmt: skip
-    a = rec["agreement"]
+    same = ", ".join(
+        f"{name} {m['agreement']['pairs'] - m['agreement']['changed_decisions']}/"
+        f"{m['agreement']['pairs']} (max |dp| {m['agreement']['max_abs_probability_difference']:.4f})"
+        for name, m in rec["engines"].items()
+    )
     print(
-        f"wrote {Path(model_dir) / rec['file']}: {a['pairs'] - a['changed_decisions']}/"
-        f"{a['pairs']} held-out decisions as fp32's (max |dp| "
-        f"{a['max_abs_probability_difference']:.4f}); calibrated on "
-        f"{rec['calibration_images']} images",
+        f"wrote {Path(model_dir) / rec['file']}: held-out decisions as fp32's: {same}; "
+        f"calibrated on {rec['calibration_images']} images",
         file=sys.stderr,
     )

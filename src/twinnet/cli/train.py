@@ -234,6 +234,10 @@ def _print_training(spec) -> None:
         print(f"start      {start['init']} ({start.get('name')}, {head})")
     elif start:
         print(f"start      encoder weights {start.get('encoder_weights')}")
+    kept = r.get("kept") if r else None
+    if kept:
+        scores = ", ".join(f"{s:.4f}" for s in kept["scores"])
+        print(f"kept       {kept['kept']} (held-out pair AUC: start, then each epoch: {scores})")
     m = spec.metrics
     if m:
         first = f"valid loss {_fmt(m.get('valid_loss'))}, "

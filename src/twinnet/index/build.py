@@ -64,6 +64,7 @@ def model_info(twin: Twin, model_dir: str | os.PathLike | None) -> dict[str, Any
         "image_size": spec.image_size,
         "embedding_dim": spec.embedding_dim,
         "precision": twin.precision,
+        "int8_engine": twin.int8.engine if twin.int8 is not None else None,
         "device": twin.device.type,
     }
 

@@ -124,7 +124,11 @@ class GalleryIndex:
                 f"the model {info['dir']} that built {self.path} is gone; pass its new "
                 "location (--model DIR, or model_dir=)"
             )
-        return Twin.load(info["dir"], device=info["device"], precision=info["precision"])
+        # An int8 index recorded before there were two engines was built by ONNX Runtime.
+        engine = info.get("int8_engine", "onnxruntime" if info["precision"] == "int8" else None)
+        return Twin.load(
+            info["dir"], device=info["device"], precision=info["precision"], int8_engine=engine
+        )
 
     # ------------------------------------------------------------------ reading
     @property

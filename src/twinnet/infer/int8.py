@@ -96,9 +96,16 @@ def recorded_engines(record: dict[str, Any]) -> list[str]:
     return ["onnxruntime"] if record else []  # written when ONNX Runtime was the only one
 
 
-def choose_engine(record: dict[str, Any]) -> tuple[str | None, str | None]:
-    """``(engine, None)`` for the engine that will run the int8 file, or ``(None, why)``."""
-    wanted = os.environ.get(ENGINE_ENV, "auto").strip().lower() or "auto"
+def choose_engine(
+    record: dict[str, Any], wanted: str | None = None
+) -> tuple[str | None, str | None]:
+    """``(engine, None)`` for the engine that will run the int8 file, or ``(None, why)``.
+
+    ``wanted`` names one (or ``auto``); by default :data:`ENGINE_ENV` does, else ``auto``.
+    """
+    if wanted is None:
+        wanted = os.environ.get(ENGINE_ENV, "auto")
+    wanted = wanted.strip().lower() or "auto"
     if wanted != "auto" and wanted not in ENGINES:
         return None, f"{ENGINE_ENV}={wanted!r} is not one of auto, {', '.join(ENGINES)}"
     candidates = list(ENGINES) if wanted == "auto" else [wanted]
@@ -117,8 +124,11 @@ def choose_engine(record: dict[str, Any]) -> tuple[str | None, str | None]:
     )
 
 
-def int8_unavailable(model_dir: str | Path, spec: ModelSpec) -> str | None:
-    """None when ``model_dir`` has a usable int8 encoder, else why it has not."""
+def int8_unavailable(
+    model_dir: str | Path, spec: ModelSpec, engine: str | None = None
+) -> str | None:
+    """None when ``model_dir`` has a usable int8 encoder (in ``engine``, by default the one
+    :func:`choose_engine` picks), else why it has not."""
     from twinnet.infer.runtime import NO_INT8
 
     record = spec.quantization
@@ -135,7 +145,7 @@ def int8_unavailable(model_dir: str | Path, spec: ModelSpec) -> str | None:
             f"{path} was made from other weights than {ENCODER_FILE}; run `twinnet quantize` again"
         )
     else:
-        why = choose_engine(record)[1]
+        why = choose_engine(record, engine)[1]
     if why:
         log.warning("twinnet: not using the int8 encoder: %s", why)
     return why

@@ -152,6 +152,7 @@ class Twin(FeaturePipeline):
         cache_mb: float = 256,
         threads: int | None = None,
         draft: bool = False,
+        int8_engine: str | None = None,
     ) -> Twin:
         """Load a model directory.
 
@@ -164,13 +165,20 @@ class Twin(FeaturePipeline):
             cache_mb: feature-map cache size in MB.
             threads: torch CPU threads (process-wide); default: torch's, capped at usable CPUs.
             draft: decode large JPEGs at reduced scale (faster, slightly different pixels).
+            int8_engine: what runs an int8 encoder: ``auto`` (OpenVINO where ``twinnet
+                quantize`` measured it, else ONNX Runtime), ``openvino`` or ``onnxruntime``;
+                default: ``TWINNET_INT8_ENGINE``, else ``auto``.
         """
         spec = read_spec(model_dir)
-        why = int8_unavailable(model_dir, spec) if precision in ("auto", "int8") else NO_INT8
+        why = (
+            int8_unavailable(model_dir, spec, int8_engine)
+            if precision in ("auto", "int8")
+            else NO_INT8
+        )
         runtime = resolve_runtime(device, precision, threads, draft, int8_unavailable=why)
         int8 = None
         if runtime.int8:  # loads in the background while torch loads the float model
-            engine = choose_engine(spec.quantization)[0] or "onnxruntime"
+            engine = choose_engine(spec.quantization, int8_engine)[0] or "onnxruntime"
             int8 = Int8Encoder(int8_path(model_dir, spec), runtime.threads, engine)
         model, spec = load_model_dir(model_dir, device="cpu")
         twin = cls(model, spec, runtime, cache_mb=cache_mb, int8=int8)

@@ -41,6 +41,7 @@ from twinnet.train.fastai_parts import (
     training_bf16,
 )
 from twinnet.train.heads import HEAD_RECIPES
+from twinnet.train.keep import BestOnHeldOut
 from twinnet.train.start import apply_start, with_init_defaults
 
 __all__ = ["TrainResult", "train"]
@@ -196,6 +197,7 @@ class _Run:
     epoch_items: int = 0
     valid_items: int = 0
     valid_dl: Any = None
+    kept: dict[str, Any] | None = None
 
 
 def _run(cfg: TrainConfig, data: _Data, dist: Dist) -> _Run:
@@ -217,12 +219,24 @@ def _run(cfg: TrainConfig, data: _Data, dist: Dist) -> _Run:
                 learn.freeze()
             return _Run(model, start, lr_suggestion=float(learn.lr_find(show_plot=False).valley))
         started = time.monotonic()
+        keeper = _keeper(cfg, data, model)
+        if keeper is not None:
+            learn.add_cb(keeper.callback())
         history = _fit(learn, cfg, dist)
+        kept = keeper.restore() if keeper is not None else None
         dls = learn.dls
         return _Run(
             model.to("cpu").eval(), start, None, history, time.monotonic() - started, str(device), bf16,
-            len(dls.train.dataset), len(dls.valid.dataset), dls.valid,
+            len(dls.train.dataset), len(dls.valid.dataset), dls.valid, kept,
         )  # fmt: skip
+
+
+def _keeper(cfg: TrainConfig, data: _Data, model: Any) -> BestOnHeldOut | None:
+    """With ``--init`` and a cosine head, what keeps the best weights on held-out classes."""
+    calib = data.parts.calib
+    if not cfg.init or not data.spec.has_embeddings or calib is None or len(calib.classes) < 2:
+        return None
+    return BestOnHeldOut(model, data.spec, calib, int(data.parts.split.seed))
 
 
 def _fit(learn, cfg: TrainConfig, dist: Dist) -> list[dict[str, Any]]:
@@ -283,6 +297,7 @@ def _finished_spec(cfg: TrainConfig, data: _Data, run: _Run, dist: Dist) -> Mode
             "wd": cfg.wd if cfg.wd is not None else 0.01,
             "precision": "bf16" if run.bf16 else "fp32", "optimizer": "Adam",
             "schedule": "fit_one_cycle", "start": run.start,
+            **({"kept": run.kept} if run.kept else {}),
         },
         versions=library_versions(),
     )  # fmt: skip
