@@ -136,6 +136,9 @@ def test_a_stale_or_altered_int8_encoder_is_not_used(quantized_copy, caplog):
     weights.write_bytes(bytes(data))
     with pytest.raises(TwinnetError, match="made from other weights"):
         Twin.load(quantized_copy, precision="int8")
+    weights.unlink()  # an incomplete directory is said to be one, int8 or not
+    with pytest.raises(TwinnetError, match="is missing; the model directory is incomplete"):
+        Twin.load(quantized_copy)
 
 
 def test_int8_needs_a_quantized_encoder_and_enough_images(random_model_dir, shapes_dir, tmp_path):

@@ -134,13 +134,15 @@ def int8_unavailable(
     record = spec.quantization
     if not record:
         return NO_INT8
-    path = int8_path(model_dir, spec)
+    path, weights = int8_path(model_dir, spec), Path(model_dir) / ENCODER_FILE
     why = None
     if not path.is_file():
         why = f"{path} is missing; run `twinnet quantize` again"
+    elif not weights.is_file():  # loading the model says so in its own words
+        why = f"{weights} is missing"
     elif file_sha256(path) != record.get("sha256"):
         why = f"{path} does not match the digest in twinnet.json; run `twinnet quantize` again"
-    elif file_sha256(Path(model_dir) / ENCODER_FILE) != record.get("weights_sha256"):
+    elif file_sha256(weights) != record.get("weights_sha256"):
         why = (
             f"{path} was made from other weights than {ENCODER_FILE}; run `twinnet quantize` again"
         )
