@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
 import sys
 import tempfile
@@ -242,17 +241,13 @@ def naive_stages(naive: NaiveHandler, left: bytes, right: bytes) -> dict[str, Ca
 
 def other_engine(model_dir: Path, twin: object, threads: int | None) -> object | None:
     """The same model with its int8 file in ONNX Runtime, when the default runs another engine."""
-    from twinnet.infer.int8 import ENGINE_ENV, installed_engines
+    from twinnet.infer.int8 import installed_engines
     from twinnet.infer.twin import Twin
 
     engine = getattr(getattr(twin, "int8", None), "engine", None)
     if engine in (None, "onnxruntime") or "onnxruntime" not in installed_engines():
         return None
-    os.environ[ENGINE_ENV] = "onnxruntime"
-    try:
-        return Twin.load(model_dir, device="cpu", threads=threads)
-    finally:
-        del os.environ[ENGINE_ENV]
+    return Twin.load(model_dir, device="cpu", threads=threads, int8_engine="onnxruntime")
 
 
 def torch_threads(twin: object) -> int:

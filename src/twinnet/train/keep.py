@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import numpy as np
 import torch
 
 from twinnet.core.metrics import roc_auc
@@ -90,5 +89,5 @@ class BestOnHeldOut:
             "kept": kept,
             "metric": "pair_auc on the calibration classes",
             "scores": [round(s, 6) for s in self.scores],
-            "gain": round(float(np.float64(best) - start), 6),
+            "gain": round(best - start, 6),
         }
