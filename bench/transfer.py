@@ -17,7 +17,7 @@ starts from an earlier model. The digits are written as dark strokes on white, a
 characters are: an encoder of pen strokes meets pen strokes.
 
     .venv/bin/python bench/transfer.py [--source OMNIGLOT_MODEL_DIR] [--data OMNIGLOT_DIR]
-        [--omniglot-epochs 10] [--only digits|omniglot]
+        [--omniglot-epochs 10] [--only digits|omniglot] [--trials 2000] [--init-lr RATE]
 
 Without ``--source`` the Omniglot model is trained first (about 8 minutes on a 2-core CPU);
 a ``--source`` must not have seen the 6 held-out alphabets.
@@ -104,7 +104,7 @@ def mean_row(label: str, runs: list[dict]) -> dict:
 
 def four_rows(
     source: Path, scratch: dict, tuned: dict, train: Path, test: Path, way: int, work: Path,
-    seeds: list[int],
+    seeds: list[int], trials: int = TRIALS,
 ) -> list[dict]:  # fmt: skip
     """Raw pixels, from scratch, zero-shot and fine-tuned with ``--init``, on ``test``.
 
@@ -115,20 +115,23 @@ def four_rows(
     for seed in seeds:
         for label, fields in zip(runs, (scratch, {**tuned, "init": str(source)}), strict=True):
             runs[label].append(model_row(label, fields, train, test, way,
-                                         work / f"{label[:4]}-{seed}", seed=seed))  # fmt: skip
+                                         work / f"{label[:4]}-{seed}", seed=seed,
+                                         trials=trials))  # fmt: skip
     first = runs["from scratch"][0]
     for seed, run in zip(seeds, runs["Omniglot encoder, --init, fine-tuned"], strict=True):
         kept = run["spec"].recipe.get("kept") or {}
         scores = ", ".join(f"{v:.4f}" for v in kept.get("scores", []))
         print(f"  --init seed {seed}: kept {kept.get('kept')} (held-out pair AUC: start, then "
-              f"each epoch: {scores})", file=sys.stderr)  # fmt: skip
+              f"each epoch: {scores}; half-way mixture: {kept.get('mix')})",
+              file=sys.stderr)  # fmt: skip
     scratch_row, tuned_row = (mean_row(label, r) for label, r in runs.items())
     return [
-        raw_pixel_row(first["spec"], train, test, first["calib_classes"], way),
+        raw_pixel_row(first["spec"], train, test, first["calib_classes"], way, trials=trials),
         scratch_row,
-        evaluation_row("Omniglot encoder, zero-shot", source, test, way),
+        evaluation_row("Omniglot encoder, zero-shot", source, test, way, trials=trials),
         evaluation_row("Omniglot encoder, zero-shot, `twinnet calibrate` on the small set",
-                       calibrated_copy(source, train, work / "calibrated"), test, way),
+                       calibrated_copy(source, train, work / "calibrated"), test, way,
+                       trials=trials),
         tuned_row,
     ]  # fmt: skip
 
@@ -143,8 +146,8 @@ def calibrated_copy(source: Path, data: Path, out: Path) -> Path:
     return out
 
 
-def print_table(title: str, rows: list[dict], way: int, seeds: list[int]) -> None:
-    print(f"\n{title}: {PAIRS} pairs, {TRIALS} {way}-way episodes; trained rows: mean of "
+def print_table(title: str, rows: list[dict], way: int, seeds: list[int], trials: int) -> None:
+    print(f"\n{title}: {PAIRS} pairs, {trials} {way}-way episodes; trained rows: mean of "
           f"seeds {','.join(map(str, seeds))} (± standard deviation)")  # fmt: skip
     print(f"| start | train s | pair acc (calibrated) | best acc | AUC | EER | {way}-way |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -168,7 +171,13 @@ def main() -> None:
     ap.add_argument("--omniglot-epochs", type=int, default=10)
     ap.add_argument("--only", choices=("digits", "omniglot"))
     ap.add_argument("--seeds", default="0,1,2", help="seeds of the trained rows")
+    ap.add_argument(
+        "--trials", type=int, default=5 * TRIALS,
+        help="N-way episodes per row (at 400, 3-way's standard error is about 0.02)",
+    )  # fmt: skip
+    ap.add_argument("--init-lr", type=float, help="--init's rate (default: twinnet's)")
     args = ap.parse_args()
+    rate = {} if args.init_lr is None else {"lr": args.init_lr}
     seeds = [int(s) for s in args.seeds.split(",")]
     with tempfile.TemporaryDirectory(prefix="twinnet-transfer-") as tmp:
         work = Path(tmp)
@@ -182,13 +191,17 @@ def main() -> None:
             digits = head_config("cosine", RECIPES["digits"])
             # --init's own schedule: the data's fields only, so the defaults are what is measured
             tuned = {k: digits[k] for k in ("split", "valid_pct", "bs", "head", "epoch_pairs")}
-            rows = four_rows(source, digits, tuned, train, test, way, work / "digits", seeds)
-            print_table("transfer to unseen digits 7-9 (trained on 0-6)", rows, way, seeds)
+            rows = four_rows(source, digits, {**tuned, **rate}, train, test, way,
+                             work / "digits", seeds, args.trials)  # fmt: skip
+            print_table("transfer to unseen digits 7-9 (trained on 0-6)", rows, way, seeds,
+                        args.trials)  # fmt: skip
         if args.only != "digits":
             small, unseen = split_held(held, work)
-            rows = four_rows(source, {"recipe": "small-grey"}, {"recipe": "small-grey"},
-                             small, unseen, 20, work / "omniglot-small", seeds)  # fmt: skip
-            print_table("Omniglot: 3 unseen alphabets (trained on 3 others)", rows, 20, seeds)
+            rows = four_rows(source, {"recipe": "small-grey"}, {"recipe": "small-grey", **rate},
+                             small, unseen, 20, work / "omniglot-small", seeds,
+                             args.trials)  # fmt: skip
+            print_table("Omniglot: 3 unseen alphabets (trained on 3 others)", rows, 20, seeds,
+                        args.trials)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -115,7 +115,13 @@ def prepare(
 
 
 def raw_pixel_row(
-    spec, train: Path, test: Path, calib_classes: list[str], way: int, pairs: int = PAIRS
+    spec,
+    train: Path,
+    test: Path,
+    calib_classes: list[str],
+    way: int,
+    pairs: int = PAIRS,
+    trials: int = TRIALS,
 ) -> dict:
     """The raw-pixel cosine baseline, calibrated on the model's calibration classes."""
     from twinnet.core.calibration import fit_calibration
@@ -146,7 +152,7 @@ def raw_pixel_row(
     rng = np.random.default_rng([0, 11])
     by_class = [np.flatnonzero(items.labels == c) for c in range(len(items.classes))]
     correct = 0
-    for _ in range(TRIALS):
+    for _ in range(trials):
         target = int(rng.integers(len(by_class)))
         others = rng.choice(
             [c for c in range(len(by_class)) if c != target], way - 1, replace=False
@@ -161,7 +167,7 @@ def raw_pixel_row(
         "best_accuracy": best_threshold(same, cos)[1],
         "auc": roc_auc(same, cos),
         "eer": eer(same, cos)[0],
-        "way_accuracy": correct / TRIALS,
+        "way_accuracy": correct / trials,
     }
 
 
@@ -175,7 +181,13 @@ def head_config(head: str, recipe: dict) -> dict:
 
 
 def evaluation_row(
-    label: str, model_dir: Path, test: Path, way: int, pairs: int = PAIRS, seconds: float = 0.0
+    label: str,
+    model_dir: Path,
+    test: Path,
+    way: int,
+    pairs: int = PAIRS,
+    seconds: float = 0.0,
+    trials: int = TRIALS,
 ) -> dict:
     """A trained model on the unseen classes: at its own threshold, and at the best one."""
     from twinnet.core.metrics import best_threshold
@@ -185,7 +197,7 @@ def evaluation_row(
 
     twin = Twin.load(model_dir)
     items = evaluation_items(test, twin.spec)
-    report = evaluate(twin, items, pairs=pairs, way=way, trials=TRIALS, seed=0)
+    report = evaluate(twin, items, pairs=pairs, way=way, trials=trials, seed=0)
     # best possible threshold on the test pairs themselves, from the same pairs' margins
     drawn = draw_pairs(items.labels, pairs, np.random.default_rng([0, 10]), swap=True)
     files = [str(f) for f in items.files]
@@ -211,6 +223,7 @@ def model_row(
     out: Path,
     pairs: int = PAIRS,
     seed: int = 0,
+    trials: int = TRIALS,
 ) -> dict:
     """Train one configuration, then evaluate it on the unseen classes."""
     from twinnet.train.config import TrainConfig
@@ -222,7 +235,7 @@ def model_row(
         result = run_train(cfg)
     seconds = time.monotonic() - started
     return {
-        **evaluation_row(label, out, test, way, pairs, seconds),
+        **evaluation_row(label, out, test, way, pairs, seconds, trials),
         "calib_classes": result.spec.split.get("calibration_classes")
         or result.spec.split.get("valid_classes", []),
         "spec": result.spec,

@@ -201,11 +201,13 @@ def test_init_and_encoder_weights_start_from_an_earlier_model(unseen_model, tmp_
     said = capsys.readouterr().out
     assert "head taken" in said and "kept: " in said
     spec = ModelSpec.load(out)
-    # It ends on the best weights on the held-out classes: the start's or an epoch's.
+    # It ends half-way between the start and the last epoch, or on the start when the
+    # held-out classes score the start higher.
     kept = spec.recipe["kept"]
     assert len(kept["scores"]) == 3  # the start, the frozen epoch, the unfrozen one
-    best = max(range(3), key=lambda i: (kept["scores"][i], -i))
-    assert kept["kept"] == ("start" if best == 0 else f"epoch {best}")
+    mixed = kept["mix"] >= kept["scores"][0]
+    assert kept["kept"] == ("mix 0.5 of start and epoch 2" if mixed else "start")
+    assert kept["gain"] == pytest.approx(max(kept["mix"] - kept["scores"][0], 0.0), abs=2e-6)
     start = spec.recipe["start"]
     assert start["init"] == str(source.resolve()) and start["head_taken"] is True
     assert start["blake2b"] == file_digest(

@@ -237,7 +237,11 @@ def _print_training(spec) -> None:
     kept = r.get("kept") if r else None
     if kept:
         scores = ", ".join(f"{s:.4f}" for s in kept["scores"])
-        print(f"kept       {kept['kept']} (held-out pair AUC: start, then each epoch: {scores})")
+        mix = kept.get("mix")
+        print(
+            f"kept       {kept['kept']} (held-out pair AUC: start, then each epoch: {scores}"
+            + (f"; half-way mixture of start and last epoch: {mix:.4f}" if mix else "") + ")"
+        )  # fmt: skip
     m = spec.metrics
     if m:
         first = f"valid loss {_fmt(m.get('valid_loss'))}, "

@@ -156,7 +156,8 @@ class TrainConfig:
         default=None,
         metadata=_opt(
             "start from an earlier twinnet model: its encoder always, its head when it fits; "
-            "its arch and size for options left out",
+            "its arch and size for options left out. A cosine model ends half-way between its "
+            "start and its last epoch, or on the start if held-out classes score it higher",
             metavar="MODEL_DIR",
         ),  # fmt: skip
     )

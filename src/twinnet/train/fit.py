@@ -41,7 +41,7 @@ from twinnet.train.fastai_parts import (
     training_bf16,
 )
 from twinnet.train.heads import HEAD_RECIPES
-from twinnet.train.keep import BestOnHeldOut
+from twinnet.train.keep import StartOrMix
 from twinnet.train.start import apply_start, with_init_defaults
 
 __all__ = ["TrainResult", "train"]
@@ -231,12 +231,12 @@ def _run(cfg: TrainConfig, data: _Data, dist: Dist) -> _Run:
         )  # fmt: skip
 
 
-def _keeper(cfg: TrainConfig, data: _Data, model: Any) -> BestOnHeldOut | None:
-    """With ``--init`` and a cosine head, what keeps the best weights on held-out classes."""
+def _keeper(cfg: TrainConfig, data: _Data, model: Any) -> StartOrMix | None:
+    """With ``--init`` and a cosine head, what ends the run on the start or a mixture."""
     calib = data.parts.calib
     if not cfg.init or not data.spec.has_embeddings or calib is None or len(calib.classes) < 2:
         return None
-    return BestOnHeldOut(model, data.spec, calib, int(data.parts.split.seed))
+    return StartOrMix(model, data.spec, calib, int(data.parts.split.seed))
 
 
 def _fit(learn, cfg: TrainConfig, dist: Dist) -> list[dict[str, Any]]:
