@@ -240,7 +240,7 @@ def _print_training(spec) -> None:
         mix = kept.get("mix")
         print(
             f"kept       {kept['kept']} (held-out pair AUC: start, then each epoch: {scores}"
-            + (f"; half-way mixture of start and last epoch: {mix:.4f}" if mix else "") + ")"
+            + ("" if mix is None else f"; mixture of start and last epoch: {mix:.4f}") + ")"
         )  # fmt: skip
     m = spec.metrics
     if m:

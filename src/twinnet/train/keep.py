@@ -41,8 +41,8 @@ def mix_states(
 
 
 class StartOrMix:
-    """Scores a cosine model on held-out classes as it trains, and ends it on the start or on
-    the half-way mixture of start and last epoch, whichever scores higher.
+    """Scores a cosine model on held-out classes as it trains, and ends it on the half-way
+    mixture of start and last epoch, or on the start if that scores higher (ties: the mixture).
 
     Args:
         model: the model being trained (its weights are read, and set by :meth:`restore`).
@@ -103,7 +103,7 @@ class StartOrMix:
         if kept == "start":
             self.model.load_state_dict(self.start_state)
         said = "the starting weights" if kept == "start" else (
-            f"the starting weights mixed half and half with epoch {last}'s"
+            f"the starting weights mixed with epoch {last}'s ({MIX:g} of them)"
         )  # fmt: skip
         epochs = ", ".join(f"{s:.4f}" for s in self.scores[1:]) or "none"
         mixed = "" if self.mix_score is None else f"; the mixture {self.mix_score:.4f}"
