@@ -77,6 +77,7 @@ def test_small_grey_recipe_verifies_unseen_alphabets_well_above_raw_pixels(omnig
     assert spec.recipe["recipe"] == "small-grey" and spec.recipe["augment"] == "affine"
     assert spec.recipe["loss"] == "cosface" and spec.recipe["sampler"] == "random"
     assert spec.image_size == 48 and spec.arch == "resnet18"
+    assert spec.readout == spec.metrics["readout"]["kept"]  # what its held-out characters chose
     held = spec.split["calibration_classes"]
     assert len(held) == 31 and not {c.split("__")[0] for c in held} & set(TEST_ALPHABETS)
 

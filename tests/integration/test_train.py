@@ -96,6 +96,35 @@ def test_cosine_model_verifies_classes_it_never_saw(unseen_model, capsys):
     assert report["kfold_accuracy"] >= 1 - report["eer"] - 0.05  # the best threshold beats EER's
 
 
+def test_training_compares_the_layer_its_held_out_classes_separate_best(unseen_model, capsys):
+    import dataclasses
+
+    from twinnet.core.metrics import roc_auc
+    from twinnet.data.items import scan_folder
+    from twinnet.evaluate.calibrate import calibration_scores
+    from twinnet.infer.twin import Twin
+
+    out, data = unseen_model
+    model, spec = load_model_dir(out)
+    record = spec.metrics["readout"]
+    scores = record["scores"]
+    best = "pooled" if scores["pooled"] >= scores["projection"] else "projection"
+    assert spec.readout == record["kept"] == best == model.head.readout
+    # the recorded scores are the held-out classes' pair AUC of each layer, recomputed here
+    items = scan_folder(data)
+    held = {items.classes.index(c) for c in spec.split["valid_classes"]}
+    calib = items.subset(np.flatnonzero(np.isin(items.labels, sorted(held))))
+    for readout, score in scores.items():
+        model.head.readout = readout
+        twin = Twin.from_model(model, dataclasses.replace(spec, readout=readout), cache_mb=0)
+        cos, same = calibration_scores(twin, calib, seed=spec.split["seed"])
+        assert roc_auc(same, cos) == pytest.approx(score, abs=2e-3), readout
+    emb = Twin.load(out).embed([str(f) for f in items.files[:2]])
+    assert emb.shape == (2, spec.embedding_width)
+    assert main(["info", str(out)]) == 0
+    assert f"readout    {spec.readout} (held-out pair AUC: " in capsys.readouterr().out
+
+
 def test_calibrate_refits_the_threshold_and_evaluate_uses_it(unseen_model, tmp_path, capsys):
     import shutil
 

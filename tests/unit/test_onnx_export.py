@@ -55,3 +55,26 @@ def test_onnx_graphs_answer_as_the_model_does(any_head_model_dir, shapes_dir, tm
         logits = session("head").run(None, {"left": maps, "right": right})[0]
         ref = np.array([r.logits for r in expected])
         np.testing.assert_allclose(logits, ref, atol=1e-4 * max(1.0, np.abs(ref).max()))
+
+
+def test_a_pooled_readout_goes_out_as_the_pooled_features(
+    random_cosine_dir, shapes_dir, tmp_path, capsys
+):
+    import dataclasses
+    import shutil
+
+    from twinnet.core.spec import ModelSpec
+
+    model_dir = tmp_path / "pooled"
+    shutil.copytree(random_cosine_dir, model_dir)
+    spec = ModelSpec.load(model_dir)
+    dataclasses.replace(spec, readout="pooled").save(model_dir)
+    out = tmp_path / "onnx"
+    assert main(["export", str(model_dir), "--format", "onnx", "--out", str(out)]) == 0
+    info = json.loads((out / "twinnet-onnx.json").read_text())
+    assert info["decision"]["embedding"] == "1024 numbers (pooled)"
+    x, files = _images(model_dir, shapes_dir)
+    emb = ort.InferenceSession(str(out / info["graphs"]["embedding"])).run(None, {"images": x})[0]
+    twin = Twin.load(model_dir, precision="fp32")
+    assert emb.shape == (5, 1024) == (5, twin.spec.embedding_width)
+    np.testing.assert_allclose(emb, twin.embed(files), atol=1e-4)

@@ -243,6 +243,10 @@ def _print_training(spec) -> None:
             + ("" if mix is None else f"; mixture of start and last epoch: {mix:.4f}") + ")"
         )  # fmt: skip
     m = spec.metrics
+    chosen = m.get("readout") if m else None
+    if chosen:
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in chosen["scores"].items())
+        print(f"readout    {chosen['kept']} (held-out pair AUC: {scores})")
     if m:
         first = f"valid loss {_fmt(m.get('valid_loss'))}, "
         if m.get("valid_accuracy") is not None:
@@ -264,7 +268,7 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     print(f"model      {spec.name} ({args.model_dir})")
     head = f"{spec.head} head" + (
-        f", {spec.embedding_dim}-d embedding" if spec.has_embeddings else ""
+        f", {spec.embedding_width}-d embedding ({spec.readout})" if spec.has_embeddings else ""
     )
     print(
         f"network    {spec.arch} at {spec.image_size} px ({spec.resize_method}), {head}, "

@@ -60,6 +60,7 @@ def build_head(spec: ModelSpec) -> nn.Module:
             dropout=spec.dropout[0],
             scale=float(cal["scale"]),
             bias=float(cal["bias"]),
+            readout=spec.readout,
         )
     return concat_head(spec)
 
@@ -94,6 +95,10 @@ class CosineHead(nn.Module):
         dropout: dropout before the projection (training only).
         scale: slope of the cosine-to-logit map.
         bias: offset of the cosine-to-logit map.
+        readout: what :meth:`embed` returns: ``projection`` (the embedding the loss trains,
+            :meth:`project`) or ``pooled`` (the batch-normalised pooled features before it).
+            On classes never trained on, the pooled features separated better in every
+            model measured (docs/training.md): the projection fits the training classes.
     """
 
     def __init__(
@@ -103,9 +108,11 @@ class CosineHead(nn.Module):
         dropout: float = 0.05,
         scale: float = 10.0,
         bias: float = -5.0,
+        readout: str = "projection",
     ) -> None:
         super().__init__()
         self.channels = channels
+        self.readout = readout
         self.embedding = nn.Sequential(
             AdaptiveConcatPool2d(1),
             nn.Flatten(),
@@ -122,9 +129,18 @@ class CosineHead(nn.Module):
         self.scale.fill_(float(scale))
         self.bias.fill_(float(bias))
 
-    def embed(self, features: torch.Tensor) -> torch.Tensor:
-        """Unit-norm embeddings (N, dim) of a batch of one-image feature maps."""
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Unit-norm projections (N, dim) of a batch of one-image feature maps: what trains."""
         return nn.functional.normalize(self.embedding(features).float(), dim=1)
+
+    def pooled(self, features: torch.Tensor) -> torch.Tensor:
+        """Unit-norm pooled features (N, 2 * channels), batch-normalised, before the projection."""
+        pool, flatten, norm = self.embedding[:3]
+        return nn.functional.normalize(norm(flatten(pool(features))).float(), dim=1)
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings of a batch of one-image feature maps, as :attr:`readout` says."""
+        return self.pooled(features) if self.readout == "pooled" else self.project(features)
 
     def logits(self, cosine: torch.Tensor) -> torch.Tensor:
         """Logits ``[different, same]`` (N, 2) of a batch of cosine similarities."""

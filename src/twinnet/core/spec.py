@@ -22,6 +22,7 @@ __all__ = [
     "FORMAT_VERSION",
     "ARCHS",
     "HEADS",
+    "READOUTS",
     "TIMM_PREFIX",
     "INTERPOLATIONS",
     "is_timm",
@@ -44,6 +45,8 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 #: ``concat``: the original sample's pair classifier; ``cosine``: an L2-normalised embedding
 #: per image, scored by the cosine of two embeddings through a calibrated mapping.
 HEADS = ("concat", "cosine")
+#: What a cosine head compares: its trained projection, or the pooled features before it.
+READOUTS = ("projection", "pooled")
 
 
 def is_timm(arch: str) -> bool:
@@ -78,7 +81,11 @@ class ModelSpec:
         head: ``concat`` (the original sample's head; what a spec without the key means) or
             ``cosine`` (an embedding per image; what ``twinnet train`` builds by default).
         head_hidden: width of the concat head's hidden layer.
-        embedding_dim: width of the cosine head's L2-normalised embedding.
+        embedding_dim: width of the cosine head's projection, the layer its loss trains.
+        readout: what the cosine head compares: ``projection`` (the trained embedding; what
+            a spec without the key means) or ``pooled`` (the pooled encoder features,
+            batch-normalised with training statistics, before the projection), each
+            L2-normalised. Training keeps the one its held-out classes separate better.
         dropout: the head's two dropout probabilities.
         threshold: probability of "same" at or above which the verdict is "same".
         calibration: for the cosine head, the fitted cosine-to-logit mapping and how it
@@ -105,6 +112,7 @@ class ModelSpec:
     head: str = "concat"
     head_hidden: int = 512
     embedding_dim: int = 128
+    readout: str = "projection"
     dropout: tuple[float, float] = (0.05, 0.1)
     threshold: float = 0.5
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -136,6 +144,8 @@ class ModelSpec:
         if not 2 <= int(self.embedding_dim) <= 4096:
             raise SpecError(f"embedding_dim must be between 2 and 4096, got {self.embedding_dim}")
         self.embedding_dim = int(self.embedding_dim)
+        if self.readout not in READOUTS:
+            raise SpecError(f"unknown readout {self.readout!r}; choose one of {READOUTS}")
         if self.resize_method not in RESIZE_METHODS:
             raise SpecError(
                 f"unknown resize_method {self.resize_method!r}; choose one of {RESIZE_METHODS}"
@@ -160,6 +170,11 @@ class ModelSpec:
         return 4 * self.feature_channels
 
     @property
+    def embedding_width(self) -> int:
+        """Width of the embeddings a cosine model compares (and an index stores)."""
+        return 2 * self.feature_channels if self.readout == "pooled" else self.embedding_dim
+
+    @property
     def has_embeddings(self) -> bool:
         """True for heads that map each image alone to an embedding (``cosine``)."""
         return self.head == "cosine"
@@ -177,7 +192,11 @@ class ModelSpec:
         """
         d = asdict(self)
         d["mean"], d["std"], d["dropout"] = list(self.mean), list(self.std), list(self.dropout)
-        for key, default in (("interpolation", "bilinear"), ("backbone", {}), ("quantization", {})):
+        defaults = (
+            ("interpolation", "bilinear"), ("backbone", {}), ("quantization", {}),
+            ("readout", "projection"),
+        )  # fmt: skip
+        for key, default in defaults:
             if d[key] == default:
                 del d[key]
         return {"format_version": d.pop("format_version"), **d}

@@ -62,7 +62,7 @@ def model_info(twin: Twin, model_dir: str | os.PathLike | None) -> dict[str, Any
         "fingerprint": twin.fingerprint,
         "arch": spec.arch,
         "image_size": spec.image_size,
-        "embedding_dim": spec.embedding_dim,
+        "embedding_dim": spec.embedding_width,  # what the index stores
         "precision": twin.precision,
         "int8_engine": twin.int8.engine if twin.int8 is not None else None,
         "device": twin.device.type,
@@ -93,7 +93,7 @@ def embed_folder(
         warnings.simplefilter("always")
         readable, _ = check_images(sub)
     files = readable.files
-    dim = twin.spec.embedding_dim
+    dim = twin.spec.embedding_width
     chunks = [
         twin.embed(files[i : i + EMBED_CHUNK]).numpy() for i in range(0, len(files), EMBED_CHUNK)
     ]

@@ -367,9 +367,9 @@ def from_embeddings(
     """
     require_cosine(spec)
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-    if emb.ndim != 2 or emb.shape[1] != spec.embedding_dim or len(emb) != len(labels):
+    if emb.ndim != 2 or emb.shape[1] != spec.embedding_width or len(emb) != len(labels):
         raise TwinnetError(
-            f"embeddings must have shape ({len(labels)}, {spec.embedding_dim}), got {emb.shape}"
+            f"embeddings must have shape ({len(labels)}, {spec.embedding_width}), got {emb.shape}"
         )
     paths = list(paths) if paths is not None else [f"item-{i}" for i in range(len(emb))]
     hashes = [hashlib.blake2b(v.tobytes(), digest_size=32).hexdigest() for v in emb]
@@ -379,7 +379,7 @@ def from_embeddings(
         "fingerprint": fingerprint,
         "arch": spec.arch,
         "image_size": spec.image_size,
-        "embedding_dim": spec.embedding_dim,
+        "embedding_dim": spec.embedding_width,
         "precision": "fp32",
         "device": "cpu",
     }

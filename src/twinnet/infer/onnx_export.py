@@ -1,7 +1,8 @@
 """A model directory as ONNX files, for Triton, ONNX Runtime or any other ONNX server.
 
 The cosine head goes out as one graph, images to unit-norm embeddings (encoder, pooling and
-projection); a pair's probability of "same" is then ``sigmoid(scale * cos + bias)`` with the
+the layer the spec's ``readout`` names: the projection, or the batch-normalised pooled
+features); a pair's probability of "same" is then ``sigmoid(scale * cos + bias)`` with the
 calibration written beside it. The concat head scores pairs, so it goes out as two graphs:
 the encoder (images to feature maps) and the head (two feature maps to the two logits). The
 batch dimension is dynamic. ``twinnet-onnx.json`` records the preprocessing that the graphs
@@ -143,6 +144,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path) -> Path:
         "decision": (
             {
                 "score": "cosine of the two embeddings",
+                "embedding": f"{spec.embedding_width} numbers ({spec.readout})",
                 "probability": "sigmoid(scale * cosine + bias)",
                 "scale": model.head.scale.item(),
                 "bias": model.head.bias.item(),

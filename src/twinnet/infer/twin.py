@@ -121,6 +121,8 @@ class Twin(FeaturePipeline):
             "draft": runtime.draft,
             "device": runtime.device.type,
         }
+        if spec.has_embeddings and spec.readout != "projection":  # earlier models keep theirs
+            plan["readout"] = spec.readout
         if self.int8 is not None:  # two engines round differently: each has its features
             plan["int8"] = spec.quantization.get("sha256")
             plan["int8_engine"] = self.int8.engine

@@ -242,7 +242,12 @@ class TrainConfig:
     )
     wd: float | None = field(default=None, metadata=_opt("weight decay", flag=None))
     embedding_dim: int = field(
-        default=128, metadata=_opt("cosine head's embedding width", type=int)
+        default=128,
+        metadata=_opt(
+            "width of the cosine head's trained projection; the model compares it or the "
+            "pooled features before it, whichever its held-out classes separate better",
+            type=int,
+        ),
     )
     per_class: int = field(
         default=4, metadata=_opt("cosine head: images of each class in a batch", type=int)

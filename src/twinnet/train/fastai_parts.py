@@ -92,7 +92,7 @@ def proxy_sync_callback(loss: torch.nn.Module):
 
 
 class EmbeddingNet(torch.nn.Module):
-    """The twin model seen by a metric loss: images in, unit-norm embeddings out.
+    """The twin model seen by a metric loss: images in, unit-norm projections out.
 
     It shares the encoder and head modules with the twin model, so the twin model is what
     is trained and saved; ``encoder``/``head`` keep :func:`twin_splitter` working.
@@ -104,4 +104,4 @@ class EmbeddingNet(torch.nn.Module):
         self.head = twin.head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head.embed(self.encoder(x))
+        return self.head.project(self.encoder(x))

@@ -3,13 +3,14 @@
 ``concat`` is the original sample's pair classifier: pair cross-entropy, validated on pairs
 at the sample's threshold. ``cosine`` learns an embedding with a metric loss, then fits its
 cosine-to-probability mapping and threshold on classes held out of the gradient
-(:mod:`twinnet.core.calibration`). :mod:`twinnet.train.fit` runs whichever the spec names.
+(:mod:`twinnet.core.calibration`), on the layer those classes separate best
+(:mod:`twinnet.train.readout`). :mod:`twinnet.train.fit` runs whichever the spec names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from twinnet.train.config import TrainConfig
 from twinnet.train.distributed import Dist
 from twinnet.train.fastai_parts import EmbeddingNet, proxy_sync_callback, twin_splitter
 from twinnet.train.losses import PairAUC, build_metric_loss
+from twinnet.train.readout import choose_readout
 
 __all__ = ["HeadRecipe", "HEAD_RECIPES"]
 
@@ -95,9 +97,12 @@ def _pair_measure(model, spec: ModelSpec, parts: Any, run: Any) -> tuple[dict, d
 
 
 def _cosine_measure(model, spec: ModelSpec, parts: Any, run: Any) -> tuple[dict, dict[str, Any]]:
+    readout, record = choose_readout(model, spec, parts.calib, int(parts.split.seed))
+    spec = replace(spec, readout=readout)
     cal, metrics = _calibrate_and_measure(model, spec, parts)
     model.head.set_calibration(cal.scale, cal.bias)
-    return {"calibration": cal.to_dict(), "threshold": float(cal.threshold)}, metrics
+    fitted = {"readout": readout, "calibration": cal.to_dict(), "threshold": float(cal.threshold)}
+    return fitted, {**metrics, "readout": record}
 
 
 def _calibrate_and_measure(
