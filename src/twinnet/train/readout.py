@@ -13,6 +13,7 @@ pair ROC AUC of cosine scores, ties going to the pooled features. The choice is 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -28,8 +29,6 @@ def readout_scores(
     model: torch.nn.Module, spec: ModelSpec, items: Any, seed: int
 ) -> dict[str, float]:
     """Pair ROC AUC of each readout's cosine scores on labelled images of untrained classes."""
-    from dataclasses import replace
-
     from twinnet.infer.twin import Twin
 
     head, chosen = model.head, model.head.readout
