@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
 from twinnet.core.artifacts import load_model_dir
+from twinnet.core.metrics import roc_auc
 from twinnet.core.model import CosineHead, build_model
 from twinnet.core.spec import ModelSpec, SpecError
 from twinnet.data.items import scan_folder
+from twinnet.evaluate.calibrate import calibration_scores
 from twinnet.infer.twin import Twin
 from twinnet.train import readout as readout_module
 from twinnet.train.fastai_parts import EmbeddingNet
-from twinnet.train.readout import choose_readout, readout_scores
+from twinnet.train.readout import choose_readout, pick_readout
 
 pytestmark = pytest.mark.unit
 
@@ -83,22 +86,42 @@ def test_each_readout_has_its_own_fingerprint_and_the_projection_keeps_the_old_o
     assert pooled.fingerprint != before
 
 
+def test_one_encoder_pass_scores_each_readout_as_a_twin_of_that_readout_would(
+    random_cosine_dir, shapes_dir
+):
+    model, spec = load_model_dir(random_cosine_dir)
+    items = scan_folder(shapes_dir)
+    cosines = readout_module.readout_cosines(model, spec, items, seed=0)
+    assert set(cosines) == {"projection", "pooled"} and model.head.readout == "projection"
+    for readout, (cos, same) in cosines.items():
+        model.head.readout = readout
+        twin = Twin.from_model(model, dataclasses.replace(spec, readout=readout), cache_mb=0)
+        want_cos, want_same = calibration_scores(twin, items, seed=0)
+        np.testing.assert_array_equal(same, want_same)
+        np.testing.assert_allclose(cos, want_cos, atol=1e-5)
+    model.head.readout = "projection"
+    assert not np.allclose(cosines["pooled"][0], cosines["projection"][0], atol=1e-3)
+
+
 def test_choose_readout_sets_the_one_the_held_out_classes_score_higher(
     random_cosine_dir, shapes_dir
 ):
     model, spec = load_model_dir(random_cosine_dir)
     items = scan_folder(shapes_dir)
-    scores = readout_scores(model, spec, items, seed=0)
-    assert set(scores) == {"projection", "pooled"} and model.head.readout == "projection"
+    cosines = readout_module.readout_cosines(model, spec, items, seed=0)
+    scores = {r: roc_auc(same, cos) for r, (cos, same) in cosines.items()}
     assert all(0.0 <= s <= 1.0 for s in scores.values())
-    readout, record = choose_readout(model, spec, items, seed=0)
+    choice = choose_readout(model, spec, items, seed=0)
     best = max(scores, key=lambda k: (scores[k], k == "pooled"))
-    assert readout == best == model.head.readout
-    assert record == {
+    assert choice.readout == best == model.head.readout
+    assert choice.record == {
         "kept": best,
         "metric": "pair_auc on the calibration classes",
         "scores": {k: round(v, 6) for k, v in scores.items()},
     }
+    # calibration gets the kept layer's cosines, with no second pass over the images
+    np.testing.assert_array_equal(choice.cosines, cosines[best][0])
+    np.testing.assert_array_equal(choice.same, cosines[best][1])
 
 
 @pytest.mark.parametrize(
@@ -109,10 +132,5 @@ def test_choose_readout_sets_the_one_the_held_out_classes_score_higher(
         ({"projection": 0.91, "pooled": 0.91}, "pooled"),  # ties: the pooled features
     ],
 )
-def test_the_higher_score_wins_and_ties_go_to_the_pooled_features(
-    random_cosine_dir, shapes_dir, monkeypatch, scores, kept
-):
-    model, spec = load_model_dir(random_cosine_dir)
-    monkeypatch.setattr(readout_module, "readout_scores", lambda *a, **k: dict(scores))
-    readout, record = choose_readout(model, spec, scan_folder(shapes_dir), seed=0)
-    assert readout == kept == model.head.readout == record["kept"]
+def test_the_higher_score_wins_and_ties_go_to_the_pooled_features(scores, kept):
+    assert pick_readout(scores) == kept

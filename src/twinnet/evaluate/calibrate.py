@@ -22,7 +22,7 @@ from twinnet.data.items import check_images, draw_pairs, require_pairs, scan_fol
 from twinnet.errors import TwinnetError
 from twinnet.infer.twin import Twin
 
-__all__ = ["calibration_scores", "recalibrate"]
+__all__ = ["calibration_scores", "pair_cosines", "recalibrate"]
 
 
 def calibration_scores(
@@ -37,8 +37,20 @@ def calibration_scores(
             "calibration fits a cosine model's score mapping; this model has the concat head "
             "(train one with --head cosine)"
         )
-    emb = twin.embed([str(f) for f in items.files]).numpy().astype(np.float64)
-    drawn = draw_pairs(items.labels, pairs, np.random.default_rng([seed, 13]), swap=False)
+    emb = twin.embed([str(f) for f in items.files])
+    return pair_cosines(emb, items.labels, pairs, seed)
+
+
+def pair_cosines(
+    emb: Any, labels: Any, pairs: int = CALIBRATION_PAIRS, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosines and truth of the seeded pairs :func:`calibration_scores` draws, from embeddings.
+
+    ``emb`` holds one unit-norm row per image, in the order of ``labels``; the same ``seed``
+    draws the same pairs, so embeddings of two layers are scored on the same pairs.
+    """
+    emb = np.asarray(emb, dtype=np.float64)
+    drawn = draw_pairs(labels, pairs, np.random.default_rng([seed, 13]), swap=False)
     cos = np.einsum("nd,nd->n", emb[drawn[:, 0]], emb[drawn[:, 1]])
     return cos, drawn[:, 2].astype(bool)
 

@@ -97,24 +97,26 @@ def _pair_measure(model, spec: ModelSpec, parts: Any, run: Any) -> tuple[dict, d
 
 
 def _cosine_measure(model, spec: ModelSpec, parts: Any, run: Any) -> tuple[dict, dict[str, Any]]:
-    readout, record = choose_readout(model, spec, parts.calib, int(parts.split.seed))
-    spec = replace(spec, readout=readout)
-    cal, metrics = _calibrate_and_measure(model, spec, parts)
+    choice = choose_readout(model, spec, parts.calib, int(parts.split.seed))
+    spec = replace(spec, readout=choice.readout)
+    cal, metrics = _calibrate_and_measure(model, spec, parts, (choice.cosines, choice.same))
     model.head.set_calibration(cal.scale, cal.bias)
-    fitted = {"readout": readout, "calibration": cal.to_dict(), "threshold": float(cal.threshold)}
-    return fitted, {**metrics, "readout": record}
+    fitted = {
+        "readout": choice.readout, "calibration": cal.to_dict(), "threshold": float(cal.threshold)
+    }  # fmt: skip
+    return fitted, {**metrics, "readout": choice.record}
 
 
 def _calibrate_and_measure(
-    model, spec: ModelSpec, parts: Any
+    model, spec: ModelSpec, parts: Any, calib: tuple[np.ndarray, np.ndarray]
 ) -> tuple[Calibration, dict[str, Any]]:
-    """Fit the cosine head's mapping and threshold on the calibration classes; report validation.
+    """Fit the cosine head's mapping and threshold on the calibration pairs; report validation.
 
-    Embeddings come from the inference library at its default precision, so the threshold
-    is fitted on the numbers that ``compare`` will compute.
+    ``calib`` holds the cosines and truth of the calibration pairs, scored by the inference
+    library at its default precision, so the threshold is fitted on the numbers that
+    ``compare`` will compute.
     """
-    twin = Twin.from_model(model, spec, cache_mb=0)
-    cos, same = calibration_scores(twin, parts.calib, seed=int(parts.split.seed))
+    cos, same = calib
     cal = fit_calibration(same, cos, target="accuracy", method=parts.calib_method)
     print(
         f"calibration: threshold {cal.threshold:.4f} (cosine {cal.score_threshold:.4f}) on "
@@ -124,6 +126,7 @@ def _calibrate_and_measure(
     if parts.calib is parts.split.valid:
         v_cos, v_same = cos, same
     else:
+        twin = Twin.from_model(model, spec, cache_mb=0)
         v_cos, v_same = calibration_scores(twin, parts.split.valid, seed=int(parts.split.seed))
     return cal, _pair_report(cal.probability(v_cos), v_same, cal.threshold)
 
