@@ -138,9 +138,14 @@ class CosineHead(nn.Module):
         pool, flatten, norm = self.embedding[:3]
         return nn.functional.normalize(norm(flatten(pool(features))).float(), dim=1)
 
+    def read(self, features: torch.Tensor, readout: str) -> torch.Tensor:
+        """Unit-norm embeddings of a batch of one-image feature maps at the layer ``readout``
+        names, whatever :attr:`readout` is (training scores both from one encoder pass)."""
+        return self.pooled(features) if readout == "pooled" else self.project(features)
+
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         """Unit-norm embeddings of a batch of one-image feature maps, as :attr:`readout` says."""
-        return self.pooled(features) if self.readout == "pooled" else self.project(features)
+        return self.read(features, self.readout)
 
     def logits(self, cosine: torch.Tensor) -> torch.Tensor:
         """Logits ``[different, same]`` (N, 2) of a batch of cosine similarities."""

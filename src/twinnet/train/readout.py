@@ -64,8 +64,8 @@ def readout_cosines(
     for start in range(0, len(files), CHUNK):
         maps = twin.feature_maps(files[start : start + CHUNK])
         with torch.inference_mode():
-            rows["projection"].append(head.project(maps))
-            rows["pooled"].append(head.pooled(maps))
+            for readout in READOUTS:
+                rows[readout].append(head.read(maps, readout))
     return {r: pair_cosines(torch.cat(rows[r]), items.labels, seed=seed) for r in READOUTS}
 
 
